@@ -1,0 +1,37 @@
+//! # distill-core
+//!
+//! The core of **distill**, a knowledge-distillation framework on candle: a large *teacher* network's
+//! knowledge is moved into a small *student* by training the student to match the teacher's softened outputs
+//! (logits divided by a temperature T, the loss scaled by T²) and, optionally, its intermediate features.
+//!
+//! This crate holds everything that does not depend on a domain: the [`Network`] and [`Task`] traits, the
+//! [`Outputs`]/[`Feature`] types, the loss library ([`losses`]), optimisers and schedules ([`optim`]), the one
+//! training loop that trains teacher, scratch student and distilled student alike ([`train`]), checkpoints,
+//! recipes, reports and the type-erased [`Plugin`] trait that domain plugins implement.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use distill_core::losses::kd_loss;
+//! # fn main() -> distill_core::Result<()> {
+//! let student = Tensor::new(&[[1.0f32, 2.0, 0.5]], &Device::Cpu)?;
+//! let teacher = Tensor::new(&[[1.0f32, 2.0, 0.5]], &Device::Cpu)?;
+//! // identical logits: the KL divergence is zero at any temperature
+//! let loss = kd_loss(&student, &teacher, 4.0)?.to_scalar::<f32>()?;
+//! assert!(loss.abs() < 1e-6);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+mod error;
+pub mod losses;
+pub mod network;
+pub mod nn;
+pub mod optim;
+mod outputs;
+mod rng;
+
+pub use error::{Error, Result};
+pub use network::{Mode, Network, Teacher};
+pub use outputs::{Batch, Feature, FeatureKind, Outputs};
+pub use rng::Rng;

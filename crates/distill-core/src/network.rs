@@ -1,0 +1,133 @@
+//! Networks (teachers and students), their parameters and their checkpoints.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+
+use crate::{Error, Outputs, Result};
+
+/// How a forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Inference: no dropout, batch-norm uses running statistics.
+    Eval,
+    /// Training; `seed` drives dropout masks for this step, so a replayed step is identical.
+    Train {
+        /// Seed for this step's randomness.
+        seed: u64,
+    },
+}
+
+impl Mode {
+    /// Whether this is a training pass.
+    pub fn is_train(self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+}
+
+/// A network: a forward pass that returns logits and named features, over parameters held in a `VarMap`.
+///
+/// Parameter names follow PyTorch's state-dict naming (`layers.0.weight`, `bn1.running_mean`, ...).
+pub trait Network: Send + Sync {
+    /// Forward pass over `input`.
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs>;
+    /// The parameters (and buffers such as batch-norm running statistics).
+    fn varmap(&self) -> &VarMap;
+    /// Forward FLOPs per sample (multiply-adds count 2), an estimate for reports.
+    fn flops(&self) -> u64 {
+        0
+    }
+    /// One line describing the architecture, e.g. `mlp 784-1200-1200-10`.
+    fn describe(&self) -> String;
+}
+
+/// Number of scalar parameters of a network (trainable weights and buffers).
+pub fn num_params(net: &dyn Network) -> usize {
+    let data = net.varmap().data().lock().expect("varmap lock");
+    data.values().map(|v| v.as_tensor().elem_count()).sum()
+}
+
+/// Number of trainable parameters (excludes batch-norm running statistics).
+pub fn num_trainable_params(net: &dyn Network) -> usize {
+    let data = net.varmap().data().lock().expect("varmap lock");
+    data.iter()
+        .filter(|(k, _)| !is_buffer(k))
+        .map(|(_, v)| v.as_tensor().elem_count())
+        .sum()
+}
+
+/// Whether a variable name is a non-trainable buffer (batch-norm running statistics).
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
+}
+
+/// Saves a network's parameters as safetensors, atomically (temp file, fsync, rename).
+pub fn save_network(net: &dyn Network, path: &Path) -> Result<u64> {
+    let tensors = varmap_tensors(net.varmap())?;
+    crate::checkpoint::write_safetensors_atomic(&tensors, path)
+}
+
+/// Loads parameters saved by [`save_network`] into `net`, checking that names and shapes match.
+pub fn load_network(net: &dyn Network, path: &Path, device: &Device) -> Result<()> {
+    let tensors = crate::checkpoint::read_safetensors(path, device)?;
+    load_into_varmap(net.varmap(), &tensors, path)
+}
+
+/// All variables of a varmap by name (sorted), as plain tensors.
+pub fn varmap_tensors(varmap: &VarMap) -> Result<std::collections::BTreeMap<String, Tensor>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    Ok(data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect())
+}
+
+/// Sets every variable of `varmap` from `tensors`; every variable must be present with the same shape.
+pub fn load_into_varmap(
+    varmap: &VarMap,
+    tensors: &std::collections::BTreeMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        let t = tensors.get(name).ok_or_else(|| Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!("has no tensor `{name}` (the model needs it; is this checkpoint for another model?)"),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "tensor `{name}` has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            });
+        }
+        var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
+/// A frozen network: evaluated in [`Mode::Eval`], its outputs detached from the graph.
+pub struct Teacher {
+    net: Box<dyn Network>,
+}
+
+impl Teacher {
+    /// Freezes `net`.
+    pub fn new(net: Box<dyn Network>) -> Self {
+        Self { net }
+    }
+    /// Detached eval-mode outputs.
+    pub fn forward(&self, input: &Tensor) -> Result<Outputs> {
+        Ok(self.net.forward(input, Mode::Eval)?.detach())
+    }
+    /// The wrapped network.
+    pub fn network(&self) -> &dyn Network {
+        self.net.as_ref()
+    }
+}
