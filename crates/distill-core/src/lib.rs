@@ -35,3 +35,12 @@ pub use error::{Error, Result};
 pub use network::{Mode, Network, Teacher};
 pub use outputs::{Batch, Feature, FeatureKind, Outputs};
 pub use rng::Rng;
+pub mod pipeline;
+pub mod plugin;
+pub mod recipe;
+pub mod report;
+pub mod task;
+pub mod train;
+
+pub use plugin::{Manifest, Plugin, RunContext};
+pub use task::{Evaluation, Split, Task, TaskInfo};

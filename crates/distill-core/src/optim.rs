@@ -80,3 +80,74 @@ impl Default for ScheduleConfig {
         }
     }
 }
+
+// ---- TEMPORARY STUBS (replaced by the optimiser branch) ----
+use crate::Result;
+use candle_core::{backprop::GradStore, Tensor, Var};
+use std::collections::BTreeMap;
+/// stub
+pub trait Optimizer: Send {
+    /// stub
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+    /// stub
+    fn learning_rate(&self) -> f64;
+    /// stub
+    fn set_learning_rate(&mut self, lr: f64);
+    /// stub
+    fn state(&self) -> Result<BTreeMap<String, Tensor>>;
+    /// stub
+    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()>;
+}
+struct SgdStub {
+    vars: Vec<(String, Var)>,
+    lr: f64,
+}
+impl Optimizer for SgdStub {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for (_, v) in &self.vars {
+            if let Some(g) = grads.get(v) {
+                v.set(&(v.as_tensor() - (g * self.lr)?)?)?;
+            }
+        }
+        Ok(())
+    }
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr
+    }
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(BTreeMap::new())
+    }
+    fn load_state(&mut self, _s: &BTreeMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+}
+/// stub
+pub fn build_optimizer(cfg: &OptimizerConfig, vars: Vec<(String, Var)>) -> Result<Box<dyn Optimizer>> {
+    Ok(Box::new(SgdStub { vars, lr: cfg.lr }))
+}
+/// stub
+pub fn clip_grad_norm(_g: &mut GradStore, _v: &[(String, Var)], _m: f64) -> Result<f64> {
+    Ok(0.0)
+}
+impl OptimizerConfig {
+    /// stub
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr > 0.0) {
+            return Err(crate::Error::config("optimizer", format!("lr must be > 0, got {}", self.lr)));
+        }
+        Ok(())
+    }
+}
+impl ScheduleConfig {
+    /// stub
+    pub fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+    /// stub
+    pub fn lr_at(&self, base: f64, _p: f64, _e: usize) -> f64 {
+        base
+    }
+}

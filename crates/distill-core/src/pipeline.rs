@@ -1,0 +1,282 @@
+//! The generic pipeline behind `distill run`: for each seed, the teacher (trained, cached or pretrained),
+//! the student from scratch and the distilled student, then one [`RunReport`].
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::{
+    checkpoint::{read_json, write_json_atomic},
+    losses::{build_core_loss, CORE_LOSSES},
+    network::{load_network, save_network},
+    plugin::{Plugin, RunContext},
+    recipe::Recipe,
+    report::{PhaseResult, PhaseSummary, Report, RunReport},
+    task::{Split, Task, TaskInfo},
+    train::{files, finish_phase, train_phase, Objective, PhaseSpec, Term},
+    Error, Mode, Network, Result, Rng, Teacher,
+};
+
+/// Bumped when a change to training code makes cached teachers invalid.
+const TEACHER_CACHE_VERSION: u32 = 1;
+
+/// The seed each role's weights are initialised from: scratch and distilled students share theirs.
+pub fn init_seed(seed: u64, role: &str) -> u64 {
+    Rng::derive(seed, &[&"init", &role]).next_u64()
+}
+
+/// Hash of everything that determines a trained teacher: plugin, data set, data options, the teacher section
+/// and the seed.
+pub fn teacher_cache_key(recipe: &Recipe, seed: u64) -> String {
+    let key = serde_json::json!({
+        "v": TEACHER_CACHE_VERSION,
+        "plugin": recipe.plugin,
+        "dataset": recipe.dataset,
+        "data": recipe.data,
+        "teacher": recipe.teacher,
+        "seed": seed,
+    });
+    let digest = Sha256::digest(key.to_string().as_bytes());
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a recipe against a plugin without reading data or training: model specs build, augmentation and
+/// loss names are known, and feature-loss taps exist with compatible kinds and shapes (a dry run on zeros).
+pub fn check_recipe(plugin: &dyn Plugin, recipe: &Recipe) -> Result<CheckSummary> {
+    let info = plugin.task_info(recipe)?;
+    for (k, a) in [
+        ("teacher.augment", &recipe.teacher.augment),
+        ("student.augment", &recipe.student.augment),
+        ("distill.augment", &recipe.distill.augment),
+    ] {
+        if let Some(a) = a.as_deref().filter(|a| *a != "none") {
+            plugin.check_augment(a).map_err(|e| Error::msg(format!("`{k}`: {e}")))?;
+        }
+    }
+    let device = candle_core::Device::Cpu;
+    let teacher = plugin
+        .build_network(&recipe.teacher.model, &info, 0, &device)
+        .map_err(|e| Error::msg(format!("`teacher.model`: {e}")))?;
+    let student = plugin
+        .build_network(&recipe.student.model, &info, 0, &device)
+        .map_err(|e| Error::msg(format!("`student.model`: {e}")))?;
+    let losses = build_losses(plugin, recipe, &info, teacher.as_ref(), student.as_ref(), 0, &device)?;
+    Ok(CheckSummary {
+        teacher: teacher.describe(),
+        student: student.describe(),
+        teacher_params: crate::network::num_params(teacher.as_ref()),
+        student_params: crate::network::num_params(student.as_ref()),
+        losses: losses.iter().map(|(w, t)| format!("{} × {w}", term_name(t))).collect(),
+    })
+}
+
+fn term_name(t: &Term) -> String {
+    match t {
+        Term::Task => "task".into(),
+        Term::Loss(l) => l.name().into(),
+    }
+}
+
+/// What `distill check` found.
+#[derive(Debug, Clone)]
+pub struct CheckSummary {
+    /// Teacher architecture.
+    pub teacher: String,
+    /// Student architecture.
+    pub student: String,
+    /// Teacher parameters.
+    pub teacher_params: usize,
+    /// Student parameters.
+    pub student_params: usize,
+    /// Loss terms with weights.
+    pub losses: Vec<String>,
+}
+
+fn build_losses(
+    plugin: &dyn Plugin,
+    recipe: &Recipe,
+    info: &TaskInfo,
+    teacher: &dyn Network,
+    student: &dyn Network,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<Vec<(f64, Term)>> {
+    let mut shape = vec![2];
+    shape.extend_from_slice(&info.input_shape);
+    let x = candle_core::Tensor::zeros(shape, candle_core::DType::F32, device)?;
+    let t_out = teacher.forward(&x, Mode::Eval)?.detach();
+    let s_out = student.forward(&x, Mode::Eval)?;
+    let mut terms = Vec::new();
+    for (i, spec) in recipe.distill.losses.iter().enumerate() {
+        let where_ = format!("`distill.losses[{i}]` ({})", spec.name);
+        if spec.name == "task" {
+            terms.push((spec.weight, Term::Task));
+            continue;
+        }
+        let loss_seed = Rng::derive(seed, &[&"loss", &i]).next_u64();
+        let loss = match build_core_loss(spec, &s_out, &t_out, loss_seed).map_err(|e| Error::msg(format!("{where_}: {e}")))? {
+            Some(l) => l,
+            None => match plugin
+                .build_loss(spec, &s_out, &t_out, loss_seed)
+                .map_err(|e| Error::msg(format!("{where_}: {e}")))?
+            {
+                Some(l) => l,
+                None => {
+                    let mut known: Vec<String> = CORE_LOSSES.iter().map(|s| s.to_string()).collect();
+                    known.push("task".into());
+                    known.extend(plugin.manifest().losses);
+                    return Err(Error::msg(format!(
+                        "{where_}: unknown loss `{}` (known: {})",
+                        spec.name,
+                        known.join(", ")
+                    )));
+                }
+            },
+        };
+        terms.push((spec.weight, Term::Loss(loss)));
+    }
+    Ok(terms)
+}
+
+fn phase_spec(recipe: &Recipe, ctx: &RunContext, seed: u64, name: &str, dir: &Path) -> PhaseSpec {
+    let config = match name {
+        "teacher" => recipe.teacher.clone(),
+        "scratch" => recipe.student.clone(),
+        _ => recipe.distilled_phase(),
+    };
+    let mut config = config;
+    if config.augment.as_deref() == Some("none") {
+        config.augment = None;
+    }
+    PhaseSpec {
+        name: name.to_string(),
+        config,
+        seed,
+        batch_size: recipe.data.batch_size,
+        eval_batch_size: recipe.data.eval_batch_size,
+        dir: dir.join(name),
+        resume: ctx.resume,
+        quiet: ctx.quiet,
+        label: format!("{name} s{seed}"),
+    }
+}
+
+fn teacher_phase(
+    plugin: &dyn Plugin,
+    task: &dyn Task,
+    recipe: &Recipe,
+    ctx: &RunContext,
+    seed: u64,
+    seed_dir: &Path,
+) -> Result<(Box<dyn Network>, PhaseResult)> {
+    let info = task.info();
+    let net = plugin.build_network(&recipe.teacher.model, info, init_seed(seed, "teacher"), &ctx.device)?;
+    let spec = phase_spec(recipe, ctx, seed, "teacher", seed_dir);
+    if let Some(p) = &recipe.teacher.pretrained {
+        let path = if p.is_absolute() { p.clone() } else { ctx.models_dir.join(p) };
+        load_network(net.as_ref(), &path, &ctx.device)?;
+        let r = finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?;
+        return Ok((net, r));
+    }
+    let cache: Option<PathBuf> = ctx.cache_dir.as_ref().map(|c| c.join("teachers").join(teacher_cache_key(recipe, seed)));
+    if let Some(c) = &cache {
+        if c.join(files::RESULT).exists() && c.join(files::FINAL).exists() && !spec.dir.join(files::STATE).exists() {
+            load_network(net.as_ref(), &c.join(files::FINAL), &ctx.device)?;
+            let mut r: PhaseResult = read_json(&c.join(files::RESULT))?;
+            r.reused = true;
+            if !ctx.quiet {
+                eprintln!("[{}] reusing the cached teacher {} ({:.4})", spec.label, c.display(), r.metric);
+            }
+            save_network(net.as_ref(), &spec.dir.join(files::FINAL))?;
+            write_json_atomic(&r, &spec.dir.join(files::RESULT))?;
+            return Ok((net, r));
+        }
+    }
+    let r = train_phase(task, net.as_ref(), Objective::Task, &spec)?;
+    if let Some(c) = &cache {
+        save_network(net.as_ref(), &c.join(files::FINAL))?;
+        write_json_atomic(&r, &c.join(files::RESULT))?;
+    }
+    Ok((net, r))
+}
+
+/// Runs a recipe end to end with `plugin` and writes each phase's files under `ctx.out_dir/seed-N/`.
+pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
+    check_recipe(plugin, recipe)?;
+    if !ctx.resume {
+        for seed in &recipe.seeds {
+            let d = ctx.out_dir.join(format!("seed-{seed}"));
+            if d.exists() && std::fs::read_dir(&d).map(|mut r| r.next().is_some()).unwrap_or(false) {
+                return Err(Error::msg(format!(
+                    "{} already holds a run; pass --resume to continue it or choose another --out",
+                    d.display()
+                )));
+            }
+        }
+    }
+    let task = plugin.load_task(recipe, ctx)?;
+    let info = task.info().clone();
+    let (mut tr, mut sr, mut dr) = (Vec::new(), Vec::new(), Vec::new());
+    for &seed in &recipe.seeds {
+        let seed_dir = ctx.out_dir.join(format!("seed-{seed}"));
+        let (t_net, t_res) = teacher_phase(plugin, task.as_ref(), recipe, ctx, seed, &seed_dir)?;
+        let teacher = Teacher::new(t_net);
+
+        let student_seed = init_seed(seed, "student");
+        let scratch = plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
+        let s_res = train_phase(
+            task.as_ref(),
+            scratch.as_ref(),
+            Objective::Task,
+            &phase_spec(recipe, ctx, seed, "scratch", &seed_dir),
+        )?;
+        drop(scratch);
+
+        let student = plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
+        let terms =
+            build_losses(plugin, recipe, &info, teacher.network(), student.as_ref(), seed, &ctx.device)?;
+        let d_res = train_phase(
+            task.as_ref(),
+            student.as_ref(),
+            Objective::Distill { teacher: &teacher, terms },
+            &phase_spec(recipe, ctx, seed, "distilled", &seed_dir),
+        )?;
+        if !ctx.quiet {
+            eprintln!(
+                "[seed {seed}] {}: teacher {:.4} · scratch {:.4} · distilled {:.4}",
+                info.metric.name, t_res.metric, s_res.metric, d_res.metric
+            );
+        }
+        tr.push(t_res);
+        sr.push(s_res);
+        dr.push(d_res);
+    }
+    let (t, s, d) = (PhaseSummary::of(&tr), PhaseSummary::of(&sr), PhaseSummary::of(&dr));
+    let derived = RunReport::derive(&info.metric, &t, &s, &d);
+    let mut shown = recipe.clone();
+    shown.quick = None;
+    Ok(RunReport {
+        plugin: recipe.plugin.clone(),
+        recipe: recipe.name.clone(),
+        dataset: recipe.dataset.clone(),
+        quick: ctx.quick,
+        seeds: recipe.seeds.clone(),
+        metric: info.metric.clone(),
+        teacher: t,
+        scratch: s,
+        distilled: d,
+        derived,
+        recipe_toml: toml::to_string(&shown).unwrap_or_default(),
+    })
+}
+
+/// Writes `report.json` and `report.md` into `dir`.
+pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
+    write_json_atomic(report, &dir.join("report.json"))?;
+    crate::checkpoint::write_atomic(&dir.join("report.md"), report.to_markdown().as_bytes())
+}
+
+/// Evaluates a network on a task's test split (used by `distill eval`).
+pub fn evaluate_test(task: &dyn Task, net: &dyn Network, batch: usize) -> Result<crate::task::Evaluation> {
+    task.evaluate(net, Split::Test, batch)
+}

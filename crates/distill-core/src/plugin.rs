@@ -1,0 +1,116 @@
+//! The type-erased, object-safe plugin boundary.
+//!
+//! A plugin is a domain (image classification, detection, audio, graphs, text): it knows its data sets,
+//! models and domain losses. The generic pipeline ([`crate::pipeline::run_recipe`]) does the rest, so a
+//! plugin's `run` is usually one line.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    losses::{DistillLoss, LossSpec},
+    recipe::Recipe,
+    report::RunReport,
+    task::{Task, TaskInfo},
+    Network, Outputs, Result,
+};
+
+/// What a plugin offers, listed by `distill plugins`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Registry name, e.g. `"image-classification"`.
+    pub name: String,
+    /// Domain in words.
+    pub domain: String,
+    /// Plugin version.
+    pub version: String,
+    /// One line.
+    pub description: String,
+    /// Model architectures.
+    pub models: Vec<String>,
+    /// Data sets it reads.
+    pub datasets: Vec<String>,
+    /// Losses it adds to the core ones.
+    pub losses: Vec<String>,
+    /// Recipes it ships (paths relative to the project root).
+    pub recipes: Vec<String>,
+}
+
+/// Where and how a run happens.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// Data dir (`--data-dir`, `$DISTILL_DATA`, `datasets/`).
+    pub data_dir: PathBuf,
+    /// Models dir (`--models-dir`, `$DISTILL_MODELS`, `models/`).
+    pub models_dir: PathBuf,
+    /// Output dir of this run.
+    pub out_dir: PathBuf,
+    /// Cache of trained teachers (keyed by a hash of their recipe section).
+    pub cache_dir: Option<PathBuf>,
+    /// Compute device.
+    pub device: Device,
+    /// Whether `--quick` was given.
+    pub quick: bool,
+    /// Continue a run found in `out_dir`.
+    pub resume: bool,
+    /// No progress bars.
+    pub quiet: bool,
+    /// The recipe's file (for the report).
+    pub recipe_path: Option<PathBuf>,
+    /// The project's git revision (for the report).
+    pub git_revision: Option<String>,
+}
+
+impl RunContext {
+    /// A context with defaults: CPU, no cache, not quick, not resuming, quiet.
+    pub fn new(data_dir: impl Into<PathBuf>, out_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            models_dir: PathBuf::from("models"),
+            out_dir: out_dir.into(),
+            cache_dir: None,
+            device: Device::Cpu,
+            quick: false,
+            resume: false,
+            quiet: true,
+            recipe_path: None,
+            git_revision: None,
+        }
+    }
+}
+
+/// A domain plugin.
+pub trait Plugin: Send + Sync {
+    /// What it offers.
+    fn manifest(&self) -> Manifest;
+    /// The task's shape, from the recipe alone (no data read): for `distill check`.
+    fn task_info(&self, recipe: &Recipe) -> Result<TaskInfo>;
+    /// Loads the data.
+    fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>>;
+    /// Builds a network from a recipe's `model` table, its parameters initialised from `seed`.
+    fn build_network(
+        &self,
+        model: &toml::Table,
+        info: &TaskInfo,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Box<dyn Network>>;
+    /// Checks an augmentation name; none are known by default.
+    fn check_augment(&self, name: &str) -> Result<()> {
+        Err(crate::Error::Unknown { what: "augmentation", name: name.to_string(), known: String::new() })
+    }
+    /// Builds a domain loss, or `Ok(None)` if the name is not one of this plugin's.
+    fn build_loss(
+        &self,
+        _spec: &LossSpec,
+        _student: &Outputs,
+        _teacher: &Outputs,
+        _seed: u64,
+    ) -> Result<Option<Box<dyn DistillLoss>>> {
+        Ok(None)
+    }
+    /// Runs a recipe: usually `distill_core::pipeline::run_recipe(self, recipe, ctx)`.
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport>;
+}

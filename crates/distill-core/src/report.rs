@@ -1,0 +1,324 @@
+//! The result schema shared by every domain (`report.json`) and its Markdown rendering (`report.md`).
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::MetricInfo;
+
+/// Version of the report schema; bumped whenever a key is renamed or removed.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Mean, standard deviation (sample, n-1) and the values over seeds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (0 for one value).
+    pub std: f64,
+    /// One value per seed.
+    pub values: Vec<f64>,
+}
+
+impl Stat {
+    /// Statistics of `values`.
+    pub fn of(values: &[f64]) -> Self {
+        let n = values.len();
+        if n == 0 {
+            return Self::default();
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Self { mean, std, values: values.to_vec() }
+    }
+}
+
+/// One epoch of a training curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Mean of each named loss term.
+    #[serde(default)]
+    pub loss_terms: BTreeMap<String, f64>,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Validation metric, when there is a validation split.
+    pub val_metric: Option<f64>,
+    /// Test metric.
+    pub test_metric: Option<f64>,
+    /// Seconds spent in this epoch (training + evaluation).
+    pub seconds: f64,
+}
+
+/// Inference latency in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// One sample.
+    pub batch1: f64,
+    /// 256 samples.
+    pub batch256: f64,
+}
+
+/// One phase (teacher, scratch or distilled) for one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseResult {
+    /// Test metric of the kept weights (the last epoch, or the best validation epoch with early stopping).
+    pub metric: f64,
+    /// Test metric at the epoch with the best validation metric, when there is a validation split.
+    pub best_val_epoch_metric: Option<f64>,
+    /// Which epoch that was.
+    pub best_val_epoch: Option<usize>,
+    /// Extra figures (e.g. `top5`, `errors`).
+    pub extra: BTreeMap<String, f64>,
+    /// Parameters (including buffers).
+    pub params: usize,
+    /// Bytes of the safetensors file.
+    pub bytes: u64,
+    /// Forward FLOPs per sample.
+    pub flops: u64,
+    /// Inference latency.
+    pub latency_ms: Latency,
+    /// Peak resident memory during the phase (MiB).
+    pub peak_rss_mb: f64,
+    /// Wall time of the phase (s).
+    pub wall_s: f64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Per-epoch curve.
+    pub curve: Vec<EpochRecord>,
+    /// Whether the result came from the teacher cache or a pretrained file.
+    #[serde(default)]
+    pub reused: bool,
+}
+
+/// A phase aggregated over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    /// Headline metric over seeds.
+    pub metric: Stat,
+    /// Best-validation-epoch metric over seeds (when there is a validation split).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_val_epoch_metric: Option<Stat>,
+    /// Extras over seeds.
+    pub extra: BTreeMap<String, Stat>,
+    /// Parameters.
+    pub params: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// FLOPs per sample.
+    pub flops: u64,
+    /// Latency (mean over seeds).
+    pub latency_ms: Latency,
+    /// Peak memory (max over seeds, MiB).
+    pub peak_rss_mb: f64,
+    /// Wall time (sum over seeds, s).
+    pub wall_s: f64,
+    /// Per seed curves.
+    pub curves: Vec<Vec<EpochRecord>>,
+}
+
+impl PhaseSummary {
+    /// Aggregates per-seed results.
+    pub fn of(results: &[PhaseResult]) -> Self {
+        let first = &results[0];
+        let stat = |f: &dyn Fn(&PhaseResult) -> f64| Stat::of(&results.iter().map(f).collect::<Vec<_>>());
+        let mut extra = BTreeMap::new();
+        for k in first.extra.keys() {
+            extra.insert(k.clone(), stat(&|r| r.extra.get(k).copied().unwrap_or(f64::NAN)));
+        }
+        let best = if results.iter().all(|r| r.best_val_epoch_metric.is_some()) {
+            Some(stat(&|r| r.best_val_epoch_metric.unwrap_or(f64::NAN)))
+        } else {
+            None
+        };
+        let n = results.len() as f64;
+        Self {
+            metric: stat(&|r| r.metric),
+            best_val_epoch_metric: best,
+            extra,
+            params: first.params,
+            bytes: first.bytes,
+            flops: first.flops,
+            latency_ms: Latency {
+                batch1: results.iter().map(|r| r.latency_ms.batch1).sum::<f64>() / n,
+                batch256: results.iter().map(|r| r.latency_ms.batch256).sum::<f64>() / n,
+            },
+            peak_rss_mb: results.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+            wall_s: results.iter().map(|r| r.wall_s).sum(),
+            curves: results.iter().map(|r| r.curve.clone()).collect(),
+        }
+    }
+}
+
+/// Figures derived from the three phases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Derived {
+    /// 1 - student params / teacher params.
+    pub compression: f64,
+    /// Teacher latency / student latency at batch 256.
+    pub speedup: f64,
+    /// Teacher latency / student latency at batch 1.
+    pub speedup_batch1: f64,
+    /// Distilled metric / teacher metric.
+    pub retention: f64,
+    /// Distilled metric - scratch metric (sign flipped when lower is better).
+    pub kd_gain: f64,
+}
+
+/// One recipe's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Plugin name.
+    pub plugin: String,
+    /// Recipe name.
+    pub recipe: String,
+    /// Data set.
+    pub dataset: String,
+    /// Whether `--quick` overrides were applied.
+    pub quick: bool,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Headline metric.
+    pub metric: MetricInfo,
+    /// The teacher.
+    pub teacher: PhaseSummary,
+    /// The student trained alone.
+    pub scratch: PhaseSummary,
+    /// The student trained with the teacher.
+    pub distilled: PhaseSummary,
+    /// Derived figures.
+    pub derived: Derived,
+    /// The exact recipe that ran (after `--quick` overrides).
+    pub recipe_toml: String,
+}
+
+impl RunReport {
+    /// Fills `derived` from the three phases.
+    pub fn derive(metric: &MetricInfo, t: &PhaseSummary, s: &PhaseSummary, d: &PhaseSummary) -> Derived {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let sign = if metric.higher_is_better { 1.0 } else { -1.0 };
+        Derived {
+            compression: 1.0 - ratio(d.params as f64, t.params as f64),
+            speedup: ratio(t.latency_ms.batch256, d.latency_ms.batch256),
+            speedup_batch1: ratio(t.latency_ms.batch1, d.latency_ms.batch1),
+            retention: ratio(d.metric.mean, t.metric.mean),
+            kd_gain: sign * (d.metric.mean - s.metric.mean),
+        }
+    }
+}
+
+/// The file written as `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// distill's version.
+    pub distill_version: String,
+    /// The project's git revision, when known.
+    pub git_revision: Option<String>,
+    /// When the report was written (seconds since the Unix epoch).
+    pub created_unix: u64,
+    /// One entry per recipe run.
+    pub runs: Vec<RunReport>,
+}
+
+impl Report {
+    /// A report of `runs`.
+    pub fn new(runs: Vec<RunReport>, git_revision: Option<String>) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            distill_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_revision,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            runs,
+        }
+    }
+
+    /// Markdown: one table per run.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# distill report\n");
+        let _ = writeln!(
+            s,
+            "distill {} · git {} · schema {}\n",
+            self.distill_version,
+            self.git_revision.as_deref().unwrap_or("unknown"),
+            self.schema_version
+        );
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "## {} ({}, {}{})\n\nseeds {:?}; metric: {} ({} is better)\n",
+                r.recipe,
+                r.plugin,
+                r.dataset,
+                if r.quick { ", quick" } else { "" },
+                r.seeds,
+                r.metric.name,
+                if r.metric.higher_is_better { "higher" } else { "lower" }
+            );
+            let extra_keys: Vec<&String> = r.teacher.extra.keys().collect();
+            let mut header = format!("| | {} |", r.metric.name);
+            for k in &extra_keys {
+                header.push_str(&format!(" {k} |"));
+            }
+            header.push_str(" params | bytes | latency b1 (ms) | latency b256 (ms) | peak RSS (MiB) | wall (s) |");
+            let _ = writeln!(s, "{header}");
+            let _ = writeln!(s, "|{}", "---|".repeat(8 + extra_keys.len()));
+            for (name, p) in [("teacher", &r.teacher), ("scratch", &r.scratch), ("distilled", &r.distilled)] {
+                let mut row = format!("| {name} | {} |", fmt_stat(&p.metric));
+                for k in &extra_keys {
+                    row.push_str(&format!(" {} |", p.extra.get(*k).map(fmt_stat).unwrap_or_default()));
+                }
+                let _ = writeln!(
+                    s,
+                    "{row} {} | {} | {:.3} | {:.2} | {:.0} | {:.1} |",
+                    p.params, p.bytes, p.latency_ms.batch1, p.latency_ms.batch256, p.peak_rss_mb, p.wall_s
+                );
+            }
+            let d = &r.derived;
+            let _ = writeln!(
+                s,
+                "\ncompression {:.1}% · speed-up {:.2}x (batch 256), {:.2}x (batch 1) · retention {:.4} · KD gain {:+.4}\n",
+                d.compression * 100.0,
+                d.speedup,
+                d.speedup_batch1,
+                d.retention,
+                d.kd_gain
+            );
+        }
+        s
+    }
+}
+
+fn fmt_stat(s: &Stat) -> String {
+    if s.values.len() > 1 {
+        format!("{:.4} ± {:.4}", s.mean, s.std)
+    } else {
+        format!("{:.4}", s.mean)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_matches_numpy() {
+        // numpy: np.mean([1, 2, 4]) = 2.3333333, np.std([1, 2, 4], ddof=1) = 1.5275252
+        let s = Stat::of(&[1.0, 2.0, 4.0]);
+        assert!((s.mean - 2.333_333_333).abs() < 1e-8);
+        assert!((s.std - 1.527_525_231_6).abs() < 1e-8);
+        assert_eq!(Stat::of(&[3.0]).std, 0.0);
+    }
+}
