@@ -1,1 +1,132 @@
+//! Helpers for the workspace-level integration tests: locating the `distill` binary, running it, and
+//! writing small synthetic data sets in the real file formats.
 
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+/// The `distill` binary built by `cargo build -p distill-cli` (same profile as the tests), or `$DISTILL_BIN`.
+pub fn distill_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DISTILL_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    // the test executable lives in target/<profile>/deps/
+    let profile = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent()?.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "debug".into());
+    let bin = target.join(profile).join("distill");
+    assert!(bin.exists(), "{} not found: build it first with `cargo build -p distill-cli`", bin.display());
+    bin
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `distill ARGS` in `cwd` with a clean distill environment.
+pub fn distill(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(distill_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DISTILL_DATA")
+        .env_remove("DISTILL_CACHE")
+        .output()
+        .expect("run distill")
+}
+
+/// Writes an IDX file (big-endian header; `dims` after the magic), optionally gzip-compressed.
+pub fn write_idx(path: &Path, magic: u32, dims: &[u32], payload: &[u8], gz: bool) {
+    let mut bytes = magic.to_be_bytes().to_vec();
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(payload);
+    if gz {
+        let f = std::fs::File::create(path).unwrap();
+        let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        e.write_all(&bytes).unwrap();
+        e.finish().unwrap();
+    } else {
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// A learnable MNIST-shaped synthetic set: class `c` is a bright 6x6 square at one of ten positions, plus
+/// noise. Writes `mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz` under `data_dir`.
+pub fn write_synthetic_mnist(data_dir: &Path, n_train: usize, n_test: usize) {
+    let dir = data_dir.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut state = 12345u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let mut images = vec![0u8; n * 784];
+        let mut labels = vec![0u8; n];
+        for i in 0..n {
+            let c = (next() % 10) as usize;
+            labels[i] = c as u8;
+            let (r0, c0) = (4 + (c / 5) * 12 + (next() % 3) as usize, 2 + (c % 5) * 5 + (next() % 2) as usize);
+            let img = &mut images[i * 784..(i + 1) * 784];
+            for r in r0..r0 + 6 {
+                for col in c0..(c0 + 6).min(28) {
+                    img[r * 28 + col] = 200 + (next() % 56) as u8;
+                }
+            }
+            for _ in 0..40 {
+                let p = (next() % 784) as usize;
+                img[p] = img[p].saturating_add((next() % 120) as u8);
+            }
+        }
+        write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), 2051, &[n as u32, 28, 28], &images, true);
+        write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), 2049, &[n as u32], &labels, true);
+    }
+}
+
+/// A small, fast recipe on the synthetic set.
+pub fn tiny_recipe(epochs: usize) -> String {
+    format!(
+        r#"name = "tiny"
+plugin = "image-classification"
+dataset = "mnist"
+seeds = [0]
+
+[data]
+batch_size = 64
+eval_batch_size = 500
+
+[teacher]
+model = {{ arch = "mlp", hidden = [64], dropout = 0.1 }}
+epochs = {epochs}
+augment = "jitter1"
+optimizer = {{ kind = "sgd", lr = 0.05, momentum = 0.9 }}
+schedule = {{ kind = "cosine" }}
+
+[student]
+model = {{ arch = "mlp", hidden = [16] }}
+epochs = {epochs}
+optimizer = {{ kind = "adamw", lr = 0.003 }}
+
+[distill]
+losses = [{{ name = "kd", temperature = 4.0, weight = 0.9 }}, {{ name = "ce", weight = 0.1 }}]
+"#
+    )
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

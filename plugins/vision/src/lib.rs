@@ -1,1 +1,280 @@
+//! # distill-vision: the image-classification plugin
+//!
+//! Data: MNIST (IDX, raw or gzip), CIFAR-10/100 (binary), and an image-folder loader for your own images
+//! (`root/train/CLASS/*.png|jpg` and `root/test/CLASS/...`). Augmentation: `jitterN` (±N px translation),
+//! `crop-flip` (CIFAR). Models: MLP, a LeNet-style CNN and the CIFAR ResNet family of the KD literature
+//! (resnet8x4, resnet32x4, resnet20/56/110, wrn-40-2, wrn-16-2). Metrics: top-1 (headline), top-5, errors.
+//! Distillation losses are distill-core's (KD, DKD, FitNets, AT, SP, RKD).
+//!
+//! ```
+//! use distill_core::Plugin;
+//! let m = distill_vision::VisionPlugin.manifest();
+//! assert_eq!(m.name, "image-classification");
+//! assert!(m.models.iter().any(|a| a == "resnet8x4"));
+//! ```
+#![warn(missing_docs)]
 
+pub mod data;
+pub mod metrics;
+pub mod models;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use distill_core::{
+    pipeline::run_recipe,
+    recipe::Recipe,
+    report::RunReport,
+    task::MetricInfo,
+    Batch, Error, Manifest, Network, Plugin, Result, Rng, RunContext, Split, Task, TaskInfo,
+};
+use serde::Deserialize;
+
+use crate::{
+    data::{parse_augment, Augment, ImageSet, Normalize},
+    models::{build_model, ModelSpec, ARCHS},
+};
+
+/// Data sets this plugin reads.
+pub const DATASETS: &[&str] = &["mnist", "cifar10", "cifar100", "image-folder"];
+
+/// The image-classification plugin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VisionPlugin;
+
+/// `[data.options]` of a vision recipe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VisionOptions {
+    /// Per-channel mean (default: the data set's).
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation (default: the data set's).
+    std: Option<Vec<f32>>,
+    /// image-folder: the folder (relative to the data dir) holding `train/` and `test/`.
+    root: Option<PathBuf>,
+    /// image-folder: resize every image to `[height, width]`.
+    size: Option<[usize; 2]>,
+    /// image-folder: read as grayscale (1 channel) instead of RGB.
+    #[serde(default)]
+    grayscale: bool,
+}
+
+fn options(recipe: &Recipe) -> Result<VisionOptions> {
+    match &recipe.data.options {
+        None => Ok(VisionOptions::default()),
+        Some(t) => t
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("data.options", e.message().trim().to_string())),
+    }
+}
+
+fn default_norm(dataset: &str, channels: usize) -> Normalize {
+    match dataset {
+        "mnist" => Normalize { mean: vec![0.1307], std: vec![0.3081] },
+        "cifar10" => Normalize { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2470, 0.2435, 0.2616] },
+        "cifar100" => Normalize { mean: vec![0.5071, 0.4865, 0.4409], std: vec![0.2673, 0.2564, 0.2762] },
+        _ => Normalize { mean: vec![0.5; channels], std: vec![0.5; channels] },
+    }
+}
+
+fn folder_root(data_dir: &Path, opts: &VisionOptions) -> Result<PathBuf> {
+    let root = opts
+        .root
+        .as_ref()
+        .ok_or_else(|| Error::config("data.options", "image-folder needs `root` (a folder with train/ and test/)"))?;
+    Ok(if root.is_absolute() { root.clone() } else { data_dir.join(root) })
+}
+
+impl VisionPlugin {
+    fn info_with(&self, recipe: &Recipe, data_dir: Option<&Path>) -> Result<TaskInfo> {
+        let opts = options(recipe)?;
+        let (shape, classes) = match recipe.dataset.as_str() {
+            "mnist" => (vec![1, 28, 28], 10),
+            "cifar10" => (vec![3, 32, 32], 10),
+            "cifar100" => (vec![3, 32, 32], 100),
+            "image-folder" => {
+                let [h, w] = opts.size.ok_or_else(|| {
+                    Error::config("data.options", "image-folder needs `size = [height, width]`")
+                })?;
+                let c = if opts.grayscale { 1 } else { 3 };
+                let classes = match data_dir {
+                    Some(d) => {
+                        let train = folder_root(d, &opts)?.join("train");
+                        let rd = std::fs::read_dir(&train).map_err(|e| Error::io(&train, e))?;
+                        rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).count()
+                    }
+                    None => 2,
+                };
+                (vec![c, h, w], classes)
+            }
+            other => {
+                return Err(Error::Unknown { what: "data set", name: other.to_string(), known: DATASETS.join(", ") })
+            }
+        };
+        Ok(TaskInfo {
+            dataset: recipe.dataset.clone(),
+            input_shape: shape,
+            num_classes: classes,
+            metric: MetricInfo { name: "accuracy".into(), higher_is_better: true },
+        })
+    }
+}
+
+/// An image-classification task: train / validation / test sets kept decoded in memory.
+pub struct VisionTask {
+    info: TaskInfo,
+    train: ImageSet,
+    val: ImageSet,
+    test: ImageSet,
+    norm: Normalize,
+    device: Device,
+}
+
+impl VisionTask {
+    /// A task over already-loaded sets (the last `validation` training samples become the validation split).
+    pub fn new(
+        info: TaskInfo,
+        train: ImageSet,
+        test: ImageSet,
+        validation: usize,
+        train_limit: Option<usize>,
+        norm: Normalize,
+        device: Device,
+    ) -> Result<Self> {
+        if validation >= train.len() {
+            return Err(Error::config(
+                "data.validation",
+                format!("holds out {validation} samples but the training set has only {}", train.len()),
+            ));
+        }
+        let n_train = train.len() - validation;
+        let val = train.subset(&(n_train..train.len()).collect::<Vec<_>>());
+        let keep = train_limit.unwrap_or(n_train).min(n_train);
+        let train = train.subset(&(0..keep).collect::<Vec<_>>());
+        Ok(Self { info, train, val, test, norm, device })
+    }
+
+    fn set(&self, split: Split) -> &ImageSet {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
+        }
+    }
+}
+
+impl Task for VisionTask {
+    fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+
+    fn len(&self, split: Split) -> usize {
+        self.set(split).len()
+    }
+
+    fn batch(&self, split: Split, indices: &[usize], augment: Option<&str>, rng: &mut Rng) -> Result<Batch> {
+        let aug = match augment {
+            Some(a) => parse_augment(a)?,
+            None => Augment::None,
+        };
+        let (inputs, targets) = self.set(split).batch(indices, &aug, rng, &self.norm, &self.device)?;
+        Ok(Batch { inputs, targets, indices: indices.to_vec() })
+    }
+}
+
+impl Plugin for VisionPlugin {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            name: "image-classification".into(),
+            domain: "image classification".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "MNIST, CIFAR-10/100 and image folders; MLP, LeNet and CIFAR ResNets/WRNs".into(),
+            models: ARCHS.iter().map(|s| s.to_string()).collect(),
+            datasets: DATASETS.iter().map(|s| s.to_string()).collect(),
+            losses: Vec::new(),
+            recipes: vec!["plugins/vision/recipes/hinton-mnist.toml".into()],
+        }
+    }
+
+    fn task_info(&self, recipe: &Recipe) -> Result<TaskInfo> {
+        self.info_with(recipe, None)
+    }
+
+    fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
+        let info = self.info_with(recipe, Some(&ctx.data_dir))?;
+        let opts = options(recipe)?;
+        let (train, test) = match recipe.dataset.as_str() {
+            "mnist" => {
+                let d = ctx.data_dir.join("mnist");
+                (data::load_mnist(&d, data::Split::Train)?, data::load_mnist(&d, data::Split::Test)?)
+            }
+            "cifar10" => {
+                let d = ctx.data_dir.join("cifar10");
+                (data::load_cifar10(&d, data::Split::Train)?, data::load_cifar10(&d, data::Split::Test)?)
+            }
+            "cifar100" => {
+                let d = ctx.data_dir.join("cifar100");
+                (data::load_cifar100(&d, data::Split::Train)?, data::load_cifar100(&d, data::Split::Test)?)
+            }
+            _ => {
+                let root = folder_root(&ctx.data_dir, &opts)?;
+                let size = opts.size.map(|[h, w]| (h, w));
+                (
+                    data::load_image_folder(&root.join("train"), size, opts.grayscale)?,
+                    data::load_image_folder(&root.join("test"), size, opts.grayscale)?,
+                )
+            }
+        };
+        let test = match recipe.data.test_limit {
+            Some(n) if n < test.len() => test.subset(&(0..n).collect::<Vec<_>>()),
+            _ => test,
+        };
+        let channels = info.input_shape[0];
+        let mut norm = default_norm(&recipe.dataset, channels);
+        if let Some(m) = opts.mean {
+            norm.mean = m;
+        }
+        if let Some(s) = opts.std {
+            norm.std = s;
+        }
+        if norm.mean.len() != channels || norm.std.len() != channels {
+            return Err(Error::config(
+                "data.options",
+                format!("mean and std need {channels} values (one per channel)"),
+            ));
+        }
+        Ok(Box::new(VisionTask::new(
+            info,
+            train,
+            test,
+            recipe.data.validation,
+            recipe.data.train_limit,
+            norm,
+            ctx.device.clone(),
+        )?))
+    }
+
+    fn build_network(
+        &self,
+        model: &toml::Table,
+        info: &TaskInfo,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Box<dyn Network>> {
+        let spec: ModelSpec = model
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        let s = &info.input_shape;
+        build_model(&spec, [s[0], s[1], s[2]], info.num_classes, seed, device)
+    }
+
+    fn check_augment(&self, name: &str) -> Result<()> {
+        parse_augment(name).map(|_| ())
+    }
+
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
+        run_recipe(self, recipe, ctx)
+    }
+}
