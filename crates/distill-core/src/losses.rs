@@ -172,7 +172,8 @@ fn l2_normalize(x: &Tensor, dim: usize) -> Result<Tensor> {
     Ok(x.broadcast_div(&norm)?)
 }
 
-/// Class ids of `[..]` shape as a flat `[N]` u32 tensor, checked against `n` samples and `c` classes.
+/// Class ids of `[..]` shape as a flat `[N]` u32 tensor, checked against the logits' shape and `c` classes
+/// (the range check reads one scalar back from the device).
 fn target_ids(func: &str, targets: &Tensor, logits_dims: &[usize], c: usize) -> Result<Tensor> {
     let lead = &logits_dims[..logits_dims.len() - 1];
     if targets.dims() != lead {
@@ -528,8 +529,8 @@ enum Adapter {
 /// Which dimension holds a feature's width (the dimension a hint adapter maps).
 pub fn feature_width_dim(kind: FeatureKind) -> usize {
     match kind {
-        FeatureKind::Map | FeatureKind::Attention => 1,
-        FeatureKind::Vector | FeatureKind::Nodes => 1,
+        // channels (maps) / heads (attention) / the vector width (vectors, nodes)
+        FeatureKind::Map | FeatureKind::Attention | FeatureKind::Vector | FeatureKind::Nodes => 1,
         FeatureKind::Sequence => 2,
     }
 }
