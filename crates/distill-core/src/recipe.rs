@@ -336,7 +336,7 @@ losses = [{ name = "kd", temperature = 4.0 }]
     fn unknown_key_names_file_line_and_column() {
         let text = BASE.replace("epochs = 3", "epochs = 3\nepochz = 4");
         let e = Recipe::parse(&text, "r.toml", false).unwrap_err().to_string();
-        assert!(e.starts_with("r.toml:6:1:"), "{e}");
+        assert!(e.starts_with("r.toml:7:1:"), "{e}");
         assert!(e.contains("unknown field `epochz`"), "{e}");
         assert!(!e.contains('\n'));
     }

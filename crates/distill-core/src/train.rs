@@ -314,7 +314,7 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
         let mut term_sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut lr = base_lr;
         for (step, idx) in perm.chunks(bs).enumerate() {
-            lr = cfg.schedule.lr_at(base_lr, epoch as f64 + step as f64 / steps as f64, cfg.epochs);
+            lr = cfg.schedule.lr_at(base_lr, epoch as f64 + (step + 1) as f64 / steps as f64, cfg.epochs);
             optim.set_learning_rate(lr);
             let mut rng = Rng::derive(spec.seed, &[&"augment", &spec.name, &epoch, &step]);
             let batch = task.batch(Split::Train, idx, cfg.augment.as_deref(), &mut rng)?;
