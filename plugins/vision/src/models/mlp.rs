@@ -1,0 +1,425 @@
+//! Multi-layer perceptron: `in -> hidden1 -> ... -> hidden{n} -> classes`, ReLU between layers, optional
+//! dropout on the input and after every hidden layer (the MNIST teacher of Hinton, Vinyals & Dean 2015 is
+//! `784-1200-1200-10` with dropout; its student `784-800-800-10` without).
+//!
+//! Parameters: `fc1.weight` `[h1, in]`, `fc1.bias`, …, `fc{n+1}.weight` `[classes, h_n]` (the output layer).
+//! Features: `hidden1` … `hidden{n}` (`[B, h_i]`, post-ReLU, before dropout) and `penultimate` (= `hidden{n}`).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Linear, Module, VarMap};
+use distill_core::{nn::dropout, Error, FeatureKind, Mode, Network, Outputs, Result};
+
+/// A multi-layer perceptron over flattened input.
+pub struct Mlp {
+    /// Hidden layers then the output layer.
+    layers: Vec<Linear>,
+    /// `[in, h1, ..., hn, classes]`.
+    sizes: Vec<usize>,
+    dropout: f64,
+    input_dropout: f64,
+    varmap: VarMap,
+}
+
+impl Mlp {
+    /// An MLP over `input_dim` inputs with `hidden` layer sizes (at least one) and `num_classes` outputs;
+    /// `dropout` applies after every hidden layer, `input_dropout` to the input (training only).
+    pub fn new(
+        input_dim: usize,
+        hidden: &[usize],
+        num_classes: usize,
+        dropout: f64,
+        input_dropout: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        if hidden.is_empty() || hidden.contains(&0) || input_dim == 0 || num_classes == 0 {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "mlp needs positive sizes and at least one hidden layer, got {input_dim}-{hidden:?}-{num_classes}"
+                ),
+            ));
+        }
+        let varmap = VarMap::new();
+        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, device);
+        let mut sizes = Vec::with_capacity(hidden.len() + 2);
+        sizes.push(input_dim);
+        sizes.extend_from_slice(hidden);
+        sizes.push(num_classes);
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| candle_nn::linear(w[0], w[1], vb.pp(format!("fc{}", i + 1))))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            sizes,
+            dropout,
+            input_dropout,
+            varmap,
+        })
+    }
+
+    /// Layer sizes `[in, h1, ..., hn, classes]`.
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+}
+
+impl Network for Mlp {
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
+        let x = if input.rank() == 2 {
+            input.clone()
+        } else if input.rank() > 2 {
+            input.flatten_from(1)?
+        } else {
+            return Err(Error::Shape(format!(
+                "mlp expects [B, ...] input, got {:?}",
+                input.dims()
+            )));
+        };
+        if x.dim(1)? != self.sizes[0] {
+            return Err(Error::Shape(format!(
+                "{} expects {} input values per sample, got input {:?}",
+                self.describe(),
+                self.sizes[0],
+                input.dims()
+            )));
+        }
+        let mut x = dropout(&x, self.input_dropout, mode, "mlp.input")?;
+        let (out, hidden) = self.layers.split_last().expect("at least two layers");
+        let mut outputs_features = Vec::with_capacity(hidden.len());
+        for (i, layer) in hidden.iter().enumerate() {
+            let h = apply_linear(layer, &x)?.relu()?;
+            let name = format!("hidden{}", i + 1);
+            x = dropout(&h, self.dropout, mode, &format!("mlp.{name}"))?;
+            outputs_features.push((name, h));
+        }
+        let logits = apply_linear(out, &x)?;
+        let penultimate = outputs_features.last().expect("a hidden layer").1.clone();
+        let mut outputs = Outputs::logits(logits);
+        for (name, h) in outputs_features {
+            outputs = outputs.with_feature(&name, FeatureKind::Vector, h)?;
+        }
+        outputs.with_feature("penultimate", FeatureKind::Vector, penultimate)
+    }
+
+    fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    fn flops(&self) -> u64 {
+        self.sizes
+            .windows(2)
+            .map(|w| 2 * (w[0] * w[1]) as u64)
+            .sum()
+    }
+
+    fn describe(&self) -> String {
+        let sizes: Vec<String> = self.sizes.iter().map(|s| s.to_string()).collect();
+        let mut d = format!("mlp {}", sizes.join("-"));
+        if self.input_dropout > 0.0 || self.dropout > 0.0 {
+            d.push_str(&format!(
+                " (dropout input {}, hidden {})",
+                self.input_dropout, self.dropout
+            ));
+        }
+        d
+    }
+}
+
+/// `layer(x)` for `[B, in]` input. On the CPU (f32) it runs as a [`LinearOp`], which skips the input's
+/// gradient when the input tracks none; elsewhere as a plain [`Linear`].
+fn apply_linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    let w = layer.weight();
+    if !(x.device().is_cpu() && x.rank() == 2 && x.dtype() == DType::F32 && w.dtype() == DType::F32)
+    {
+        return Ok(layer.forward(x)?);
+    }
+    let y = x.apply_op2(
+        w,
+        LinearOp {
+            input_grad: x.track_op(),
+        },
+    )?;
+    Ok(match layer.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// `x @ w^T` (x `[B, in]`, w `[out, in]`) as one op whose backward gives `w` its gradient directly and skips
+/// the gradient of `x` when `input_grad` is false (the network's input needs none; candle's matmul would
+/// compute it anyway, a whole extra matmul per step on the first layer). CPU only.
+struct LinearOp {
+    input_grad: bool,
+}
+
+impl candle_core::CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "mlp-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("mlp-linear: input [{m}, {k}] does not fit weight [{n}, {k2}]");
+        }
+        let out = s1.matmul(s2, (1, m, n, k), l1, &l2.transpose(0, 1)?)?;
+        Ok((out, (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_w = grad.t()?.matmul(x)?;
+        let grad_x = if self.input_grad {
+            Some(grad.matmul(w)?)
+        } else {
+            None
+        };
+        Ok((grad_x, Some(grad_w)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distill_core::network::{num_params, num_trainable_params};
+
+    #[test]
+    fn shapes_names_features_and_flops() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Mlp::new(784, &[1200, 1200], 10, 0.5, 0.2, 1, &dev)?;
+        assert_eq!(
+            net.describe(),
+            "mlp 784-1200-1200-10 (dropout input 0.2, hidden 0.5)"
+        );
+        let expected = 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10;
+        assert_eq!(num_trainable_params(&net), expected);
+        assert_eq!(num_params(&net), expected);
+        assert_eq!(
+            net.flops(),
+            2 * (784 * 1200 + 1200 * 1200 + 1200 * 10) as u64
+        );
+        let mut names: Vec<String> = net
+            .varmap()
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "fc1.bias",
+                "fc1.weight",
+                "fc2.bias",
+                "fc2.weight",
+                "fc3.bias",
+                "fc3.weight"
+            ]
+        );
+        let x = Tensor::rand(0f32, 1f32, (3, 1, 28, 28), &dev)?;
+        let out = net.forward(&x, Mode::Eval)?;
+        assert_eq!(out.logits.dims(), [3, 10]);
+        let keys: Vec<&String> = out.features.keys().collect();
+        assert_eq!(keys, ["hidden1", "hidden2", "penultimate"]);
+        assert_eq!(out.feature("hidden1")?.tensor.dims(), [3, 1200]);
+        assert_eq!(out.feature("penultimate")?.kind, FeatureKind::Vector);
+        let h2: Vec<f32> = out.feature("hidden2")?.tensor.flatten_all()?.to_vec1()?;
+        let pen: Vec<f32> = out
+            .feature("penultimate")?
+            .tensor
+            .flatten_all()?
+            .to_vec1()?;
+        assert_eq!(h2, pen);
+        assert!(h2.iter().all(|&v| v >= 0.0), "post-ReLU");
+        // [B, D] input works too, and a wrong size is a shape error.
+        let out2 = net.forward(&x.flatten_from(1)?, Mode::Eval)?;
+        let a: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
+        let b: Vec<f32> = out2.logits.flatten_all()?.to_vec1()?;
+        assert_eq!(a, b);
+        let err = net
+            .forward(
+                &Tensor::zeros((2, 3, 28, 28), candle_core::DType::F32, &dev)?,
+                Mode::Eval,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("784") && err.contains("[2, 3, 28, 28]"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn matches_a_manual_forward_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Mlp::new(4, &[3], 2, 0.0, 0.0, 9, &dev)?;
+        let data = net.varmap().data().lock().unwrap().clone();
+        let get = |k: &str| -> Vec<Vec<f32>> {
+            let t = data[k].as_tensor();
+            if t.rank() == 1 {
+                vec![t.to_vec1().unwrap()]
+            } else {
+                t.to_vec2().unwrap()
+            }
+        };
+        let (w1, b1, w2, b2) = (
+            get("fc1.weight"),
+            get("fc1.bias"),
+            get("fc2.weight"),
+            get("fc2.bias"),
+        );
+        let x = [0.5f32, -1.0, 2.0, 0.25];
+        let h: Vec<f32> = (0..3)
+            .map(|j| (b1[0][j] + (0..4).map(|i| w1[j][i] * x[i]).sum::<f32>()).max(0.0))
+            .collect();
+        let y: Vec<f32> = (0..2)
+            .map(|k| b2[0][k] + (0..3).map(|j| w2[k][j] * h[j]).sum::<f32>())
+            .collect();
+        let out = net.forward(&Tensor::new(&[x], &dev)?, Mode::Eval)?;
+        let got: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
+        for (g, e) in got.iter().zip(&y) {
+            assert!((g - e).abs() < 1e-5, "{got:?} vs {y:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_only_in_training_and_seeded() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Mlp::new(20, &[50, 50], 5, 0.5, 0.2, 3, &dev)?;
+        let x = Tensor::rand(0f32, 1f32, (4, 20), &dev)?;
+        let v = |m: Mode| -> Vec<f32> {
+            net.forward(&x, m)
+                .unwrap()
+                .logits
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(v(Mode::Eval), v(Mode::Eval));
+        assert_eq!(v(Mode::Train { seed: 1 }), v(Mode::Train { seed: 1 }));
+        assert_ne!(v(Mode::Train { seed: 1 }), v(Mode::Train { seed: 2 }));
+        assert_ne!(v(Mode::Train { seed: 1 }), v(Mode::Eval));
+        // Without dropout, training and evaluation agree.
+        let plain = Mlp::new(20, &[50], 5, 0.0, 0.0, 3, &dev)?;
+        let a: Vec<f32> = plain
+            .forward(&x, Mode::Eval)?
+            .logits
+            .flatten_all()?
+            .to_vec1()?;
+        let b: Vec<f32> = plain
+            .forward(&x, Mode::Train { seed: 7 })?
+            .logits
+            .flatten_all()?
+            .to_vec1()?;
+        assert_eq!(a, b);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod linear_op_tests {
+    use super::*;
+
+    /// The linear op gives exactly what candle's `x.matmul(w.t()) + b` gives, forward and backward.
+    #[test]
+    fn linear_op_matches_matmul() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Mlp::new(30, &[20, 16], 5, 0.0, 0.0, 4, &dev)?;
+        let vars = distill_core::network::varmap_tensors(net.varmap())?;
+        let x = Tensor::rand(-1f32, 1f32, (7, 30), &dev)?;
+        let reference = |x: &Tensor| -> Result<Tensor> {
+            let mut h = x.clone();
+            for i in 1..=3 {
+                let (w, b) = (
+                    &vars[&format!("fc{i}.weight")],
+                    &vars[&format!("fc{i}.bias")],
+                );
+                h = h.matmul(&w.t()?)?.broadcast_add(b)?;
+                if i < 3 {
+                    h = h.relu()?;
+                }
+            }
+            Ok(h)
+        };
+        let ya = reference(&x)?;
+        let yb = net.forward(&x, Mode::Train { seed: 0 })?.logits;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert!(diff(&ya, &yb)? < 1e-6);
+        let ga = ya.sqr()?.sum_all()?.backward()?;
+        let gb = yb.sqr()?.sum_all()?.backward()?;
+        for (name, t) in &vars {
+            let (a, b) = (ga.get(t).unwrap(), gb.get(t).unwrap());
+            assert!(diff(a, b)? < 1e-5, "{name}");
+        }
+        // An input that tracks gradients gets one, equal to the reference's.
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let ga = reference(xv.as_tensor())?.sqr()?.sum_all()?.backward()?;
+        let gb = net
+            .forward(xv.as_tensor(), Mode::Eval)?
+            .logits
+            .sqr()?
+            .sum_all()?
+            .backward()?;
+        let (a, b) = (
+            ga.get(xv.as_tensor()).unwrap(),
+            gb.get(xv.as_tensor()).unwrap(),
+        );
+        assert!(diff(a, b)? < 1e-5);
+        // Plain data gets none (that matmul is skipped).
+        let gb = net.forward(&x, Mode::Eval)?.logits.sum_all()?.backward()?;
+        assert!(gb.get(&x).is_none());
+        Ok(())
+    }
+
+    /// Times forward + backward of the Hinton teacher on batch 128:
+    /// `cargo test -p distill-vision mlp_step_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn mlp_step_timing() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Mlp::new(784, &[1200, 1200], 10, 0.5, 0.2, 0, &dev)?;
+        let x = Tensor::rand(0f32, 1f32, (128, 1, 28, 28), &dev)?;
+        let time = |name: &str, f: &dyn Fn(u64) -> Result<()>| -> Result<()> {
+            f(0)?;
+            let mut ts: Vec<f64> = (1..=30)
+                .map(|s| {
+                    let t = std::time::Instant::now();
+                    f(s).map(|_| t.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect::<Result<_>>()?;
+            ts.sort_by(f64::total_cmp);
+            eprintln!("{name}: min {:.2} ms, median {:.2} ms", ts[0], ts[15]);
+            Ok(())
+        };
+        time("eval forward", &|_| net.forward(&x, Mode::Eval).map(|_| ()))?;
+        time("train forward + backward", &|seed| {
+            let out = net.forward(&x, Mode::Train { seed })?;
+            out.logits.sqr()?.mean_all()?.backward()?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
