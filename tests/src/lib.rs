@@ -18,10 +18,19 @@ pub fn distill_bin() -> PathBuf {
     // the test executable lives in target/<profile>/deps/
     let profile = std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent()?.parent()?.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .and_then(|p| {
+            p.parent()?
+                .parent()?
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "debug".into());
     let bin = target.join(profile).join("distill");
-    assert!(bin.exists(), "{} not found: build it first with `cargo build -p distill-cli`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p distill-cli`",
+        bin.display()
+    );
     bin
 }
 
@@ -65,7 +74,9 @@ pub fn write_synthetic_mnist(data_dir: &Path, n_train: usize, n_test: usize) {
     std::fs::create_dir_all(&dir).unwrap();
     let mut state = 12345u64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as u32
     };
     for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
@@ -74,7 +85,10 @@ pub fn write_synthetic_mnist(data_dir: &Path, n_train: usize, n_test: usize) {
         for i in 0..n {
             let c = (next() % 10) as usize;
             labels[i] = c as u8;
-            let (r0, c0) = (4 + (c / 5) * 12 + (next() % 3) as usize, 2 + (c % 5) * 5 + (next() % 2) as usize);
+            let (r0, c0) = (
+                4 + (c / 5) * 12 + (next() % 3) as usize,
+                2 + (c % 5) * 5 + (next() % 2) as usize,
+            );
             let img = &mut images[i * 784..(i + 1) * 784];
             for r in r0..r0 + 6 {
                 for col in c0..(c0 + 6).min(28) {
@@ -86,8 +100,20 @@ pub fn write_synthetic_mnist(data_dir: &Path, n_train: usize, n_test: usize) {
                 img[p] = img[p].saturating_add((next() % 120) as u8);
             }
         }
-        write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), 2051, &[n as u32, 28, 28], &images, true);
-        write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), 2049, &[n as u32], &labels, true);
+        write_idx(
+            &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            2051,
+            &[n as u32, 28, 28],
+            &images,
+            true,
+        );
+        write_idx(
+            &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            2049,
+            &[n as u32],
+            &labels,
+            true,
+        );
     }
 }
 

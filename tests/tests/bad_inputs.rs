@@ -6,7 +6,11 @@ fn expect_error(o: &std::process::Output, needles: &[&str]) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(2), "exit code; stderr: {err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "`{n}` not in: {err}");
     }
@@ -20,14 +24,32 @@ fn setup(recipe: &str) -> tempfile::TempDir {
 }
 
 fn run(tmp: &tempfile::TempDir) -> std::process::Output {
-    distill(tmp.path(), &["run", "r.toml", "--data-dir", "data", "--out", "out", "--quiet", "--no-cache"])
+    distill(
+        tmp.path(),
+        &[
+            "run",
+            "r.toml",
+            "--data-dir",
+            "data",
+            "--out",
+            "out",
+            "--quiet",
+            "--no-cache",
+        ],
+    )
 }
 
 #[test]
 fn unknown_recipe_key() {
-    let tmp = setup(&tiny_recipe(1).replace("epochs = 1\naugment", "epochs = 1\nepoch_count = 3\naugment"));
+    let tmp = setup(&tiny_recipe(1).replace(
+        "epochs = 1\naugment",
+        "epochs = 1\nepoch_count = 3\naugment",
+    ));
     expect_error(&run(&tmp), &["r.toml:13:1", "unknown field `epoch_count`"]);
-    expect_error(&distill(tmp.path(), &["check", "r.toml"]), &["r.toml:13:1", "unknown field `epoch_count`"]);
+    expect_error(
+        &distill(tmp.path(), &["check", "r.toml"]),
+        &["r.toml:13:1", "unknown field `epoch_count`"],
+    );
 }
 
 #[test]
@@ -39,14 +61,24 @@ fn wrong_value_type() {
 #[test]
 fn unknown_loss_name() {
     let tmp = setup(&tiny_recipe(1).replace("name = \"kd\"", "name = \"kdd\""));
-    expect_error(&run(&tmp), &["distill.losses[0]", "unknown loss `kdd`", "kd, ce"]);
-    expect_error(&distill(tmp.path(), &["check", "r.toml"]), &["r.toml", "unknown loss `kdd`"]);
+    expect_error(
+        &run(&tmp),
+        &["distill.losses[0]", "unknown loss `kdd`", "kd, ce"],
+    );
+    expect_error(
+        &distill(tmp.path(), &["check", "r.toml"]),
+        &["r.toml", "unknown loss `kdd`"],
+    );
 }
 
 #[test]
 fn unknown_model_arch() {
-    let tmp = setup(&tiny_recipe(1).replace("arch = \"mlp\", hidden = [16]", "arch = \"resnet9000\""));
-    expect_error(&distill(tmp.path(), &["check", "r.toml"]), &["r.toml", "student.model", "resnet9000"]);
+    let tmp =
+        setup(&tiny_recipe(1).replace("arch = \"mlp\", hidden = [16]", "arch = \"resnet9000\""));
+    expect_error(
+        &distill(tmp.path(), &["check", "r.toml"]),
+        &["r.toml", "student.model", "resnet9000"],
+    );
 }
 
 #[test]
@@ -55,7 +87,13 @@ fn truncated_idx_file() {
     let p = tmp.path().join("data/mnist/t10k-images-idx3-ubyte.gz");
     std::fs::remove_file(&p).unwrap();
     // a raw (uncompressed) file whose payload stops short of its header's count
-    write_idx(&tmp.path().join("data/mnist/t10k-images-idx3-ubyte"), 2051, &[50, 28, 28], &vec![0u8; 784 * 20], false);
+    write_idx(
+        &tmp.path().join("data/mnist/t10k-images-idx3-ubyte"),
+        2051,
+        &[50, 28, 28],
+        &vec![0u8; 784 * 20],
+        false,
+    );
     expect_error(&run(&tmp), &["t10k-images-idx3-ubyte", "truncated"]);
 }
 
@@ -63,7 +101,10 @@ fn truncated_idx_file() {
 fn missing_data_dir() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("r.toml"), tiny_recipe(1)).unwrap();
-    let o = distill(tmp.path(), &["run", "r.toml", "--data-dir", "nowhere", "--quiet"]);
+    let o = distill(
+        tmp.path(),
+        &["run", "r.toml", "--data-dir", "nowhere", "--quiet"],
+    );
     expect_error(&o, &["nowhere", "does not exist"]);
 }
 
@@ -78,15 +119,24 @@ fn missing_dataset_files() {
 #[test]
 fn missing_recipe_file() {
     let tmp = tempfile::tempdir().unwrap();
-    expect_error(&distill(tmp.path(), &["check", "absent.toml"]), &["absent.toml"]);
+    expect_error(
+        &distill(tmp.path(), &["check", "absent.toml"]),
+        &["absent.toml"],
+    );
 }
 
 #[test]
 fn bad_temperature_and_device() {
     let tmp = setup(&tiny_recipe(1).replace("temperature = 4.0", "temperature = 0.0"));
-    expect_error(&run(&tmp), &["r.toml", "distill.losses[0].temperature", "must be > 0"]);
+    expect_error(
+        &run(&tmp),
+        &["r.toml", "distill.losses[0].temperature", "must be > 0"],
+    );
     let tmp = setup(&tiny_recipe(1));
-    let o = distill(tmp.path(), &["run", "r.toml", "--data-dir", "data", "--device", "tpu"]);
+    let o = distill(
+        tmp.path(),
+        &["run", "r.toml", "--data-dir", "data", "--device", "tpu"],
+    );
     expect_error(&o, &["--device tpu"]);
 }
 
@@ -94,5 +144,8 @@ fn bad_temperature_and_device() {
 fn corrupt_checkpoint_for_eval() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("model.safetensors"), b"not a checkpoint").unwrap();
-    expect_error(&distill(tmp.path(), &["eval", "model.safetensors"]), &["card.json"]);
+    expect_error(
+        &distill(tmp.path(), &["eval", "model.safetensors"]),
+        &["card.json"],
+    );
 }

@@ -14,7 +14,16 @@ fn run_writes_a_report_that_eval_and_export_agree_with() {
     std::fs::write(tmp.path().join("r.toml"), tiny_recipe(3)).unwrap();
     let out = distill(
         tmp.path(),
-        &["run", "r.toml", "--data-dir", "data", "--out", "out", "--quiet", "--no-cache"],
+        &[
+            "run",
+            "r.toml",
+            "--data-dir",
+            "data",
+            "--out",
+            "out",
+            "--quiet",
+            "--no-cache",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let report = read_report(&tmp.path().join("out"));
@@ -31,9 +40,15 @@ fn run_writes_a_report_that_eval_and_export_agree_with() {
     assert!((compression - (1.0 - s_params as f64 / t_params as f64)).abs() < 1e-12);
     for phase in ["teacher", "scratch", "distilled"] {
         let acc = run[phase]["metric"]["mean"].as_f64().unwrap();
-        assert!(acc > 0.8, "{phase} accuracy {acc}: the synthetic set is easy");
+        assert!(
+            acc > 0.8,
+            "{phase} accuracy {acc}: the synthetic set is easy"
+        );
         let errors = run[phase]["extra"]["errors"]["mean"].as_f64().unwrap();
-        assert!((errors - (1.0 - acc) * 400.0).abs() < 1e-6, "errors {errors} vs accuracy {acc}");
+        assert!(
+            (errors - (1.0 - acc) * 400.0).abs() < 1e-6,
+            "errors {errors} vs accuracy {acc}"
+        );
         assert_eq!(run[phase]["curves"][0].as_array().unwrap().len(), 3);
         assert!(run[phase]["latency_ms"]["batch1"].as_f64().unwrap() > 0.0);
         assert!(run[phase]["bytes"].as_u64().unwrap() > 4 * s_params as u64);
@@ -43,13 +58,26 @@ fn run_writes_a_report_that_eval_and_export_agree_with() {
     let s = run["scratch"]["metric"]["mean"].as_f64().unwrap();
     assert!((kd_gain - (d - s)).abs() < 1e-12);
     assert!(tmp.path().join("out/report.md").exists());
-    let jsonl = std::fs::read_to_string(tmp.path().join("out/seed-0/distilled/metrics.jsonl")).unwrap();
+    let jsonl =
+        std::fs::read_to_string(tmp.path().join("out/seed-0/distilled/metrics.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), 3);
 
     // eval of the saved distilled student reproduces the reported accuracy
-    let eval = distill(tmp.path(), &["eval", "out/seed-0/distilled/model.safetensors", "--data-dir", "data"]);
+    let eval = distill(
+        tmp.path(),
+        &[
+            "eval",
+            "out/seed-0/distilled/model.safetensors",
+            "--data-dir",
+            "data",
+        ],
+    );
     assert!(eval.status.success(), "{}", stderr(&eval));
-    assert!(stdout(&eval).contains(&format!("accuracy = {d:.4}")), "{} vs {d}", stdout(&eval));
+    assert!(
+        stdout(&eval).contains(&format!("accuracy = {d:.4}")),
+        "{} vs {d}",
+        stdout(&eval)
+    );
 
     // export copies the student and its card
     let ex = distill(tmp.path(), &["export", "out", "--to", "exported"]);
@@ -57,15 +85,32 @@ fn run_writes_a_report_that_eval_and_export_agree_with() {
     let a = std::fs::read(tmp.path().join("out/seed-0/distilled/model.safetensors")).unwrap();
     let b = std::fs::read(tmp.path().join("exported/model.safetensors")).unwrap();
     assert_eq!(a, b);
-    let card: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("exported/card.json")).unwrap()).unwrap();
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("exported/card.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(card["phase"], "distilled");
 
     // a second run into the same dir without --resume is refused, and nothing is overwritten
-    let again = distill(tmp.path(), &["run", "r.toml", "--data-dir", "data", "--out", "out", "--quiet", "--no-cache"]);
+    let again = distill(
+        tmp.path(),
+        &[
+            "run",
+            "r.toml",
+            "--data-dir",
+            "data",
+            "--out",
+            "out",
+            "--quiet",
+            "--no-cache",
+        ],
+    );
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("--resume"), "{}", stderr(&again));
-    assert_eq!(std::fs::read(tmp.path().join("out/seed-0/distilled/model.safetensors")).unwrap(), a);
+    assert_eq!(
+        std::fs::read(tmp.path().join("out/seed-0/distilled/model.safetensors")).unwrap(),
+        a
+    );
 }
 
 #[test]
@@ -75,7 +120,17 @@ fn trained_teacher_is_cached_and_reused() {
     write_synthetic_mnist(&data, 1000, 200);
     std::fs::write(tmp.path().join("r.toml"), tiny_recipe(1)).unwrap();
     let args = |out: &'static str| -> Vec<&'static str> {
-        vec!["run", "r.toml", "--data-dir", "data", "--out", out, "--quiet", "--cache-dir", "cache"]
+        vec![
+            "run",
+            "r.toml",
+            "--data-dir",
+            "data",
+            "--out",
+            out,
+            "--quiet",
+            "--cache-dir",
+            "cache",
+        ]
     };
     let a = distill(tmp.path(), &args("a"));
     assert!(a.status.success(), "{}", stderr(&a));
@@ -83,14 +138,24 @@ fn trained_teacher_is_cached_and_reused() {
     assert!(b.status.success(), "{}", stderr(&b));
     let ra = read_report(&tmp.path().join("a"));
     let rb = read_report(&tmp.path().join("b"));
-    assert_eq!(ra["runs"][0]["teacher"]["metric"], rb["runs"][0]["teacher"]["metric"]);
-    let ta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("b/seed-0/teacher/result.json")).unwrap())
-            .unwrap();
+    assert_eq!(
+        ra["runs"][0]["teacher"]["metric"],
+        rb["runs"][0]["teacher"]["metric"]
+    );
+    let ta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("b/seed-0/teacher/result.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(ta["reused"], true);
     // the same seed gives the same scratch and distilled students
-    assert_eq!(ra["runs"][0]["distilled"]["metric"], rb["runs"][0]["distilled"]["metric"]);
-    assert_eq!(ra["runs"][0]["scratch"]["metric"], rb["runs"][0]["scratch"]["metric"]);
+    assert_eq!(
+        ra["runs"][0]["distilled"]["metric"],
+        rb["runs"][0]["distilled"]["metric"]
+    );
+    assert_eq!(
+        ra["runs"][0]["scratch"]["metric"],
+        rb["runs"][0]["scratch"]["metric"]
+    );
 }
 
 #[test]
@@ -100,7 +165,10 @@ fn check_validates_without_data() {
     let o = distill(tmp.path(), &["check", "r.toml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = stdout(&o);
-    assert!(s.contains("mlp 784-64-10") && s.contains("mlp 784-16-10"), "{s}");
+    assert!(
+        s.contains("mlp 784-64-10") && s.contains("mlp 784-16-10"),
+        "{s}"
+    );
     // every shipped recipe checks
     for r in ["plugins/vision/recipes/hinton-mnist.toml"] {
         let o = distill(&root(), &["check", r]);
@@ -117,7 +185,11 @@ fn plugins_lists_the_builtin_plugin() {
     assert!(stdout(&o).contains("image-classification"));
     let o = distill(&root(), &["plugins", "info", "image-classification"]);
     let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert!(m["models"].as_array().unwrap().iter().any(|v| v == "wrn-40-2"));
+    assert!(m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "wrn-40-2"));
     let o = distill(&root(), &["plugins", "info", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown plugin `nope`"));

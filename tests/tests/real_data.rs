@@ -27,7 +27,8 @@ fn hinton_mnist_quick_distilled_beats_scratch() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let run = &r["runs"][0];
     let acc = |p: &str| run[p]["metric"]["mean"].as_f64().unwrap();
     let errors = |p: &str| run[p]["extra"]["errors"]["mean"].as_f64().unwrap();
@@ -37,7 +38,15 @@ fn hinton_mnist_quick_distilled_beats_scratch() {
         errors("scratch"),
         errors("distilled")
     );
-    assert_eq!(run["teacher"]["params"], 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10);
+    assert_eq!(
+        run["teacher"]["params"],
+        784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+    );
     assert!(acc("teacher") > 0.97, "teacher accuracy {}", acc("teacher"));
-    assert!(acc("distilled") > acc("scratch"), "distilled {} vs scratch {}", acc("distilled"), acc("scratch"));
+    assert!(
+        acc("distilled") > acc("scratch"),
+        "distilled {} vs scratch {}",
+        acc("distilled"),
+        acc("scratch")
+    );
 }

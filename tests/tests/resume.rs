@@ -11,7 +11,10 @@ use distill_tests::*;
 fn metrics(dir: &std::path::Path) -> Vec<f64> {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    ["teacher", "scratch", "distilled"].iter().map(|p| r["runs"][0][p]["metric"]["mean"].as_f64().unwrap()).collect()
+    ["teacher", "scratch", "distilled"]
+        .iter()
+        .map(|p| r["runs"][0][p]["metric"]["mean"].as_f64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -21,7 +24,15 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted_run() {
     // wider nets and more epochs so that the kill lands inside an epoch
     let recipe = tiny_recipe(4).replace("hidden = [64]", "hidden = [256, 256]");
     std::fs::write(tmp.path().join("r.toml"), recipe).unwrap();
-    let base = ["run", "r.toml", "--data-dir", "data", "--quiet", "--no-cache", "--out"];
+    let base = [
+        "run",
+        "r.toml",
+        "--data-dir",
+        "data",
+        "--quiet",
+        "--no-cache",
+        "--out",
+    ];
 
     let full = distill(tmp.path(), &[&base[..], &["full"]].concat());
     assert!(full.status.success(), "{}", stderr(&full));
@@ -37,7 +48,10 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted_run() {
     let state = tmp.path().join("killed/seed-0/teacher/state.json");
     let t0 = Instant::now();
     while !state.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
         assert!(t0.elapsed() < Duration::from_secs(600));
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -51,6 +65,9 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted_run() {
     let a = metrics(&tmp.path().join("full"));
     let b = metrics(&tmp.path().join("killed"));
     for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 0.001, "uninterrupted {a:?} vs resumed {b:?}");
+        assert!(
+            (x - y).abs() <= 0.001,
+            "uninterrupted {a:?} vs resumed {b:?}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use distill_core::{
     checkpoint::read_json,
-    pipeline::{check_recipe, run_recipe, write_report},
+    pipeline::{check_recipe, write_report},
     recipe::Recipe,
     report::Report,
     Plugin, RunContext,
@@ -133,7 +133,9 @@ fn device(s: &str) -> Result<candle_core::Device> {
         return Ok(candle_core::Device::Cpu);
     }
     if let Some(n) = s.strip_prefix("cuda:") {
-        let n: usize = n.parse().map_err(|_| anyhow!("--device {s}: expected cuda:N with N a number"))?;
+        let n: usize = n
+            .parse()
+            .map_err(|_| anyhow!("--device {s}: expected cuda:N with N a number"))?;
         if !candle_core::utils::cuda_is_available() {
             bail!("--device {s}: this build has no CUDA support (rebuild with `--features cuda`)");
         }
@@ -143,12 +145,19 @@ fn device(s: &str) -> Result<candle_core::Device> {
 }
 
 fn dir_from(flag: &Option<PathBuf>, env: &str, default: &str) -> PathBuf {
-    flag.clone().or_else(|| std::env::var_os(env).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(default))
+    flag.clone()
+        .or_else(|| std::env::var_os(env).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 fn git_revision() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn check_data_dir(dir: &Path) -> Result<()> {
@@ -190,17 +199,26 @@ fn cmd_run(
     if !seeds.is_empty() {
         recipe.seeds = seeds;
     }
-    let plugin = find_plugin(&recipe.plugin).with_context(|| format!("{}: `plugin`", recipe_path.display()))?;
+    let plugin = find_plugin(&recipe.plugin)
+        .with_context(|| format!("{}: `plugin`", recipe_path.display()))?;
     let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
     check_data_dir(&data_dir)?;
     let out_dir = out.unwrap_or_else(|| {
-        PathBuf::from("runs").join(if quick { format!("{}-quick", recipe.name) } else { recipe.name.clone() })
+        PathBuf::from("runs").join(if quick {
+            format!("{}-quick", recipe.name)
+        } else {
+            recipe.name.clone()
+        })
     });
     let ctx = RunContext {
         data_dir,
         models_dir: dir_from(&dirs.models_dir, "DISTILL_MODELS", "models"),
         out_dir: out_dir.clone(),
-        cache_dir: if no_cache { None } else { Some(dir_from(&cache_dir, "DISTILL_CACHE", ".distill-cache")) },
+        cache_dir: if no_cache {
+            None
+        } else {
+            Some(dir_from(&cache_dir, "DISTILL_CACHE", ".distill-cache"))
+        },
         device: device(&dirs.device)?,
         quick,
         resume,
@@ -209,7 +227,11 @@ fn cmd_run(
         git_revision: git_revision(),
     };
     let run = plugin.run(&recipe, &ctx)?;
-    for (phase, summary) in [("teacher", &run.teacher), ("scratch", &run.scratch), ("distilled", &run.distilled)] {
+    for (phase, summary) in [
+        ("teacher", &run.teacher),
+        ("scratch", &run.scratch),
+        ("distilled", &run.distilled),
+    ] {
         for seed in &run.seeds {
             let dir = out_dir.join(format!("seed-{seed}")).join(phase);
             let card = Card {
@@ -241,19 +263,34 @@ fn cmd_eval(checkpoint: &Path, dirs: &Dirs) -> Result<()> {
     if !checkpoint.exists() {
         bail!("{}: file not found", checkpoint.display());
     }
-    let card: Card = read_json(&card_path)
-        .map_err(|e| anyhow!("{e} (every saved model needs the card.json written beside it by `distill run`)"))?;
+    let card: Card = read_json(&card_path).map_err(|e| {
+        anyhow!("{e} (every saved model needs the card.json written beside it by `distill run`)")
+    })?;
     let recipe = Recipe::parse(&card.recipe_toml, &card_path.display().to_string(), false)?;
     let plugin = find_plugin(&card.plugin)?;
     let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
     check_data_dir(&data_dir)?;
-    let ctx = RunContext { device: device(&dirs.device)?, ..RunContext::new(data_dir, dir) };
+    let ctx = RunContext {
+        device: device(&dirs.device)?,
+        ..RunContext::new(data_dir, dir)
+    };
     let task = plugin.load_task(&recipe, &ctx)?;
     let model: toml::Table = toml::from_str(&card.model)?;
     let net = plugin.build_network(&model, task.info(), 0, &ctx.device)?;
     distill_core::network::load_network(net.as_ref(), checkpoint, &ctx.device)?;
-    let e = distill_core::pipeline::evaluate_test(task.as_ref(), net.as_ref(), recipe.data.eval_batch_size)?;
-    println!("{} ({}, {} test set): {} = {:.4}", net.describe(), card.plugin, card.dataset, task.info().metric.name, e.metric);
+    let e = distill_core::pipeline::evaluate_test(
+        task.as_ref(),
+        net.as_ref(),
+        recipe.data.eval_batch_size,
+    )?;
+    println!(
+        "{} ({}, {} test set): {} = {:.4}",
+        net.describe(),
+        card.plugin,
+        card.dataset,
+        task.info().metric.name,
+        e.metric
+    );
     for (k, v) in &e.extra {
         println!("  {k} = {v:.4}");
     }
@@ -267,21 +304,34 @@ fn cmd_export(run: &Path, to: &Path, phase: &str, seed: u64) -> Result<()> {
     let src = run.join(format!("seed-{seed}")).join(phase);
     let model = src.join("model.safetensors");
     if !model.exists() {
-        bail!("{}: not found (is {} the output dir of a finished `distill run`?)", model.display(), run.display());
+        bail!(
+            "{}: not found (is {} the output dir of a finished `distill run`?)",
+            model.display(),
+            run.display()
+        );
     }
     std::fs::create_dir_all(to).with_context(|| to.display().to_string())?;
     let bytes = std::fs::read(&model).with_context(|| model.display().to_string())?;
     distill_core::checkpoint::write_atomic(&to.join("model.safetensors"), &bytes)?;
-    let card = std::fs::read(src.join("card.json")).with_context(|| src.join("card.json").display().to_string())?;
+    let card = std::fs::read(src.join("card.json"))
+        .with_context(|| src.join("card.json").display().to_string())?;
     distill_core::checkpoint::write_atomic(&to.join("card.json"), &card)?;
-    println!("exported {} ({} bytes) and its card to {}", model.display(), bytes.len(), to.display());
+    println!(
+        "exported {} ({} bytes) and its card to {}",
+        model.display(),
+        bytes.len(),
+        to.display()
+    );
     Ok(())
 }
 
 fn cmd_plugins(what: Option<PluginsCmd>) -> Result<()> {
     match what {
         None => {
-            println!("{:<22} {:<8} {:<22} {:<8} models / losses / recipes", "name", "source", "domain", "version");
+            println!(
+                "{:<22} {:<8} {:<22} {:<8} models / losses / recipes",
+                "name", "source", "domain", "version"
+            );
             for p in plugins() {
                 let m = p.manifest();
                 println!(
@@ -305,15 +355,28 @@ fn cmd_plugins(what: Option<PluginsCmd>) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    distill_core::runtime::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { recipe, quick, seeds, out, resume, cache_dir, no_cache, quiet, dirs } => {
-            cmd_run(&recipe, quick, seeds, out, resume, cache_dir, no_cache, quiet, &dirs)
-        }
+        Command::Run {
+            recipe,
+            quick,
+            seeds,
+            out,
+            resume,
+            cache_dir,
+            no_cache,
+            quiet,
+            dirs,
+        } => cmd_run(
+            &recipe, quick, seeds, out, resume, cache_dir, no_cache, quiet, &dirs,
+        ),
         Command::Check { recipe, quick } => (|| {
             let r = Recipe::load(&recipe, quick)?;
-            let plugin = find_plugin(&r.plugin).with_context(|| format!("{}: `plugin`", recipe.display()))?;
-            let s = check_recipe(plugin.as_ref(), &r).with_context(|| recipe.display().to_string())?;
+            let plugin = find_plugin(&r.plugin)
+                .with_context(|| format!("{}: `plugin`", recipe.display()))?;
+            let s =
+                check_recipe(plugin.as_ref(), &r).with_context(|| recipe.display().to_string())?;
             println!("{}: ok", recipe.display());
             println!("  teacher  {} ({} params)", s.teacher, s.teacher_params);
             println!("  student  {} ({} params)", s.student, s.student_params);
@@ -322,7 +385,12 @@ fn main() -> ExitCode {
         })(),
         Command::Plugins { what } => cmd_plugins(what),
         Command::Eval { checkpoint, dirs } => cmd_eval(&checkpoint, &dirs),
-        Command::Export { run, to, phase, seed } => cmd_export(&run, &to, &phase, seed),
+        Command::Export {
+            run,
+            to,
+            phase,
+            seed,
+        } => cmd_export(&run, &to, &phase, seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

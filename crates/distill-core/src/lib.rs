@@ -39,6 +39,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod recipe;
 pub mod report;
+pub mod runtime;
 pub mod task;
 pub mod train;
 

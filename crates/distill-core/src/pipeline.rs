@@ -50,7 +50,9 @@ pub fn check_recipe(plugin: &dyn Plugin, recipe: &Recipe) -> Result<CheckSummary
         ("distill.augment", &recipe.distill.augment),
     ] {
         if let Some(a) = a.as_deref().filter(|a| *a != "none") {
-            plugin.check_augment(a).map_err(|e| Error::msg(format!("`{k}`: {e}")))?;
+            plugin
+                .check_augment(a)
+                .map_err(|e| Error::msg(format!("`{k}`: {e}")))?;
         }
     }
     let device = candle_core::Device::Cpu;
@@ -60,13 +62,24 @@ pub fn check_recipe(plugin: &dyn Plugin, recipe: &Recipe) -> Result<CheckSummary
     let student = plugin
         .build_network(&recipe.student.model, &info, 0, &device)
         .map_err(|e| Error::msg(format!("`student.model`: {e}")))?;
-    let losses = build_losses(plugin, recipe, &info, teacher.as_ref(), student.as_ref(), 0, &device)?;
+    let losses = build_losses(
+        plugin,
+        recipe,
+        &info,
+        teacher.as_ref(),
+        student.as_ref(),
+        0,
+        &device,
+    )?;
     Ok(CheckSummary {
         teacher: teacher.describe(),
         student: student.describe(),
         teacher_params: crate::network::num_params(teacher.as_ref()),
         student_params: crate::network::num_params(student.as_ref()),
-        losses: losses.iter().map(|(w, t)| format!("{} × {w}", term_name(t))).collect(),
+        losses: losses
+            .iter()
+            .map(|(w, t)| format!("{} × {w}", term_name(t)))
+            .collect(),
     })
 }
 
@@ -114,7 +127,9 @@ fn build_losses(
             continue;
         }
         let loss_seed = Rng::derive(seed, &[&"loss", &i]).next_u64();
-        let loss = match build_core_loss(spec, &s_out, &t_out, loss_seed).map_err(|e| Error::msg(format!("{where_}: {e}")))? {
+        let loss = match build_core_loss(spec, &s_out, &t_out, loss_seed)
+            .map_err(|e| Error::msg(format!("{where_}: {e}")))?
+        {
             Some(l) => l,
             None => match plugin
                 .build_loss(spec, &s_out, &t_out, loss_seed)
@@ -122,7 +137,8 @@ fn build_losses(
             {
                 Some(l) => l,
                 None => {
-                    let mut known: Vec<String> = CORE_LOSSES.iter().map(|s| s.to_string()).collect();
+                    let mut known: Vec<String> =
+                        CORE_LOSSES.iter().map(|s| s.to_string()).collect();
                     known.push("task".into());
                     known.extend(plugin.manifest().losses);
                     return Err(Error::msg(format!(
@@ -170,22 +186,42 @@ fn teacher_phase(
     seed_dir: &Path,
 ) -> Result<(Box<dyn Network>, PhaseResult)> {
     let info = task.info();
-    let net = plugin.build_network(&recipe.teacher.model, info, init_seed(seed, "teacher"), &ctx.device)?;
+    let net = plugin.build_network(
+        &recipe.teacher.model,
+        info,
+        init_seed(seed, "teacher"),
+        &ctx.device,
+    )?;
     let spec = phase_spec(recipe, ctx, seed, "teacher", seed_dir);
     if let Some(p) = &recipe.teacher.pretrained {
-        let path = if p.is_absolute() { p.clone() } else { ctx.models_dir.join(p) };
+        let path = if p.is_absolute() {
+            p.clone()
+        } else {
+            ctx.models_dir.join(p)
+        };
         load_network(net.as_ref(), &path, &ctx.device)?;
         let r = finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?;
         return Ok((net, r));
     }
-    let cache: Option<PathBuf> = ctx.cache_dir.as_ref().map(|c| c.join("teachers").join(teacher_cache_key(recipe, seed)));
+    let cache: Option<PathBuf> = ctx
+        .cache_dir
+        .as_ref()
+        .map(|c| c.join("teachers").join(teacher_cache_key(recipe, seed)));
     if let Some(c) = &cache {
-        if c.join(files::RESULT).exists() && c.join(files::FINAL).exists() && !spec.dir.join(files::STATE).exists() {
+        if c.join(files::RESULT).exists()
+            && c.join(files::FINAL).exists()
+            && !spec.dir.join(files::STATE).exists()
+        {
             load_network(net.as_ref(), &c.join(files::FINAL), &ctx.device)?;
             let mut r: PhaseResult = read_json(&c.join(files::RESULT))?;
             r.reused = true;
             if !ctx.quiet {
-                eprintln!("[{}] reusing the cached teacher {} ({:.4})", spec.label, c.display(), r.metric);
+                eprintln!(
+                    "[{}] reusing the cached teacher {} ({:.4})",
+                    spec.label,
+                    c.display(),
+                    r.metric
+                );
             }
             save_network(net.as_ref(), &spec.dir.join(files::FINAL))?;
             write_json_atomic(&r, &spec.dir.join(files::RESULT))?;
@@ -206,7 +242,11 @@ pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Res
     if !ctx.resume {
         for seed in &recipe.seeds {
             let d = ctx.out_dir.join(format!("seed-{seed}"));
-            if d.exists() && std::fs::read_dir(&d).map(|mut r| r.next().is_some()).unwrap_or(false) {
+            if d.exists()
+                && std::fs::read_dir(&d)
+                    .map(|mut r| r.next().is_some())
+                    .unwrap_or(false)
+            {
                 return Err(Error::msg(format!(
                     "{} already holds a run; pass --resume to continue it or choose another --out",
                     d.display()
@@ -223,7 +263,8 @@ pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Res
         let teacher = Teacher::new(t_net);
 
         let student_seed = init_seed(seed, "student");
-        let scratch = plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
+        let scratch =
+            plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
         let s_res = train_phase(
             task.as_ref(),
             scratch.as_ref(),
@@ -232,13 +273,24 @@ pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Res
         )?;
         drop(scratch);
 
-        let student = plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
-        let terms =
-            build_losses(plugin, recipe, &info, teacher.network(), student.as_ref(), seed, &ctx.device)?;
+        let student =
+            plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
+        let terms = build_losses(
+            plugin,
+            recipe,
+            &info,
+            teacher.network(),
+            student.as_ref(),
+            seed,
+            &ctx.device,
+        )?;
         let d_res = train_phase(
             task.as_ref(),
             student.as_ref(),
-            Objective::Distill { teacher: &teacher, terms },
+            Objective::Distill {
+                teacher: &teacher,
+                terms,
+            },
             &phase_spec(recipe, ctx, seed, "distilled", &seed_dir),
         )?;
         if !ctx.quiet {
@@ -251,7 +303,11 @@ pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Res
         sr.push(s_res);
         dr.push(d_res);
     }
-    let (t, s, d) = (PhaseSummary::of(&tr), PhaseSummary::of(&sr), PhaseSummary::of(&dr));
+    let (t, s, d) = (
+        PhaseSummary::of(&tr),
+        PhaseSummary::of(&sr),
+        PhaseSummary::of(&dr),
+    );
     let derived = RunReport::derive(&info.metric, &t, &s, &d);
     let mut shown = recipe.clone();
     shown.quick = None;
@@ -277,6 +333,10 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
 }
 
 /// Evaluates a network on a task's test split (used by `distill eval`).
-pub fn evaluate_test(task: &dyn Task, net: &dyn Network, batch: usize) -> Result<crate::task::Evaluation> {
+pub fn evaluate_test(
+    task: &dyn Task,
+    net: &dyn Network,
+    batch: usize,
+) -> Result<crate::task::Evaluation> {
     task.evaluate(net, Split::Test, batch)
 }

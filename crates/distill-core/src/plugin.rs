@@ -99,7 +99,11 @@ pub trait Plugin: Send + Sync {
     ) -> Result<Box<dyn Network>>;
     /// Checks an augmentation name; none are known by default.
     fn check_augment(&self, name: &str) -> Result<()> {
-        Err(crate::Error::Unknown { what: "augmentation", name: name.to_string(), known: String::new() })
+        Err(crate::Error::Unknown {
+            what: "augmentation",
+            name: name.to_string(),
+            known: String::new(),
+        })
     }
     /// Builds a domain loss, or `Ok(None)` if the name is not one of this plugin's.
     fn build_loss(

@@ -198,7 +198,12 @@ pub fn toml_error(text: &str, path: &str, err: &toml::de::Error) -> Error {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -226,12 +231,18 @@ impl Recipe {
         let recipe = if quick {
             match &recipe.quick {
                 Some(over) => {
-                    let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
+                    let mut table: toml::Table =
+                        toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
                     table.remove("quick");
                     merge(&mut table, over);
-                    let merged = toml::to_string(&table).map_err(|e| Error::config(path, e.to_string()))?;
-                    let mut r: Recipe = toml::from_str(&merged)
-                        .map_err(|e| Error::config(format!("{path} [quick]"), e.message().trim().replace('\n', " ")))?;
+                    let merged =
+                        toml::to_string(&table).map_err(|e| Error::config(path, e.to_string()))?;
+                    let mut r: Recipe = toml::from_str(&merged).map_err(|e| {
+                        Error::config(
+                            format!("{path} [quick]"),
+                            e.message().trim().replace('\n', " "),
+                        )
+                    })?;
                     r.quick = recipe.quick.clone();
                     r
                 }
@@ -257,38 +268,58 @@ impl Recipe {
             if phase.epochs == 0 && !(name == "teacher" && phase.pretrained.is_some()) {
                 return Err(err(&format!("{name}.epochs"), "must be > 0".into()));
             }
-            phase.optimizer.validate().map_err(|e| err(&format!("{name}.optimizer"), e.to_string()))?;
-            phase.schedule.validate().map_err(|e| err(&format!("{name}.schedule"), e.to_string()))?;
+            phase
+                .optimizer
+                .validate()
+                .map_err(|e| err(&format!("{name}.optimizer"), e.to_string()))?;
+            phase
+                .schedule
+                .validate()
+                .map_err(|e| err(&format!("{name}.schedule"), e.to_string()))?;
             if let Some(c) = phase.clip_grad_norm {
                 if !(c > 0.0 && c.is_finite()) {
-                    return Err(err(&format!("{name}.clip_grad_norm"), format!("must be > 0, got {c}")));
+                    return Err(err(
+                        &format!("{name}.clip_grad_norm"),
+                        format!("must be > 0, got {c}"),
+                    ));
                 }
             }
             if phase.early_stopping.is_some() && self.data.validation == 0 {
                 return Err(err(
                     &format!("{name}.early_stopping"),
-                    "needs a validation split: set data.validation to a number of held-out samples".into(),
+                    "needs a validation split: set data.validation to a number of held-out samples"
+                        .into(),
                 ));
             }
         }
         if self.student.pretrained.is_some() {
-            return Err(err("student.pretrained", "is only allowed for the teacher".into()));
+            return Err(err(
+                "student.pretrained",
+                "is only allowed for the teacher".into(),
+            ));
         }
         if self.distill.losses.is_empty() {
             return Err(err("distill.losses", "must list at least one loss".into()));
         }
         for (i, l) in self.distill.losses.iter().enumerate() {
             if !(l.weight.is_finite() && l.weight >= 0.0) {
-                return Err(err(&format!("distill.losses[{i}].weight"), format!("must be >= 0, got {}", l.weight)));
+                return Err(err(
+                    &format!("distill.losses[{i}].weight"),
+                    format!("must be >= 0, got {}", l.weight),
+                ));
             }
             if let Some(t) = l.temperature {
                 if !(t > 0.0 && t.is_finite()) {
-                    return Err(err(&format!("distill.losses[{i}].temperature"), format!("must be > 0, got {t}")));
+                    return Err(err(
+                        &format!("distill.losses[{i}].temperature"),
+                        format!("must be > 0, got {t}"),
+                    ));
                 }
             }
         }
         if let Some(o) = &self.distill.optimizer {
-            o.validate().map_err(|e| err("distill.optimizer", e.to_string()))?;
+            o.validate()
+                .map_err(|e| err("distill.optimizer", e.to_string()))?;
         }
         if let Some(e) = self.distill.epochs {
             if e == 0 {
@@ -335,7 +366,9 @@ losses = [{ name = "kd", temperature = 4.0 }]
     #[test]
     fn unknown_key_names_file_line_and_column() {
         let text = BASE.replace("epochs = 3", "epochs = 3\nepochz = 4");
-        let e = Recipe::parse(&text, "r.toml", false).unwrap_err().to_string();
+        let e = Recipe::parse(&text, "r.toml", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("r.toml:7:1:"), "{e}");
         assert!(e.contains("unknown field `epochz`"), "{e}");
         assert!(!e.contains('\n'));
@@ -344,7 +377,9 @@ losses = [{ name = "kd", temperature = 4.0 }]
     #[test]
     fn wrong_type_names_file_line_and_column() {
         let text = BASE.replace("epochs = 3", "epochs = \"three\"");
-        let e = Recipe::parse(&text, "r.toml", false).unwrap_err().to_string();
+        let e = Recipe::parse(&text, "r.toml", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("r.toml:6:10:"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
     }
@@ -366,10 +401,14 @@ losses = [{ name = "kd", temperature = 4.0 }]
     #[test]
     fn value_checks_name_the_key() {
         let text = BASE.replace("temperature = 4.0", "temperature = -1.0");
-        let e = Recipe::parse(&text, "t.toml", false).unwrap_err().to_string();
+        let e = Recipe::parse(&text, "t.toml", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("distill.losses[0].temperature"), "{e}");
         let text = BASE.replace("lr = 0.1", "lr = 0.0");
-        let e = Recipe::parse(&text, "t.toml", false).unwrap_err().to_string();
+        let e = Recipe::parse(&text, "t.toml", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("teacher.optimizer"), "{e}");
     }
 }

@@ -33,7 +33,11 @@ impl Stat {
         } else {
             0.0
         };
-        Self { mean, std, values: values.to_vec() }
+        Self {
+            mean,
+            std,
+            values: values.to_vec(),
+        }
     }
 }
 
@@ -128,10 +132,14 @@ impl PhaseSummary {
     /// Aggregates per-seed results.
     pub fn of(results: &[PhaseResult]) -> Self {
         let first = &results[0];
-        let stat = |f: &dyn Fn(&PhaseResult) -> f64| Stat::of(&results.iter().map(f).collect::<Vec<_>>());
+        let stat =
+            |f: &dyn Fn(&PhaseResult) -> f64| Stat::of(&results.iter().map(f).collect::<Vec<_>>());
         let mut extra = BTreeMap::new();
         for k in first.extra.keys() {
-            extra.insert(k.clone(), stat(&|r| r.extra.get(k).copied().unwrap_or(f64::NAN)));
+            extra.insert(
+                k.clone(),
+                stat(&|r| r.extra.get(k).copied().unwrap_or(f64::NAN)),
+            );
         }
         let best = if results.iter().all(|r| r.best_val_epoch_metric.is_some()) {
             Some(stat(&|r| r.best_val_epoch_metric.unwrap_or(f64::NAN)))
@@ -201,7 +209,12 @@ pub struct RunReport {
 
 impl RunReport {
     /// Fills `derived` from the three phases.
-    pub fn derive(metric: &MetricInfo, t: &PhaseSummary, s: &PhaseSummary, d: &PhaseSummary) -> Derived {
+    pub fn derive(
+        metric: &MetricInfo,
+        t: &PhaseSummary,
+        s: &PhaseSummary,
+        d: &PhaseSummary,
+    ) -> Derived {
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let sign = if metric.higher_is_better { 1.0 } else { -1.0 };
         Derived {
@@ -265,7 +278,11 @@ impl Report {
                 if r.quick { ", quick" } else { "" },
                 r.seeds,
                 r.metric.name,
-                if r.metric.higher_is_better { "higher" } else { "lower" }
+                if r.metric.higher_is_better {
+                    "higher"
+                } else {
+                    "lower"
+                }
             );
             let extra_keys: Vec<&String> = r.teacher.extra.keys().collect();
             let mut header = format!("| | {} |", r.metric.name);
@@ -275,15 +292,27 @@ impl Report {
             header.push_str(" params | bytes | latency b1 (ms) | latency b256 (ms) | peak RSS (MiB) | wall (s) |");
             let _ = writeln!(s, "{header}");
             let _ = writeln!(s, "|{}", "---|".repeat(8 + extra_keys.len()));
-            for (name, p) in [("teacher", &r.teacher), ("scratch", &r.scratch), ("distilled", &r.distilled)] {
+            for (name, p) in [
+                ("teacher", &r.teacher),
+                ("scratch", &r.scratch),
+                ("distilled", &r.distilled),
+            ] {
                 let mut row = format!("| {name} | {} |", fmt_stat(&p.metric));
                 for k in &extra_keys {
-                    row.push_str(&format!(" {} |", p.extra.get(*k).map(fmt_stat).unwrap_or_default()));
+                    row.push_str(&format!(
+                        " {} |",
+                        p.extra.get(*k).map(fmt_stat).unwrap_or_default()
+                    ));
                 }
                 let _ = writeln!(
                     s,
                     "{row} {} | {} | {:.3} | {:.2} | {:.0} | {:.1} |",
-                    p.params, p.bytes, p.latency_ms.batch1, p.latency_ms.batch256, p.peak_rss_mb, p.wall_s
+                    p.params,
+                    p.bytes,
+                    p.latency_ms.batch1,
+                    p.latency_ms.batch256,
+                    p.peak_rss_mb,
+                    p.wall_s
                 );
             }
             let d = &r.derived;

@@ -57,7 +57,13 @@ pub trait Task: Send + Sync {
     /// Number of samples in a split.
     fn len(&self, split: Split) -> usize;
     /// The samples `indices` of `split`, augmented with `augment` (a plugin-defined name) when given.
-    fn batch(&self, split: Split, indices: &[usize], augment: Option<&str>, rng: &mut Rng) -> Result<Batch>;
+    fn batch(
+        &self,
+        split: Split,
+        indices: &[usize],
+        augment: Option<&str>,
+        rng: &mut Rng,
+    ) -> Result<Batch>;
     /// The task's own loss (the "hard label" loss); cross-entropy by default.
     fn task_loss(&self, outputs: &Outputs, batch: &Batch) -> Result<Tensor> {
         crate::losses::ce_loss(&outputs.logits, &batch.targets)
@@ -90,7 +96,10 @@ pub fn evaluate_classification<T: Task + ?Sized>(
     let nf = n.max(1) as f64;
     extra.insert("top5".to_string(), top5 as f64 / nf);
     extra.insert("errors".to_string(), (n - top1) as f64);
-    Ok(Evaluation { metric: top1 as f64 / nf, extra })
+    Ok(Evaluation {
+        metric: top1 as f64 / nf,
+        extra,
+    })
 }
 
 /// Counts samples whose target is the arg-max (top-1) and among the 5 largest logits (top-5).
@@ -99,7 +108,10 @@ pub fn evaluate_classification<T: Task + ?Sized>(
 pub fn topk_correct(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
     let logits = logits.to_dtype(DType::F32)?;
     let target_logit = logits.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-    let rank = logits.broadcast_gt(&target_logit)?.to_dtype(DType::F32)?.sum(1)?;
+    let rank = logits
+        .broadcast_gt(&target_logit)?
+        .to_dtype(DType::F32)?
+        .sum(1)?;
     let rank: Vec<f32> = rank.to_vec1()?;
     let top1 = rank.iter().filter(|&&r| r < 1.0).count();
     let top5 = rank.iter().filter(|&&r| r < 5.0).count();

@@ -110,8 +110,11 @@ pub mod files {
 
 fn trainable_vars(prefix: &str, varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().expect("varmap lock");
-    let mut v: Vec<(String, Var)> =
-        data.iter().filter(|(k, _)| !is_buffer(k)).map(|(k, v)| (format!("{prefix}{k}"), v.clone())).collect();
+    let mut v: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(k, _)| !is_buffer(k))
+        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -121,9 +124,11 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
@@ -135,7 +140,11 @@ pub fn reset_peak_rss() {
 }
 
 /// Median inference latency (ms) at batch 1 and batch 256 on zero inputs of `input_shape`.
-pub fn measure_latency(net: &dyn Network, input_shape: &[usize], device: &candle_core::Device) -> Result<Latency> {
+pub fn measure_latency(
+    net: &dyn Network,
+    input_shape: &[usize],
+    device: &candle_core::Device,
+) -> Result<Latency> {
     let time = |b: usize, reps: usize| -> Result<f64> {
         let mut shape = vec![b];
         shape.extend_from_slice(input_shape);
@@ -154,7 +163,10 @@ pub fn measure_latency(net: &dyn Network, input_shape: &[usize], device: &candle
         ts.sort_by(|a, b| a.total_cmp(b));
         Ok(ts[ts.len() / 2])
     };
-    Ok(Latency { batch1: time(1, 30)?, batch256: time(256, 5)? })
+    Ok(Latency {
+        batch1: time(1, 30)?,
+        batch256: time(256, 5)?,
+    })
 }
 
 fn progress(spec: &PhaseSpec, len: usize) -> ProgressBar {
@@ -163,9 +175,11 @@ fn progress(spec: &PhaseSpec, len: usize) -> ProgressBar {
     }
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:.bold} {msg} [{bar:25}] {pos}/{len} {per_sec} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:.bold} {msg} [{bar:25}] {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_prefix(spec.label.clone());
     pb
@@ -195,7 +209,9 @@ fn save_checkpoint(
 }
 
 fn split_prefix(all: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
-    all.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect()
+    all.iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
+        .collect()
 }
 
 /// Teacher logits for every training sample, computed once (valid when the inputs are not augmented and
@@ -214,7 +230,9 @@ impl LogitCache {
             let b = task.batch(Split::Train, chunk, None, &mut rng)?;
             parts.push(teacher.forward(&b.inputs)?.logits);
         }
-        Ok(Self { logits: Tensor::cat(&parts, 0)? })
+        Ok(Self {
+            logits: Tensor::cat(&parts, 0)?,
+        })
     }
 
     fn outputs(&self, batch: &Batch) -> Result<Outputs> {
@@ -226,9 +244,19 @@ impl LogitCache {
 
 /// Trains `net` for one phase and evaluates it. With `spec.resume`, continues from the checkpoint in
 /// `spec.dir`, or returns the stored result if the phase already finished.
-pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spec: &PhaseSpec) -> Result<PhaseResult> {
+pub fn train_phase(
+    task: &dyn Task,
+    net: &dyn Network,
+    objective: Objective,
+    spec: &PhaseSpec,
+) -> Result<PhaseResult> {
     let dir = &spec.dir;
-    let device = net.varmap().all_vars().first().map(|v| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+    let device = net
+        .varmap()
+        .all_vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
     if spec.resume && dir.join(files::RESULT).exists() {
         let result: PhaseResult = read_json(&dir.join(files::RESULT))?;
         let weights = read_safetensors(&dir.join(files::FINAL), &device)?;
@@ -277,7 +305,10 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
         }
         optim.load_state(&split_prefix(&all, "optim."))?;
         if !spec.quiet {
-            eprintln!("[{}] resuming after epoch {}", spec.label, state.epochs_done);
+            eprintln!(
+                "[{}] resuming after epoch {}",
+                spec.label, state.epochs_done
+            );
         }
     } else if dir.join(files::STATE).exists() {
         return Err(Error::msg(format!(
@@ -286,8 +317,12 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
         )));
     }
 
-    let uses_features = terms.iter().any(|(_, t)| matches!(t, Term::Loss(l) if l.uses_features()));
-    let needs_teacher = terms.iter().any(|(_, t)| matches!(t, Term::Loss(l) if l.uses_teacher()));
+    let uses_features = terms
+        .iter()
+        .any(|(_, t)| matches!(t, Term::Loss(l) if l.uses_features()));
+    let needs_teacher = terms
+        .iter()
+        .any(|(_, t)| matches!(t, Term::Loss(l) if l.uses_teacher()));
     let cache = match teacher {
         Some(t) if needs_teacher && cfg.augment.is_none() && !uses_features => {
             Some(LogitCache::build(task, t, spec.eval_batch_size)?)
@@ -296,7 +331,10 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
     };
     let n = task.len(Split::Train);
     if n == 0 {
-        return Err(Error::msg(format!("[{}] the training split is empty", spec.label)));
+        return Err(Error::msg(format!(
+            "[{}] the training split is empty",
+            spec.label
+        )));
     }
     let bs = spec.batch_size.min(n);
     let steps = n.div_ceil(bs);
@@ -314,11 +352,16 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
         let mut term_sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut lr = base_lr;
         for (step, idx) in perm.chunks(bs).enumerate() {
-            lr = cfg.schedule.lr_at(base_lr, epoch as f64 + (step + 1) as f64 / steps as f64, cfg.epochs);
+            lr = cfg.schedule.lr_at(
+                base_lr,
+                epoch as f64 + (step + 1) as f64 / steps as f64,
+                cfg.epochs,
+            );
             optim.set_learning_rate(lr);
             let mut rng = Rng::derive(spec.seed, &[&"augment", &spec.name, &epoch, &step]);
             let batch = task.batch(Split::Train, idx, cfg.augment.as_deref(), &mut rng)?;
-            let step_seed = Rng::derive(spec.seed, &[&"step", &spec.name, &epoch, &step]).next_u64();
+            let step_seed =
+                Rng::derive(spec.seed, &[&"step", &spec.name, &epoch, &step]).next_u64();
             let out = net.forward(&batch.inputs, Mode::Train { seed: step_seed })?;
             let t_out = match (teacher, &cache) {
                 (_, Some(c)) => Some(c.outputs(&batch)?),
@@ -367,17 +410,31 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
             optim.step(&grads)?;
             pb.inc(1);
             if step % 20 == 0 {
-                pb.set_message(format!("epoch {}/{} loss {:.4}", epoch + 1, cfg.epochs, loss_sum / (step + 1) as f64));
+                pb.set_message(format!(
+                    "epoch {}/{} loss {:.4}",
+                    epoch + 1,
+                    cfg.epochs,
+                    loss_sum / (step + 1) as f64
+                ));
             }
         }
         pb.finish_and_clear();
-        let val = if has_val { Some(task.evaluate(net, Split::Val, spec.eval_batch_size)?.metric) } else { None };
-        let test = task.evaluate(net, Split::Test, spec.eval_batch_size)?.metric;
+        let val = if has_val {
+            Some(task.evaluate(net, Split::Val, spec.eval_batch_size)?.metric)
+        } else {
+            None
+        };
+        let test = task
+            .evaluate(net, Split::Test, spec.eval_batch_size)?
+            .metric;
         let hib = task.info().metric.higher_is_better;
         let rec = EpochRecord {
             epoch: epoch + 1,
             train_loss: loss_sum / steps as f64,
-            loss_terms: term_sums.into_iter().map(|(k, v)| (k, v / steps as f64)).collect(),
+            loss_terms: term_sums
+                .into_iter()
+                .map(|(k, v)| (k, v / steps as f64))
+                .collect(),
             lr,
             val_metric: val,
             test_metric: Some(test),
@@ -387,7 +444,11 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
             let better = match state.best_val {
                 None => true,
                 Some(b) => {
-                    let d = cfg.early_stopping.as_ref().map(|e| e.min_delta).unwrap_or(0.0);
+                    let d = cfg
+                        .early_stopping
+                        .as_ref()
+                        .map(|e| e.min_delta)
+                        .unwrap_or(0.0);
                     if hib {
                         v > b + d
                     } else {
@@ -400,7 +461,10 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
                 state.best_epoch = Some(epoch + 1);
                 state.bad_epochs = 0;
                 if cfg.early_stopping.is_some() {
-                    write_safetensors_atomic(&varmap_tensors(net.varmap())?, &dir.join(files::BEST))?;
+                    write_safetensors_atomic(
+                        &varmap_tensors(net.varmap())?,
+                        &dir.join(files::BEST),
+                    )?;
                 }
             } else {
                 state.bad_epochs += 1;
@@ -442,7 +506,15 @@ pub fn train_phase(task: &dyn Task, net: &dyn Network, objective: Objective, spe
         load_into_varmap(net.varmap(), &best, &dir.join(files::BEST))?;
     }
     let wall_s = started.elapsed().as_secs_f64();
-    finish_phase(task, net, spec, state.history, state.best_epoch, wall_s, false)
+    finish_phase(
+        task,
+        net,
+        spec,
+        state.history,
+        state.best_epoch,
+        wall_s,
+        false,
+    )
 }
 
 /// Evaluates a trained (or loaded) network, saves its final weights and result in `spec.dir`.
@@ -459,10 +531,16 @@ pub fn finish_phase(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let eval = task.evaluate(net, Split::Test, spec.eval_batch_size)?;
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
-    let device = net.varmap().all_vars().first().map(|v| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+    let device = net
+        .varmap()
+        .all_vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
     let latency = measure_latency(net, &task.info().input_shape, &device)?;
-    let best_val_epoch_metric =
-        best_epoch.and_then(|e| curve.iter().find(|r| r.epoch == e)).and_then(|r| r.test_metric);
+    let best_val_epoch_metric = best_epoch
+        .and_then(|e| curve.iter().find(|r| r.epoch == e))
+        .and_then(|r| r.test_metric);
     let result = PhaseResult {
         metric: eval.metric,
         best_val_epoch_metric,

@@ -22,11 +22,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use distill_core::{
-    pipeline::run_recipe,
-    recipe::Recipe,
-    report::RunReport,
-    task::MetricInfo,
-    Batch, Error, Manifest, Network, Plugin, Result, Rng, RunContext, Split, Task, TaskInfo,
+    pipeline::run_recipe, recipe::Recipe, report::RunReport, task::MetricInfo, Batch, Error,
+    Manifest, Network, Plugin, Result, Rng, RunContext, Split, Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -62,28 +59,45 @@ struct VisionOptions {
 fn options(recipe: &Recipe) -> Result<VisionOptions> {
     match &recipe.data.options {
         None => Ok(VisionOptions::default()),
-        Some(t) => t
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("data.options", e.message().trim().to_string())),
+        Some(t) => t.clone().try_into().map_err(|e: toml::de::Error| {
+            Error::config("data.options", e.message().trim().to_string())
+        }),
     }
 }
 
 fn default_norm(dataset: &str, channels: usize) -> Normalize {
     match dataset {
-        "mnist" => Normalize { mean: vec![0.1307], std: vec![0.3081] },
-        "cifar10" => Normalize { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2470, 0.2435, 0.2616] },
-        "cifar100" => Normalize { mean: vec![0.5071, 0.4865, 0.4409], std: vec![0.2673, 0.2564, 0.2762] },
-        _ => Normalize { mean: vec![0.5; channels], std: vec![0.5; channels] },
+        "mnist" => Normalize {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+        },
+        "cifar10" => Normalize {
+            mean: vec![0.4914, 0.4822, 0.4465],
+            std: vec![0.2470, 0.2435, 0.2616],
+        },
+        "cifar100" => Normalize {
+            mean: vec![0.5071, 0.4865, 0.4409],
+            std: vec![0.2673, 0.2564, 0.2762],
+        },
+        _ => Normalize {
+            mean: vec![0.5; channels],
+            std: vec![0.5; channels],
+        },
     }
 }
 
 fn folder_root(data_dir: &Path, opts: &VisionOptions) -> Result<PathBuf> {
-    let root = opts
-        .root
-        .as_ref()
-        .ok_or_else(|| Error::config("data.options", "image-folder needs `root` (a folder with train/ and test/)"))?;
-    Ok(if root.is_absolute() { root.clone() } else { data_dir.join(root) })
+    let root = opts.root.as_ref().ok_or_else(|| {
+        Error::config(
+            "data.options",
+            "image-folder needs `root` (a folder with train/ and test/)",
+        )
+    })?;
+    Ok(if root.is_absolute() {
+        root.clone()
+    } else {
+        data_dir.join(root)
+    })
 }
 
 impl VisionPlugin {
@@ -95,28 +109,40 @@ impl VisionPlugin {
             "cifar100" => (vec![3, 32, 32], 100),
             "image-folder" => {
                 let [h, w] = opts.size.ok_or_else(|| {
-                    Error::config("data.options", "image-folder needs `size = [height, width]`")
+                    Error::config(
+                        "data.options",
+                        "image-folder needs `size = [height, width]`",
+                    )
                 })?;
                 let c = if opts.grayscale { 1 } else { 3 };
                 let classes = match data_dir {
                     Some(d) => {
                         let train = folder_root(d, &opts)?.join("train");
                         let rd = std::fs::read_dir(&train).map_err(|e| Error::io(&train, e))?;
-                        rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).count()
+                        rd.filter_map(|e| e.ok())
+                            .filter(|e| e.path().is_dir())
+                            .count()
                     }
                     None => 2,
                 };
                 (vec![c, h, w], classes)
             }
             other => {
-                return Err(Error::Unknown { what: "data set", name: other.to_string(), known: DATASETS.join(", ") })
+                return Err(Error::Unknown {
+                    what: "data set",
+                    name: other.to_string(),
+                    known: DATASETS.join(", "),
+                })
             }
         };
         Ok(TaskInfo {
             dataset: recipe.dataset.clone(),
             input_shape: shape,
             num_classes: classes,
-            metric: MetricInfo { name: "accuracy".into(), higher_is_better: true },
+            metric: MetricInfo {
+                name: "accuracy".into(),
+                higher_is_better: true,
+            },
         })
     }
 }
@@ -145,14 +171,24 @@ impl VisionTask {
         if validation >= train.len() {
             return Err(Error::config(
                 "data.validation",
-                format!("holds out {validation} samples but the training set has only {}", train.len()),
+                format!(
+                    "holds out {validation} samples but the training set has only {}",
+                    train.len()
+                ),
             ));
         }
         let n_train = train.len() - validation;
         let val = train.subset(&(n_train..train.len()).collect::<Vec<_>>());
         let keep = train_limit.unwrap_or(n_train).min(n_train);
         let train = train.subset(&(0..keep).collect::<Vec<_>>());
-        Ok(Self { info, train, val, test, norm, device })
+        Ok(Self {
+            info,
+            train,
+            val,
+            test,
+            norm,
+            device,
+        })
     }
 
     fn set(&self, split: Split) -> &ImageSet {
@@ -173,13 +209,25 @@ impl Task for VisionTask {
         self.set(split).len()
     }
 
-    fn batch(&self, split: Split, indices: &[usize], augment: Option<&str>, rng: &mut Rng) -> Result<Batch> {
+    fn batch(
+        &self,
+        split: Split,
+        indices: &[usize],
+        augment: Option<&str>,
+        rng: &mut Rng,
+    ) -> Result<Batch> {
         let aug = match augment {
             Some(a) => parse_augment(a)?,
             None => Augment::None,
         };
-        let (inputs, targets) = self.set(split).batch(indices, &aug, rng, &self.norm, &self.device)?;
-        Ok(Batch { inputs, targets, indices: indices.to_vec() })
+        let (inputs, targets) =
+            self.set(split)
+                .batch(indices, &aug, rng, &self.norm, &self.device)?;
+        Ok(Batch {
+            inputs,
+            targets,
+            indices: indices.to_vec(),
+        })
     }
 }
 
@@ -189,7 +237,8 @@ impl Plugin for VisionPlugin {
             name: "image-classification".into(),
             domain: "image classification".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "MNIST, CIFAR-10/100 and image folders; MLP, LeNet and CIFAR ResNets/WRNs".into(),
+            description: "MNIST, CIFAR-10/100 and image folders; MLP, LeNet and CIFAR ResNets/WRNs"
+                .into(),
             models: ARCHS.iter().map(|s| s.to_string()).collect(),
             datasets: DATASETS.iter().map(|s| s.to_string()).collect(),
             losses: Vec::new(),
@@ -207,15 +256,24 @@ impl Plugin for VisionPlugin {
         let (train, test) = match recipe.dataset.as_str() {
             "mnist" => {
                 let d = ctx.data_dir.join("mnist");
-                (data::load_mnist(&d, data::Split::Train)?, data::load_mnist(&d, data::Split::Test)?)
+                (
+                    data::load_mnist(&d, data::Split::Train)?,
+                    data::load_mnist(&d, data::Split::Test)?,
+                )
             }
             "cifar10" => {
                 let d = ctx.data_dir.join("cifar10");
-                (data::load_cifar10(&d, data::Split::Train)?, data::load_cifar10(&d, data::Split::Test)?)
+                (
+                    data::load_cifar10(&d, data::Split::Train)?,
+                    data::load_cifar10(&d, data::Split::Test)?,
+                )
             }
             "cifar100" => {
                 let d = ctx.data_dir.join("cifar100");
-                (data::load_cifar100(&d, data::Split::Train)?, data::load_cifar100(&d, data::Split::Test)?)
+                (
+                    data::load_cifar100(&d, data::Split::Train)?,
+                    data::load_cifar100(&d, data::Split::Test)?,
+                )
             }
             _ => {
                 let root = folder_root(&ctx.data_dir, &opts)?;
