@@ -170,7 +170,19 @@ fn check_validates_without_data() {
         "{s}"
     );
     // every shipped recipe checks
-    for r in ["plugins/vision/recipes/hinton-mnist.toml"] {
+    let mut recipes = Vec::new();
+    for plugin in std::fs::read_dir(root().join("plugins")).unwrap() {
+        let dir = plugin.unwrap().path().join("recipes");
+        for f in std::fs::read_dir(&dir).into_iter().flatten() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                recipes.push(p.strip_prefix(root()).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(recipes.iter().any(|r| r.ends_with("hinton-mnist.toml")), "{recipes:?}");
+    for r in &recipes {
+        let r = r.as_str();
         let o = distill(&root(), &["check", r]);
         assert!(o.status.success(), "{r}: {}", stderr(&o));
         let o = distill(&root(), &["check", r, "--quick"]);
@@ -193,4 +205,35 @@ fn plugins_lists_the_builtin_plugin() {
     let o = distill(&root(), &["plugins", "info", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown plugin `nope`"));
+}
+
+#[test]
+fn early_stopping_keeps_the_best_validation_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_synthetic_mnist(&tmp.path().join("data"), 1500, 300);
+    let recipe = tiny_recipe(6)
+        .replace("eval_batch_size = 500", "eval_batch_size = 500\nvalidation = 300")
+        .replace("[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 6", "[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 6\nearly_stopping = { patience = 2 }");
+    assert!(recipe.contains("early_stopping"), "{recipe}");
+    std::fs::write(tmp.path().join("r.toml"), recipe).unwrap();
+    let o = distill(tmp.path(), &["run", "r.toml", "--data-dir", "data", "--out", "out", "--quiet", "--no-cache"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for phase in ["scratch", "distilled"] {
+        let r: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join(format!("out/seed-0/{phase}/result.json"))).unwrap(),
+        )
+        .unwrap();
+        let curve = r["curve"].as_array().unwrap();
+        let vals: Vec<f64> = curve.iter().map(|e| e["val_metric"].as_f64().unwrap()).collect();
+        let best = r["best_val_epoch"].as_u64().unwrap() as usize;
+        // the best epoch is the first with the highest validation accuracy
+        let max = vals.iter().cloned().fold(f64::MIN, f64::max);
+        assert_eq!(best, vals.iter().position(|&v| v == max).unwrap() + 1, "{phase}: {vals:?}");
+        // training stopped within `patience` epochs of it, or ran out of epochs
+        assert!(curve.len() == 6 || curve.len() == best + 2, "{phase}: {} epochs, best {best}", curve.len());
+        // the kept weights are the best epoch's: their test accuracy is that epoch's
+        let at_best = curve[best - 1]["test_metric"].as_f64().unwrap();
+        assert_eq!(r["metric"].as_f64().unwrap(), at_best, "{phase}");
+        assert_eq!(r["best_val_epoch_metric"].as_f64().unwrap(), at_best);
+    }
 }
