@@ -48,6 +48,11 @@ pub fn num_params(net: &dyn Network) -> usize {
     data.values().map(|v| v.as_tensor().elem_count()).sum()
 }
 
+/// The device a network's parameters live on (CPU for a network without parameters).
+pub fn device_of(net: &dyn Network) -> Device {
+    net.varmap().all_vars().first().map(|v| v.device().clone()).unwrap_or(Device::Cpu)
+}
+
 /// Number of trainable parameters (excludes batch-norm running statistics).
 pub fn num_trainable_params(net: &dyn Network) -> usize {
     let data = net.varmap().data().lock().expect("varmap lock");

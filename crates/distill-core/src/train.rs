@@ -251,12 +251,7 @@ pub fn train_phase(
     spec: &PhaseSpec,
 ) -> Result<PhaseResult> {
     let dir = &spec.dir;
-    let device = net
-        .varmap()
-        .all_vars()
-        .first()
-        .map(|v| v.device().clone())
-        .unwrap_or(candle_core::Device::Cpu);
+    let device = crate::network::device_of(net);
     if spec.resume && dir.join(files::RESULT).exists() {
         let result: PhaseResult = read_json(&dir.join(files::RESULT))?;
         let weights = read_safetensors(&dir.join(files::FINAL), &device)?;
@@ -531,12 +526,7 @@ pub fn finish_phase(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let eval = task.evaluate(net, Split::Test, spec.eval_batch_size)?;
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
-    let device = net
-        .varmap()
-        .all_vars()
-        .first()
-        .map(|v| v.device().clone())
-        .unwrap_or(candle_core::Device::Cpu);
+    let device = crate::network::device_of(net);
     let latency = measure_latency(net, &task.info().input_shape, &device)?;
     let best_val_epoch_metric = best_epoch
         .and_then(|e| curve.iter().find(|r| r.epoch == e))
