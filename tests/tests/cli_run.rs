@@ -176,11 +176,19 @@ fn check_validates_without_data() {
         for f in std::fs::read_dir(&dir).into_iter().flatten() {
             let p = f.unwrap().path();
             if p.extension().is_some_and(|e| e == "toml") {
-                recipes.push(p.strip_prefix(root()).unwrap().to_string_lossy().into_owned());
+                recipes.push(
+                    p.strip_prefix(root())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
     }
-    assert!(recipes.iter().any(|r| r.ends_with("hinton-mnist.toml")), "{recipes:?}");
+    assert!(
+        recipes.iter().any(|r| r.ends_with("hinton-mnist.toml")),
+        "{recipes:?}"
+    );
     for r in &recipes {
         let r = r.as_str();
         let o = distill(&root(), &["check", r]);
@@ -216,21 +224,45 @@ fn early_stopping_keeps_the_best_validation_epoch() {
         .replace("[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 6", "[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 6\nearly_stopping = { patience = 2 }");
     assert!(recipe.contains("early_stopping"), "{recipe}");
     std::fs::write(tmp.path().join("r.toml"), recipe).unwrap();
-    let o = distill(tmp.path(), &["run", "r.toml", "--data-dir", "data", "--out", "out", "--quiet", "--no-cache"]);
+    let o = distill(
+        tmp.path(),
+        &[
+            "run",
+            "r.toml",
+            "--data-dir",
+            "data",
+            "--out",
+            "out",
+            "--quiet",
+            "--no-cache",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     for phase in ["scratch", "distilled"] {
         let r: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(tmp.path().join(format!("out/seed-0/{phase}/result.json"))).unwrap(),
+            &std::fs::read_to_string(tmp.path().join(format!("out/seed-0/{phase}/result.json")))
+                .unwrap(),
         )
         .unwrap();
         let curve = r["curve"].as_array().unwrap();
-        let vals: Vec<f64> = curve.iter().map(|e| e["val_metric"].as_f64().unwrap()).collect();
+        let vals: Vec<f64> = curve
+            .iter()
+            .map(|e| e["val_metric"].as_f64().unwrap())
+            .collect();
         let best = r["best_val_epoch"].as_u64().unwrap() as usize;
         // the best epoch is the first with the highest validation accuracy
         let max = vals.iter().cloned().fold(f64::MIN, f64::max);
-        assert_eq!(best, vals.iter().position(|&v| v == max).unwrap() + 1, "{phase}: {vals:?}");
+        assert_eq!(
+            best,
+            vals.iter().position(|&v| v == max).unwrap() + 1,
+            "{phase}: {vals:?}"
+        );
         // training stopped within `patience` epochs of it, or ran out of epochs
-        assert!(curve.len() == 6 || curve.len() == best + 2, "{phase}: {} epochs, best {best}", curve.len());
+        assert!(
+            curve.len() == 6 || curve.len() == best + 2,
+            "{phase}: {} epochs, best {best}",
+            curve.len()
+        );
         // the kept weights are the best epoch's: their test accuracy is that epoch's
         let at_best = curve[best - 1]["test_metric"].as_f64().unwrap();
         assert_eq!(r["metric"].as_f64().unwrap(), at_best, "{phase}");

@@ -50,7 +50,11 @@ pub fn num_params(net: &dyn Network) -> usize {
 
 /// The device a network's parameters live on (CPU for a network without parameters).
 pub fn device_of(net: &dyn Network) -> Device {
-    net.varmap().all_vars().first().map(|v| v.device().clone()).unwrap_or(Device::Cpu)
+    net.varmap()
+        .all_vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu)
 }
 
 /// Number of trainable parameters (excludes batch-norm running statistics).
