@@ -64,6 +64,26 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted_run() {
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let a = metrics(&tmp.path().join("full"));
     let b = metrics(&tmp.path().join("killed"));
+    for phase in ["teacher", "scratch", "distilled"] {
+        let lines = std::fs::read_to_string(
+            tmp.path()
+                .join(format!("killed/seed-0/{phase}/metrics.jsonl")),
+        )
+        .unwrap();
+        let epochs: Vec<u64> = lines
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            epochs,
+            vec![1, 2, 3, 4],
+            "{phase}: one metrics line per epoch after the resume"
+        );
+    }
     for (x, y) in a.iter().zip(&b) {
         assert!(
             (x - y).abs() <= 0.001,

@@ -299,6 +299,14 @@ pub fn train_phase(
             load_into_varmap(vm, &split_prefix(&all, &format!("loss{i}.")), &ckpt_path)?;
         }
         optim.load_state(&split_prefix(&all, "optim."))?;
+        // metrics.jsonl is appended after each checkpoint: rewrite it from the checkpointed history so a kill
+        // between the two leaves no gap
+        let mut lines = String::new();
+        for rec in &state.history {
+            lines.push_str(&serde_json::to_string(rec).map_err(|e| Error::msg(e.to_string()))?);
+            lines.push('\n');
+        }
+        crate::checkpoint::write_atomic(&dir.join(files::METRICS), lines.as_bytes())?;
         if !spec.quiet {
             eprintln!(
                 "[{}] resuming after epoch {}",
