@@ -50,6 +50,23 @@ pub fn distill(cwd: &Path, args: &[&str]) -> Output {
         .expect("run distill")
 }
 
+/// `distill run r.toml --data-dir data --out out --quiet --no-cache` in `cwd`: the layout the tests write.
+pub fn run_in(cwd: &Path) -> Output {
+    distill(
+        cwd,
+        &[
+            "run",
+            "r.toml",
+            "--data-dir",
+            "data",
+            "--out",
+            "out",
+            "--quiet",
+            "--no-cache",
+        ],
+    )
+}
+
 /// Writes an IDX file (big-endian header; `dims` after the magic), optionally gzip-compressed.
 pub fn write_idx(path: &Path, magic: u32, dims: &[u32], payload: &[u8], gz: bool) {
     let mut bytes = magic.to_be_bytes().to_vec();

@@ -23,29 +23,16 @@ fn setup(recipe: &str) -> tempfile::TempDir {
     tmp
 }
 
-fn run(tmp: &tempfile::TempDir) -> std::process::Output {
-    distill(
-        tmp.path(),
-        &[
-            "run",
-            "r.toml",
-            "--data-dir",
-            "data",
-            "--out",
-            "out",
-            "--quiet",
-            "--no-cache",
-        ],
-    )
-}
-
 #[test]
 fn unknown_recipe_key() {
     let tmp = setup(&tiny_recipe(1).replace(
         "epochs = 1\naugment",
         "epochs = 1\nepoch_count = 3\naugment",
     ));
-    expect_error(&run(&tmp), &["r.toml:13:1", "unknown field `epoch_count`"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["r.toml:13:1", "unknown field `epoch_count`"],
+    );
     expect_error(
         &distill(tmp.path(), &["check", "r.toml"]),
         &["r.toml:13:1", "unknown field `epoch_count`"],
@@ -55,14 +42,14 @@ fn unknown_recipe_key() {
 #[test]
 fn wrong_value_type() {
     let tmp = setup(&tiny_recipe(1).replace("batch_size = 64", "batch_size = \"sixty-four\""));
-    expect_error(&run(&tmp), &["r.toml:7:14", "invalid type"]);
+    expect_error(&run_in(tmp.path()), &["r.toml:7:14", "invalid type"]);
 }
 
 #[test]
 fn unknown_loss_name() {
     let tmp = setup(&tiny_recipe(1).replace("name = \"kd\"", "name = \"kdd\""));
     expect_error(
-        &run(&tmp),
+        &run_in(tmp.path()),
         &["distill.losses[0]", "unknown loss `kdd`", "kd, ce"],
     );
     expect_error(
@@ -94,7 +81,10 @@ fn truncated_idx_file() {
         &vec![0u8; 784 * 20],
         false,
     );
-    expect_error(&run(&tmp), &["t10k-images-idx3-ubyte", "truncated"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["t10k-images-idx3-ubyte", "truncated"],
+    );
 }
 
 #[test]
@@ -113,7 +103,7 @@ fn missing_dataset_files() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("data")).unwrap();
     std::fs::write(tmp.path().join("r.toml"), tiny_recipe(1)).unwrap();
-    expect_error(&run(&tmp), &["mnist"]);
+    expect_error(&run_in(tmp.path()), &["mnist"]);
 }
 
 #[test]
@@ -129,7 +119,7 @@ fn missing_recipe_file() {
 fn bad_temperature_and_device() {
     let tmp = setup(&tiny_recipe(1).replace("temperature = 4.0", "temperature = 0.0"));
     expect_error(
-        &run(&tmp),
+        &run_in(tmp.path()),
         &["r.toml", "distill.losses[0].temperature", "must be > 0"],
     );
     let tmp = setup(&tiny_recipe(1));

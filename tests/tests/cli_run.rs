@@ -12,19 +12,7 @@ fn run_writes_a_report_that_eval_and_export_agree_with() {
     let data = tmp.path().join("data");
     write_synthetic_mnist(&data, 2000, 400);
     std::fs::write(tmp.path().join("r.toml"), tiny_recipe(3)).unwrap();
-    let out = distill(
-        tmp.path(),
-        &[
-            "run",
-            "r.toml",
-            "--data-dir",
-            "data",
-            "--out",
-            "out",
-            "--quiet",
-            "--no-cache",
-        ],
-    );
+    let out = run_in(tmp.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let report = read_report(&tmp.path().join("out"));
     assert_eq!(report["schema_version"], 1);
@@ -92,19 +80,7 @@ fn run_writes_a_report_that_eval_and_export_agree_with() {
     assert_eq!(card["phase"], "distilled");
 
     // a second run into the same dir without --resume is refused, and nothing is overwritten
-    let again = distill(
-        tmp.path(),
-        &[
-            "run",
-            "r.toml",
-            "--data-dir",
-            "data",
-            "--out",
-            "out",
-            "--quiet",
-            "--no-cache",
-        ],
-    );
+    let again = run_in(tmp.path());
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("--resume"), "{}", stderr(&again));
     assert_eq!(
@@ -224,19 +200,7 @@ fn early_stopping_keeps_the_best_validation_epoch() {
         .replace("[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 6", "[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 6\nearly_stopping = { patience = 2 }");
     assert!(recipe.contains("early_stopping"), "{recipe}");
     std::fs::write(tmp.path().join("r.toml"), recipe).unwrap();
-    let o = distill(
-        tmp.path(),
-        &[
-            "run",
-            "r.toml",
-            "--data-dir",
-            "data",
-            "--out",
-            "out",
-            "--quiet",
-            "--no-cache",
-        ],
-    );
+    let o = run_in(tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
     for phase in ["scratch", "distilled"] {
         let r: serde_json::Value = serde_json::from_str(
