@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     checkpoint::{read_json, read_safetensors, write_json_atomic, write_safetensors_atomic},
     losses::DistillLoss,
-    network::{is_buffer, load_into_varmap, varmap_tensors},
+    network::{load_into_varmap, varmap_tensors},
     optim::{build_optimizer, clip_grad_norm},
     recipe::PhaseConfig,
     report::{EpochRecord, Latency, PhaseResult},
@@ -108,15 +108,12 @@ pub mod files {
     pub const METRICS: &str = "metrics.jsonl";
 }
 
-fn trainable_vars(prefix: &str, varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut v: Vec<(String, Var)> = data
-        .iter()
-        .filter(|(k, _)| !is_buffer(k))
-        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+/// The optimiser's view of a varmap (buffers dropped, sorted) with `prefix` on every name.
+fn prefixed_vars(prefix: &str, varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
+    crate::optim::trainable_vars(varmap)
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect()
 }
 
 /// Peak resident set size of this process in MiB (VmHWM), if the OS reports it.
@@ -276,9 +273,9 @@ pub fn train_phase(
             Term::Task => None,
         })
         .collect();
-    let mut vars = trainable_vars("model.", net.varmap());
+    let mut vars = prefixed_vars("model.", net.varmap());
     for (i, vm) in &adapters {
-        vars.extend(trainable_vars(&format!("loss{i}."), vm));
+        vars.extend(prefixed_vars(&format!("loss{i}."), vm));
     }
     let mut optim = build_optimizer(&cfg.optimizer, vars.clone())?;
     let mut state = PhaseState {
