@@ -22,6 +22,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod abi;
 pub mod checkpoint;
 mod error;
 pub mod losses;

@@ -42,7 +42,7 @@ pub fn teacher_cache_key(recipe: &Recipe, seed: u64) -> String {
 
 /// Checks a recipe against a plugin without reading data or training: model specs build, augmentation and
 /// loss names are known, and feature-loss taps exist with compatible kinds and shapes (a dry run on zeros).
-pub fn check_recipe(plugin: &dyn Plugin, recipe: &Recipe) -> Result<CheckSummary> {
+pub fn check_recipe<P: Plugin + ?Sized>(plugin: &P, recipe: &Recipe) -> Result<CheckSummary> {
     let info = plugin.task_info(recipe)?;
     for (k, a) in [
         ("teacher.augment", &recipe.teacher.augment),
@@ -105,8 +105,8 @@ pub struct CheckSummary {
     pub losses: Vec<String>,
 }
 
-fn build_losses(
-    plugin: &dyn Plugin,
+fn build_losses<P: Plugin + ?Sized>(
+    plugin: &P,
     recipe: &Recipe,
     info: &TaskInfo,
     teacher: &dyn Network,
@@ -177,8 +177,8 @@ fn phase_spec(recipe: &Recipe, ctx: &RunContext, seed: u64, name: &str, dir: &Pa
     }
 }
 
-fn teacher_phase(
-    plugin: &dyn Plugin,
+fn teacher_phase<P: Plugin + ?Sized>(
+    plugin: &P,
     task: &dyn Task,
     recipe: &Recipe,
     ctx: &RunContext,
@@ -237,7 +237,11 @@ fn teacher_phase(
 }
 
 /// Runs a recipe end to end with `plugin` and writes each phase's files under `ctx.out_dir/seed-N/`.
-pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
+pub fn run_recipe<P: Plugin + ?Sized>(
+    plugin: &P,
+    recipe: &Recipe,
+    ctx: &RunContext,
+) -> Result<RunReport> {
     check_recipe(plugin, recipe)?;
     if !ctx.resume {
         for seed in &recipe.seeds {
@@ -330,6 +334,22 @@ pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Res
 pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
     write_json_atomic(report, &dir.join("report.json"))?;
     crate::checkpoint::write_atomic(&dir.join("report.md"), report.to_markdown().as_bytes())
+}
+
+/// Loads the task, builds the network `model`, loads its `weights` and evaluates it on the test split: the
+/// default [`Plugin::evaluate`], behind `distill eval`. Returns the network's description and the evaluation.
+pub fn evaluate_saved<P: Plugin + ?Sized>(
+    plugin: &P,
+    recipe: &Recipe,
+    model: &toml::Table,
+    weights: &Path,
+    ctx: &RunContext,
+) -> Result<(String, crate::task::Evaluation)> {
+    let task = plugin.load_task(recipe, ctx)?;
+    let net = plugin.build_network(model, task.info(), 0, &ctx.device)?;
+    load_network(net.as_ref(), weights, &ctx.device)?;
+    let e = evaluate_test(task.as_ref(), net.as_ref(), recipe.data.eval_batch_size)?;
+    Ok((net.describe(), e))
 }
 
 /// Evaluates a network on a task's test split (used by `distill eval`).

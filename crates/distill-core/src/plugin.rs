@@ -3,17 +3,23 @@
 //! A plugin is a domain (image classification, detection, audio, graphs, text): it knows its data sets,
 //! models and domain losses. The generic pipeline ([`crate::pipeline::run_recipe`]) does the rest, so a
 //! plugin's `run` is usually one line.
+//!
+//! The `distill` binary calls only the whole-job methods ([`Plugin::manifest`], [`Plugin::check`],
+//! [`Plugin::run`], [`Plugin::evaluate`]); the others are the plugin's building blocks for the pipeline. That
+//! keeps every tensor of a plugin loaded from a dynamic library inside the library's own copy of candle (see
+//! [`crate::abi`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     losses::{DistillLoss, LossSpec},
+    pipeline::CheckSummary,
     recipe::Recipe,
     report::RunReport,
-    task::{Task, TaskInfo},
+    task::{Evaluation, Task, TaskInfo},
     Network, Outputs, Result,
 };
 
@@ -115,6 +121,22 @@ pub trait Plugin: Send + Sync {
     ) -> Result<Option<Box<dyn DistillLoss>>> {
         Ok(None)
     }
+    /// Validates a recipe without data or training (`distill check`): by default
+    /// [`crate::pipeline::check_recipe`], a dry run on zeros.
+    fn check(&self, recipe: &Recipe) -> Result<CheckSummary> {
+        crate::pipeline::check_recipe(self, recipe)
+    }
     /// Runs a recipe: usually `distill_core::pipeline::run_recipe(self, recipe, ctx)`.
     fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport>;
+    /// Evaluates saved `weights` of the network `model` on the test split (`distill eval`): by default
+    /// [`crate::pipeline::evaluate_saved`]. Returns the network's description and its evaluation.
+    fn evaluate(
+        &self,
+        recipe: &Recipe,
+        model: &toml::Table,
+        weights: &Path,
+        ctx: &RunContext,
+    ) -> Result<(String, Evaluation)> {
+        crate::pipeline::evaluate_saved(self, recipe, model, weights, ctx)
+    }
 }
