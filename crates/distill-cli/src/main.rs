@@ -10,20 +10,28 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use distill_core::{
-    checkpoint::read_json,
-    pipeline::{check_recipe, write_report},
-    recipe::Recipe,
-    report::Report,
-    Plugin, RunContext,
+    checkpoint::read_json, pipeline::write_report, recipe::Recipe, report::Report, Plugin,
+    RunContext,
 };
+use distill_registry::{Builtin, Registry};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The plugins compiled into this binary, by crate. They are offered to the registry, which lists the ones
+/// plugins.toml names; a plugin is usable because the registry lists it, not because it is linked.
+const BUILTINS: &[Builtin] = &[Builtin {
+    crate_name: "distill-vision",
+    make: || Box::new(distill_vision::VisionPlugin),
+}];
+
+/// The project's plugins.toml, compiled in: used when the working directory has no plugins.toml of its own.
+const PROJECT_REGISTRY: &str = include_str!("../../../plugins.toml");
 
 /// Knowledge distillation on candle: train a teacher, a student alone and a distilled student, and compare.
 #[derive(Parser)]
 #[command(name = "distill", version, about, long_about = None)]
 struct Cli {
+    /// A user plugin registry merged over the project's plugins.toml (default: $DISTILL_REGISTRY).
+    #[arg(long, global = true)]
+    registry: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,19 +121,33 @@ enum PluginsCmd {
     Info {
         /// Plugin name.
         name: String,
+        /// Print the manifest as JSON (with `source` and `origin`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
-fn plugins() -> Vec<Box<dyn Plugin>> {
-    vec![Box::new(distill_vision::VisionPlugin)]
+/// The registry: `./plugins.toml` if there is one, else the project's (compiled in), then the user registry
+/// (`--registry`, else `$DISTILL_REGISTRY`) merged over it.
+fn registry(user: Option<&Path>) -> Result<Registry> {
+    let local = Path::new("plugins.toml");
+    let mut reg = if local.is_file() {
+        Registry::from_file(local)?
+    } else {
+        let cwd = std::env::current_dir().context("current directory")?;
+        Registry::parse(PROJECT_REGISTRY, "plugins.toml (built in)", &cwd)?
+    };
+    let user = user
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("DISTILL_REGISTRY").map(PathBuf::from));
+    if let Some(u) = user {
+        reg.merge(Registry::from_file(&u)?)?;
+    }
+    Ok(reg)
 }
 
-fn find_plugin(name: &str) -> Result<Box<dyn Plugin>> {
-    let all = plugins();
-    let known: Vec<String> = all.iter().map(|p| p.manifest().name).collect();
-    all.into_iter()
-        .find(|p| p.manifest().name == name)
-        .ok_or_else(|| anyhow!("unknown plugin `{name}` (known: {})", known.join(", ")))
+fn find_plugin(reg: &Registry, name: &str) -> Result<Box<dyn Plugin>> {
+    Ok(reg.load(name, BUILTINS)?)
 }
 
 fn device(s: &str) -> Result<candle_core::Device> {
@@ -185,6 +207,7 @@ struct Card {
 
 #[allow(clippy::too_many_arguments)]
 fn cmd_run(
+    reg: &Registry,
     recipe_path: &Path,
     quick: bool,
     seeds: Vec<u64>,
@@ -199,7 +222,7 @@ fn cmd_run(
     if !seeds.is_empty() {
         recipe.seeds = seeds;
     }
-    let plugin = find_plugin(&recipe.plugin)
+    let plugin = find_plugin(reg, &recipe.plugin)
         .with_context(|| format!("{}: `plugin`", recipe_path.display()))?;
     let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
     check_data_dir(&data_dir)?;
@@ -257,7 +280,7 @@ fn cmd_run(
     Ok(())
 }
 
-fn cmd_eval(checkpoint: &Path, dirs: &Dirs) -> Result<()> {
+fn cmd_eval(reg: &Registry, checkpoint: &Path, dirs: &Dirs) -> Result<()> {
     let dir = checkpoint.parent().unwrap_or(Path::new("."));
     let card_path = dir.join("card.json");
     if !checkpoint.exists() {
@@ -267,29 +290,23 @@ fn cmd_eval(checkpoint: &Path, dirs: &Dirs) -> Result<()> {
         anyhow!("{e} (every saved model needs the card.json written beside it by `distill run`)")
     })?;
     let recipe = Recipe::parse(&card.recipe_toml, &card_path.display().to_string(), false)?;
-    let plugin = find_plugin(&card.plugin)?;
+    let plugin = find_plugin(reg, &card.plugin)?;
     let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
     check_data_dir(&data_dir)?;
     let ctx = RunContext {
         device: device(&dirs.device)?,
         ..RunContext::new(data_dir, dir)
     };
-    let task = plugin.load_task(&recipe, &ctx)?;
     let model: toml::Table = toml::from_str(&card.model)?;
-    let net = plugin.build_network(&model, task.info(), 0, &ctx.device)?;
-    distill_core::network::load_network(net.as_ref(), checkpoint, &ctx.device)?;
-    let e = distill_core::pipeline::evaluate_test(
-        task.as_ref(),
-        net.as_ref(),
-        recipe.data.eval_batch_size,
-    )?;
+    let (describe, e) = plugin.evaluate(&recipe, &model, checkpoint, &ctx)?;
+    let metric = card
+        .metric
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("metric");
     println!(
-        "{} ({}, {} test set): {} = {:.4}",
-        net.describe(),
-        card.plugin,
-        card.dataset,
-        task.info().metric.name,
-        e.metric
+        "{describe} ({}, {} test set): {metric} = {:.4}",
+        card.plugin, card.dataset, e.metric
     );
     for (k, v) in &e.extra {
         println!("  {k} = {v:.4}");
@@ -325,30 +342,68 @@ fn cmd_export(run: &Path, to: &Path, phase: &str, seed: u64) -> Result<()> {
     Ok(())
 }
 
-fn cmd_plugins(what: Option<PluginsCmd>) -> Result<()> {
+fn cmd_plugins(reg: &Registry, what: Option<PluginsCmd>) -> Result<()> {
     match what {
         None => {
             println!(
-                "{:<22} {:<8} {:<22} {:<8} models / losses / recipes",
-                "name", "source", "domain", "version"
+                "{:<22} {:<8} {:<24} {:<8} {:>6} {:>6} {:>7}",
+                "name", "source", "domain", "version", "models", "losses", "recipes"
             );
-            for p in plugins() {
-                let m = p.manifest();
-                println!(
-                    "{:<22} {:<8} {:<22} {:<8} {} / {} / {}",
-                    m.name,
-                    "builtin",
-                    m.domain,
-                    m.version,
-                    m.models.len(),
-                    m.losses.len(),
-                    m.recipes.len()
-                );
+            let mut failed = Vec::new();
+            for e in reg.entries() {
+                if !e.enabled {
+                    println!("{:<22} {:<8} (disabled)", e.name, e.source.as_str());
+                    continue;
+                }
+                match distill_registry::load_entry(e, BUILTINS) {
+                    Ok(p) => {
+                        let m = p.manifest();
+                        println!(
+                            "{:<22} {:<8} {:<24} {:<8} {:>6} {:>6} {:>7}",
+                            e.name,
+                            e.source.as_str(),
+                            m.domain,
+                            m.version,
+                            m.models.len(),
+                            m.losses.len(),
+                            m.recipes.len()
+                        );
+                    }
+                    Err(err) => {
+                        println!("{:<22} {:<8} (failed to load)", e.name, e.source.as_str());
+                        failed.push(format!("{err}"));
+                    }
+                }
+            }
+            println!("registry: {}", reg.files().join(" + "));
+            if !failed.is_empty() {
+                bail!("{}", failed.join("; "));
             }
         }
-        Some(PluginsCmd::Info { name }) => {
-            let m = find_plugin(&name)?.manifest();
-            println!("{}", serde_json::to_string_pretty(&m)?);
+        Some(PluginsCmd::Info { name, json }) => {
+            let e = reg.get(&name)?;
+            let m = find_plugin(reg, &name)?.manifest();
+            if json {
+                let mut v = serde_json::to_value(&m)?;
+                v["source"] = e.source.as_str().into();
+                v["origin"] = e.origin.clone().into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{} ({}, {})", m.name, e.source.as_str(), e.origin);
+            if let Some(p) = &e.path {
+                println!("  library      {}", p.display());
+            }
+            if let Some(c) = &e.crate_name {
+                println!("  crate        {c}");
+            }
+            println!("  domain       {}", m.domain);
+            println!("  version      {}", m.version);
+            println!("  description  {}", m.description);
+            println!("  datasets     {}", m.datasets.join(", "));
+            println!("  models       {}", m.models.join(", "));
+            println!("  losses       {}", m.losses.join(", "));
+            println!("  recipes      {}", m.recipes.join(", "));
         }
     }
     Ok(())
@@ -357,7 +412,19 @@ fn cmd_plugins(what: Option<PluginsCmd>) -> Result<()> {
 fn main() -> ExitCode {
     distill_core::runtime::init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = registry(cli.registry.as_deref()).and_then(|reg| dispatch(&reg, cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(reg: &Registry, command: Command) -> Result<()> {
+    match command {
         Command::Run {
             recipe,
             quick,
@@ -369,35 +436,28 @@ fn main() -> ExitCode {
             quiet,
             dirs,
         } => cmd_run(
-            &recipe, quick, seeds, out, resume, cache_dir, no_cache, quiet, &dirs,
+            reg, &recipe, quick, seeds, out, resume, cache_dir, no_cache, quiet, &dirs,
         ),
         Command::Check { recipe, quick } => (|| {
             let r = Recipe::load(&recipe, quick)?;
-            let plugin = find_plugin(&r.plugin)
+            let plugin = find_plugin(reg, &r.plugin)
                 .with_context(|| format!("{}: `plugin`", recipe.display()))?;
-            let s =
-                check_recipe(plugin.as_ref(), &r).with_context(|| recipe.display().to_string())?;
+            let s = plugin
+                .check(&r)
+                .with_context(|| recipe.display().to_string())?;
             println!("{}: ok", recipe.display());
             println!("  teacher  {} ({} params)", s.teacher, s.teacher_params);
             println!("  student  {} ({} params)", s.student, s.student_params);
             println!("  losses   {}", s.losses.join(" + "));
             Ok(())
         })(),
-        Command::Plugins { what } => cmd_plugins(what),
-        Command::Eval { checkpoint, dirs } => cmd_eval(&checkpoint, &dirs),
+        Command::Plugins { what } => cmd_plugins(reg, what),
+        Command::Eval { checkpoint, dirs } => cmd_eval(reg, &checkpoint, &dirs),
         Command::Export {
             run,
             to,
             phase,
             seed,
         } => cmd_export(&run, &to, &phase, seed),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
-            ExitCode::from(2)
-        }
     }
 }
