@@ -7,15 +7,12 @@ use std::{
     process::{Command, Output},
 };
 
-/// The `distill` binary built by `cargo build -p distill-cli` (same profile as the tests), or `$DISTILL_BIN`.
-pub fn distill_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DISTILL_BIN") {
-        return PathBuf::from(p);
-    }
+/// The target dir and the profile the tests were built with (the test executable lives in
+/// `target/<profile>/deps/`).
+pub fn target_profile() -> (PathBuf, String) {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    // the test executable lives in target/<profile>/deps/
     let profile = std::env::current_exe()
         .ok()
         .and_then(|p| {
@@ -25,6 +22,15 @@ pub fn distill_bin() -> PathBuf {
                 .map(|s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "debug".into());
+    (target, profile)
+}
+
+/// The `distill` binary built by `cargo build -p distill-cli` (same profile as the tests), or `$DISTILL_BIN`.
+pub fn distill_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DISTILL_BIN") {
+        return PathBuf::from(p);
+    }
+    let (target, profile) = target_profile();
     let bin = target.join(profile).join("distill");
     assert!(
         bin.exists(),
@@ -46,6 +52,7 @@ pub fn distill(cwd: &Path, args: &[&str]) -> Output {
         .current_dir(cwd)
         .env_remove("DISTILL_DATA")
         .env_remove("DISTILL_CACHE")
+        .env_remove("DISTILL_REGISTRY")
         .output()
         .expect("run distill")
 }

@@ -178,9 +178,26 @@ fn check_validates_without_data() {
 fn plugins_lists_the_builtin_plugin() {
     let o = distill(&root(), &["plugins"]);
     assert!(o.status.success());
-    assert!(stdout(&o).contains("image-classification"));
-    let o = distill(&root(), &["plugins", "info", "image-classification"]);
+    let table = stdout(&o);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["name", "source", "domain", "version", "models", "losses", "recipes"]
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("image-classification "))
+        .unwrap();
+    assert!(row.contains(" builtin "), "{row}");
+    // listed because plugins.toml lists it
+    assert!(table.contains("registry: plugins.toml"), "{table}");
+    let o = distill(
+        &root(),
+        &["plugins", "info", "image-classification", "--json"],
+    );
     let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(m["source"], "builtin");
+    assert_eq!(m["origin"], "plugins.toml:6");
     assert!(m["models"]
         .as_array()
         .unwrap()

@@ -1,0 +1,397 @@
+//! The plugin registry and third-party plugin libraries, through the real `distill` binary: the template
+//! plugin (examples/plugin-template) built as a cdylib and run from a user registry, and each way a registry
+//! or a library can be wrong (tests/plugins/* are deliberately broken libraries).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use distill_tests::{distill, stderr, stdout, target_profile};
+
+const LIBS: [&str; 4] = [
+    "distill-plugin-template",
+    "distill-test-plugin-panicky",
+    "distill-test-plugin-abi-mismatch",
+    "distill-test-plugin-no-declaration",
+];
+
+fn cargo_profile_args(profile: &str) -> Vec<String> {
+    match profile {
+        "debug" => vec![],
+        "release" => vec!["--release".into()],
+        p => vec!["--profile".into(), p.into()],
+    }
+}
+
+/// Builds the plugin libraries (once per test process) in the profile of the `distill` binary under test,
+/// and returns the directory holding them.
+fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let (target, profile) = target_profile();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.arg("build").current_dir(distill_tests::root());
+        for l in LIBS {
+            cmd.args(["-p", l]);
+        }
+        cmd.args(cargo_profile_args(&profile));
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "building the plugin libraries failed:\n{}",
+            stderr(&out)
+        );
+        target.join(profile)
+    })
+}
+
+fn lib(crate_name: &str) -> PathBuf {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    lib_dir().join(format!(
+        "{DLL_PREFIX}{}{DLL_SUFFIX}",
+        crate_name.replace('-', "_")
+    ))
+}
+
+/// A scratch dir inside the library dir, so a registry there can name a library by a relative path.
+fn scratch() -> tempfile::TempDir {
+    let base = lib_dir().join("plugin-tests");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+fn registry(dir: &Path, entries: &[(&str, &str)]) -> PathBuf {
+    let mut text = String::from("schema_version = 1\n");
+    for (name, path) in entries {
+        text.push_str(&format!(
+            "\n[[plugin]]\nname = \"{name}\"\nsource = \"dylib\"\npath = \"{path}\"\n"
+        ));
+    }
+    let p = dir.join("user-plugins.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn rel(crate_name: &str) -> String {
+    // the scratch dir is lib_dir/plugin-tests/<tmp>/: the library is two levels up
+    format!(
+        "../../{}",
+        lib(crate_name).file_name().unwrap().to_string_lossy()
+    )
+}
+
+/// `path` with `..` resolved, as the registry shows it.
+fn normalized(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn fails_with(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected exit 2\nstdout: {}\nstderr: {err}",
+        stdout(o)
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(
+        !err.contains("panicked at") || needle.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_template_plugin_runs_from_a_user_registry() {
+    let dir = scratch();
+    let d = dir.path();
+    let reg = registry(d, &[("tabular", &rel("distill-plugin-template"))]);
+    // the template's own data generator writes the CSV files
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "distill-plugin-template",
+            "--example",
+            "make_spirals",
+        ])
+        .args(cargo_profile_args(&target_profile().1))
+        .arg("--")
+        .arg(d.join("data/spirals"))
+        .current_dir(distill_tests::root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let reg_s = reg.to_str().unwrap();
+    let o = distill(d, &["plugins", "--registry", reg_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("tabular "))
+        .expect("a tabular row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..2], ["tabular", "dylib"], "{table}");
+    assert!(row.contains("tabular classification"), "{row}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("image-classification ") && l.contains("builtin")),
+        "{table}"
+    );
+
+    let recipe = distill_tests::root().join("examples/plugin-template/recipes/spirals.toml");
+    let recipe_s = recipe.to_str().unwrap();
+    let o = distill(d, &["check", recipe_s, "--registry", reg_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("student  mlp 2-16-16-3 (371 params)"),
+        "{}",
+        stdout(&o)
+    );
+
+    // the registry also comes from $DISTILL_REGISTRY
+    let o = Command::new(distill_tests::distill_bin())
+        .args([
+            "run",
+            recipe_s,
+            "--quick",
+            "--data-dir",
+            "data",
+            "--out",
+            "out",
+            "--quiet",
+            "--no-cache",
+        ])
+        .env("DISTILL_REGISTRY", &reg)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out/report.json")).unwrap()).unwrap();
+    let run = &report["runs"][0];
+    assert_eq!(run["plugin"], "tabular");
+    assert_eq!(run["dataset"], "csv");
+    let metric = |phase: &str| run[phase]["metric"]["mean"].as_f64().unwrap();
+    let params = |phase: &str| run[phase]["params"].as_u64().unwrap();
+    // 3 spiral arms: chance is 1/3; the 2-128-128-3 teacher separates them well even after 15 epochs
+    assert!(metric("teacher") > 0.85, "{run}");
+    for phase in ["scratch", "distilled"] {
+        let m = metric(phase);
+        assert!(m > 0.34 && m <= 1.0, "{phase}: {m}");
+    }
+    assert_eq!(
+        params("teacher"),
+        2 * 128 + 128 + 128 * 128 + 128 + 128 * 3 + 3
+    );
+    assert_eq!(params("scratch"), 371);
+    assert_eq!(params("distilled"), 371);
+    assert!(d.join("out/seed-0/distilled/model.safetensors").exists());
+}
+
+#[test]
+fn a_panic_in_a_plugin_is_an_error_not_a_crash() {
+    let dir = scratch();
+    let d = dir.path();
+    let reg = registry(d, &[("panicky", &rel("distill-test-plugin-panicky"))]);
+    let recipe = distill_tests::tiny_recipe(1)
+        .replace("plugin = \"image-classification\"", "plugin = \"panicky\"");
+    std::fs::write(d.join("r.toml"), recipe).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    let o = distill(
+        d,
+        &[
+            "run",
+            "r.toml",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--data-dir",
+            "data",
+            "--out",
+            "out",
+            "--quiet",
+        ],
+    );
+    fails_with(&o, "plugin `panicky` panicked in `run`: index 3 of 0 went wrong at tests/plugins/panicky/src/lib.rs:");
+    // the process stayed in control: nothing printed the default panic message
+    assert!(!stderr(&o).contains("thread '"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_library_of_another_abi_version_is_refused_before_any_call() {
+    let dir = scratch();
+    let reg = registry(
+        dir.path(),
+        &[("old", &rel("distill-test-plugin-abi-mismatch"))],
+    );
+    let reg_s = reg.to_str().unwrap();
+    let o = distill(dir.path(), &["plugins", "info", "old", "--registry", reg_s]);
+    fails_with(
+        &o,
+        &format!(
+            "user-plugins.toml:3: plugin `old`: {}: incompatible plugin: plugin ABI version {}, distill expects ABI version {}",
+            normalized(&lib("distill-test-plugin-abi-mismatch")).display(),
+            distill_core::abi::PLUGIN_ABI_VERSION + 1000,
+            distill_core::abi::PLUGIN_ABI_VERSION
+        ),
+    );
+    // the listing shows the others and names the broken one
+    let o = distill(dir.path(), &["plugins", "--registry", reg_s]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("old") && l.contains("failed to load")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("image-classification"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stderr(&o).contains("plugin ABI version"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_library_without_the_declaration_is_refused() {
+    let dir = scratch();
+    let reg = registry(
+        dir.path(),
+        &[("nodecl", &rel("distill-test-plugin-no-declaration"))],
+    );
+    let o = distill(
+        dir.path(),
+        &[
+            "plugins",
+            "info",
+            "nodecl",
+            "--registry",
+            reg.to_str().unwrap(),
+        ],
+    );
+    fails_with(
+        &o,
+        "no `DISTILL_PLUGIN_DECLARATION` symbol: not a distill plugin",
+    );
+}
+
+#[test]
+fn a_missing_library_file_is_named() {
+    let dir = scratch();
+    let reg = registry(dir.path(), &[("ghost", "lib/libghost.so")]);
+    let o = distill(
+        dir.path(),
+        &[
+            "plugins",
+            "info",
+            "ghost",
+            "--registry",
+            reg.to_str().unwrap(),
+        ],
+    );
+    fails_with(
+        &o,
+        &format!(
+            "plugin `ghost`: {}: plugin library not found",
+            normalized(&dir.path().join("lib/libghost.so")).display()
+        ),
+    );
+}
+
+#[test]
+fn registry_mistakes_are_errors_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |text: &str| {
+        std::fs::write(d.join("reg.toml"), text).unwrap();
+        distill(d, &["plugins", "--registry", "reg.toml"])
+    };
+    // malformed TOML: file:line:column
+    let o = write("schema_version = 1\n[[plugin]\nname = \"x\"\n");
+    fails_with(&o, "reg.toml:2:");
+    // an unknown source
+    let o =
+        write("schema_version = 1\n[[plugin]]\nname = \"x\"\nsource = \"wasm\"\npath = \"x.so\"\n");
+    fails_with(
+        &o,
+        "reg.toml:4:10: unknown variant `wasm`, expected `builtin` or `dylib`",
+    );
+    // a name the project registry already has
+    let o = write(
+        "schema_version = 1\n[[plugin]]\nname = \"image-classification\"\nsource = \"dylib\"\npath = \"x.so\"\n",
+    );
+    fails_with(
+        &o,
+        "reg.toml:2: duplicate plugin name `image-classification` (already defined at plugins.toml (built in):6)",
+    );
+    // a duplicate within one file
+    let o = write(
+        "schema_version = 1\n[[plugin]]\nname = \"a\"\nsource = \"dylib\"\npath = \"x.so\"\n\
+         [[plugin]]\nname = \"a\"\nsource = \"dylib\"\npath = \"y.so\"\n",
+    );
+    fails_with(
+        &o,
+        "reg.toml:6: duplicate plugin name `a` (already defined at reg.toml:2)",
+    );
+    // a missing registry file
+    let o = distill(d, &["plugins", "--registry", "nope.toml"]);
+    fails_with(&o, "nope.toml: No such file or directory");
+    // an unknown plugin in a recipe
+    std::fs::write(
+        d.join("r.toml"),
+        distill_tests::tiny_recipe(1).replace("image-classification", "imaging"),
+    )
+    .unwrap();
+    let o = distill(d, &["check", "r.toml"]);
+    fails_with(
+        &o,
+        "r.toml: `plugin`: unknown plugin `imaging` (known: image-classification)",
+    );
+}
+
+/// docs/plugin-guide.md's Rust and TOML blocks are excerpts of the template, which CI builds and runs, so
+/// the guide's code compiles.
+#[test]
+fn guide_code_is_the_template_code() {
+    let root = distill_tests::root();
+    let guide = std::fs::read_to_string(root.join("docs/plugin-guide.md")).unwrap();
+    let t = root.join("examples/plugin-template");
+    let sources: String = [
+        "src/lib.rs",
+        "src/data.rs",
+        "src/model.rs",
+        "Cargo.toml",
+        "recipes/spirals.toml",
+        "plugins.toml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(t.join(f)).unwrap())
+    .collect::<Vec<_>>()
+    .join("\n");
+    let mut checked = 0;
+    for fence in ["```rust\n", "```toml\n"] {
+        for block in guide.split(fence).skip(1) {
+            let code = block.split("\n```").next().unwrap();
+            assert!(sources.contains(code), "not in the template:\n{code}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} code blocks found");
+}
