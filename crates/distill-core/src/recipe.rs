@@ -123,6 +123,29 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
+/// What to do when training diverges (a NaN/Inf loss, or a gradient norm above `max_grad_norm`).
+///
+/// Without retries the phase stops with an error naming the epoch and step, and the last good checkpoint
+/// (the end of the previous epoch) stays on disk. With `retries = N`, the epoch is replayed from its start
+/// (weights and optimiser state as they were) with the learning rate multiplied by `backoff`, up to N times
+/// per phase; each back-off is recorded in the phase's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Divergence {
+    /// A global gradient norm (before clipping) above this counts as divergence.
+    pub max_grad_norm: Option<f64>,
+    /// How many times to back off and replay (default 0: stop at once).
+    #[serde(default)]
+    pub retries: usize,
+    /// Learning-rate factor per back-off (default 0.5).
+    #[serde(default = "default_backoff")]
+    pub backoff: f64,
+}
+
+fn default_backoff() -> f64 {
+    0.5
+}
+
 /// How one network is trained.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +165,8 @@ pub struct PhaseConfig {
     pub clip_grad_norm: Option<f64>,
     /// Early stopping on the validation split (needs `data.validation > 0`); the best epoch's weights are kept.
     pub early_stopping: Option<EarlyStopping>,
+    /// Divergence guard: gradient-norm limit and automatic learning-rate back-off.
+    pub divergence: Option<Divergence>,
     /// Teacher only: load these weights (safetensors, relative to the models dir) instead of training.
     pub pretrained: Option<PathBuf>,
 }
@@ -282,6 +307,22 @@ impl Recipe {
                         &format!("{name}.clip_grad_norm"),
                         format!("must be > 0, got {c}"),
                     ));
+                }
+            }
+            if let Some(d) = &phase.divergence {
+                if !(d.backoff > 0.0 && d.backoff < 1.0) {
+                    return Err(err(
+                        &format!("{name}.divergence.backoff"),
+                        format!("must be in (0, 1), got {}", d.backoff),
+                    ));
+                }
+                if let Some(m) = d.max_grad_norm {
+                    if !(m > 0.0 && m.is_finite()) {
+                        return Err(err(
+                            &format!("{name}.divergence.max_grad_norm"),
+                            format!("must be a positive number, got {m}"),
+                        ));
+                    }
                 }
             }
             if phase.early_stopping.is_some() && self.data.validation == 0 {

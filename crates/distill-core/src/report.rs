@@ -100,6 +100,9 @@ pub struct PhaseResult {
     /// Whether the result came from the teacher cache or a pretrained file.
     #[serde(default)]
     pub reused: bool,
+    /// Divergence back-offs taken during training (`divergence.retries`), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub divergence_backoffs: Vec<String>,
 }
 
 /// A phase aggregated over seeds.

@@ -90,6 +90,16 @@ struct PhaseState {
     bad_epochs: usize,
     elapsed_s: f64,
     stopped_early: bool,
+    /// Learning-rate factor after divergence back-offs (1 without).
+    #[serde(default = "one")]
+    lr_scale: f64,
+    /// One line per divergence back-off.
+    #[serde(default)]
+    backoffs: Vec<String>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// File names inside a phase directory.
@@ -182,13 +192,12 @@ fn progress(spec: &PhaseSpec, len: usize) -> ProgressBar {
     pb
 }
 
-fn save_checkpoint(
-    dir: &Path,
+/// Everything a checkpoint holds, under `model.`, `loss{i}.` and `optim.` prefixes.
+fn checkpoint_tensors(
     net: &dyn Network,
     adapters: &[(usize, &candle_nn::VarMap)],
     optim: &BTreeMap<String, Tensor>,
-    state: &PhaseState,
-) -> Result<()> {
+) -> Result<BTreeMap<String, Tensor>> {
     let mut all = BTreeMap::new();
     for (k, v) in varmap_tensors(net.varmap())? {
         all.insert(format!("model.{k}"), v);
@@ -201,6 +210,32 @@ fn save_checkpoint(
     for (k, v) in optim {
         all.insert(format!("optim.{k}"), v.clone());
     }
+    Ok(all)
+}
+
+/// Loads what [`checkpoint_tensors`] made back into the network, its loss adapters and the optimiser.
+fn restore(
+    all: &BTreeMap<String, Tensor>,
+    source: &Path,
+    net: &dyn Network,
+    adapters: &[(usize, &candle_nn::VarMap)],
+    optim: &mut dyn crate::optim::Optimizer,
+) -> Result<()> {
+    load_into_varmap(net.varmap(), &split_prefix(all, "model."), source)?;
+    for (i, vm) in adapters {
+        load_into_varmap(vm, &split_prefix(all, &format!("loss{i}.")), source)?;
+    }
+    optim.load_state(&split_prefix(all, "optim."))
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    net: &dyn Network,
+    adapters: &[(usize, &candle_nn::VarMap)],
+    optim: &BTreeMap<String, Tensor>,
+    state: &PhaseState,
+) -> Result<()> {
+    let all = checkpoint_tensors(net, adapters, optim)?;
     write_safetensors_atomic(&all, &dir.join(files::CHECKPOINT))?;
     write_json_atomic(state, &dir.join(files::STATE))
 }
@@ -286,16 +321,14 @@ pub fn train_phase(
         bad_epochs: 0,
         elapsed_s: 0.0,
         stopped_early: false,
+        lr_scale: 1.0,
+        backoffs: Vec::new(),
     };
     if spec.resume && dir.join(files::STATE).exists() {
         state = read_json(&dir.join(files::STATE))?;
         let ckpt_path = dir.join(files::CHECKPOINT);
         let all = read_safetensors(&ckpt_path, &device)?;
-        load_into_varmap(net.varmap(), &split_prefix(&all, "model."), &ckpt_path)?;
-        for (i, vm) in &adapters {
-            load_into_varmap(vm, &split_prefix(&all, &format!("loss{i}.")), &ckpt_path)?;
-        }
-        optim.load_state(&split_prefix(&all, "optim."))?;
+        restore(&all, &ckpt_path, net, &adapters, optim.as_mut())?;
         // metrics.jsonl is appended after each checkpoint: rewrite it from the checkpointed history so a kill
         // between the two leaves no gap
         let mut lines = String::new();
@@ -342,9 +375,22 @@ pub fn train_phase(
     let base_lr = cfg.optimizer.lr;
     let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
 
+    let guard = cfg.divergence.clone();
+    let retries = guard.as_ref().map(|g| g.retries).unwrap_or(0);
     let mut epoch = state.epochs_done;
-    while epoch < cfg.epochs && !state.stopped_early {
+    'epochs: while epoch < cfg.epochs && !state.stopped_early {
         let t0 = Instant::now();
+        // the epoch's starting point, for a divergence back-off (deep copies: the optimiser updates in place)
+        let snapshot = if state.backoffs.len() < retries {
+            let all = checkpoint_tensors(net, &adapters, &optim.state()?)?;
+            Some(
+                all.into_iter()
+                    .map(|(k, v)| Ok((k, v.copy()?)))
+                    .collect::<Result<BTreeMap<_, _>>>()?,
+            )
+        } else {
+            None
+        };
         let perm = Rng::derive(spec.seed, &[&"shuffle", &spec.name, &epoch]).permutation(n);
         let pb = progress(spec, steps);
         pb.set_message(format!("epoch {}/{}", epoch + 1, cfg.epochs));
@@ -353,7 +399,7 @@ pub fn train_phase(
         let mut lr = base_lr;
         for (step, idx) in perm.chunks(bs).enumerate() {
             lr = cfg.schedule.lr_at(
-                base_lr,
+                base_lr * state.lr_scale,
                 epoch as f64 + (step + 1) as f64 / steps as f64,
                 cfg.epochs,
             );
@@ -391,19 +437,56 @@ pub fn train_phase(
             }
             let total = total.ok_or_else(|| Error::msg("empty objective"))?;
             let lv = total.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
+            let mut grads = None;
+            let diverged = if !lv.is_finite() {
+                Some(format!("the loss is {lv}"))
+            } else {
+                let g = total.backward()?;
+                let limit = guard.as_ref().and_then(|d| d.max_grad_norm);
+                let norm = match limit {
+                    Some(_) => crate::optim::grad_norm(&g, &vars)?,
+                    None => 0.0,
+                };
+                grads = Some(g);
+                match limit {
+                    Some(max) if norm.is_nan() || norm > max => Some(format!(
+                        "the gradient norm is {norm:.4e}, above divergence.max_grad_norm = {max}"
+                    )),
+                    _ => None,
+                }
+            };
+            if let Some(why) = diverged {
+                let at = format!("epoch {} step {}", epoch + 1, step + 1);
+                if let Some(snap) = &snapshot {
+                    let factor = guard.as_ref().map(|g| g.backoff).unwrap_or(0.5);
+                    state.lr_scale *= factor;
+                    let line = format!(
+                        "{why} at {at}: replayed the epoch with the learning rate x{:.4e}",
+                        state.lr_scale
+                    );
+                    if !spec.quiet {
+                        pb.finish_and_clear();
+                        eprintln!("[{}] {line}", spec.label);
+                    }
+                    state.backoffs.push(line);
+                    restore(snap, dir, net, &adapters, optim.as_mut())?;
+                    continue 'epochs;
+                }
+                let tried = if state.backoffs.is_empty() {
+                    "lower the learning rate, set clip_grad_norm, or set divergence.retries for automatic back-off"
+                        .to_string()
+                } else {
+                    format!("after {} learning-rate back-offs", state.backoffs.len())
+                };
                 return Err(Error::Training(format!(
-                    "[{}] the loss is {lv} at epoch {} step {}; the last good checkpoint (after epoch {}) is kept in {}; \
-                     lower the learning rate or set clip_grad_norm",
+                    "[{}] {why} at {at}; the last good checkpoint (after epoch {}) is kept in {}; {tried}",
                     spec.label,
-                    epoch + 1,
-                    step + 1,
                     state.epochs_done,
                     dir.display()
                 )));
             }
             loss_sum += lv;
-            let mut grads = total.backward()?;
+            let mut grads = grads.expect("gradients of a finite loss");
             if let Some(max) = cfg.clip_grad_norm {
                 clip_grad_norm(&mut grads, &vars, max)?;
             }
@@ -506,7 +589,7 @@ pub fn train_phase(
         load_into_varmap(net.varmap(), &best, &dir.join(files::BEST))?;
     }
     let wall_s = started.elapsed().as_secs_f64();
-    finish_phase(
+    let mut result = finish_phase(
         task,
         net,
         spec,
@@ -514,7 +597,12 @@ pub fn train_phase(
         state.best_epoch,
         wall_s,
         false,
-    )
+    )?;
+    if !state.backoffs.is_empty() {
+        result.divergence_backoffs = state.backoffs;
+        write_json_atomic(&result, &dir.join(files::RESULT))?;
+    }
+    Ok(result)
 }
 
 /// Evaluates a trained (or loaded) network, saves its final weights and result in `spec.dir`.
@@ -550,6 +638,7 @@ pub fn finish_phase(
         epochs: curve.len(),
         curve,
         reused,
+        divergence_backoffs: Vec::new(),
     };
     write_json_atomic(&result, &dir.join(files::RESULT))?;
     Ok(result)
