@@ -20,6 +20,30 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Removes temp files that a killed writer left in `dir`, so they do not pile up over restarts: ours
+/// (`NAME.tmpPID`, never renamed into place) and the safetensors crate's own (`.tmpXXXXXX`, from the
+/// `tempfile` crate). Returns how many it removed.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name
+            .rsplit_once(".tmp")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        let tempfile_crate = name.len() == 10
+            && name.starts_with(".tmp")
+            && name[4..].bytes().all(|b| b.is_ascii_alphanumeric());
+        let stale = ours || tempfile_crate;
+        if stale && fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Writes `bytes` to `path` atomically: a reader (or a crash) sees either the old file or the new one, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -125,5 +149,27 @@ mod tests {
             "{err}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "checkpoint.safetensors.tmp123",
+            "state.json.tmp9",
+            ".tmpY23yIy",
+            "state.json",
+            "notes.tmp",
+            "x.tmpabc",
+        ] {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path()), 3);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.tmp", "state.json", "x.tmpabc"]);
     }
 }

@@ -243,6 +243,9 @@ pub fn run_recipe<P: Plugin + ?Sized>(
     ctx: &RunContext,
 ) -> Result<RunReport> {
     check_recipe(plugin, recipe)?;
+    if ctx.resume {
+        crate::checkpoint::remove_stale_temps(&ctx.out_dir);
+    }
     if !ctx.resume {
         for seed in &recipe.seeds {
             let d = ctx.out_dir.join(format!("seed-{seed}"));

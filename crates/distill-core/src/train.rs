@@ -96,6 +96,16 @@ struct PhaseState {
     /// One line per divergence back-off.
     #[serde(default)]
     backoffs: Vec<String>,
+    /// The checkpoint file this state belongs to (absent in older state files: `checkpoint.safetensors`).
+    #[serde(default)]
+    checkpoint: Option<String>,
+}
+
+/// The checkpoint file written after `epochs_done` epochs. Each epoch writes a new file, then state.json
+/// naming it (the commit point), then removes the previous one: a kill between the two writes leaves
+/// state.json and the checkpoint it names consistent.
+pub fn checkpoint_name(epochs_done: usize) -> String {
+    format!("checkpoint-e{epochs_done}.safetensors")
 }
 
 fn one() -> f64 {
@@ -104,7 +114,8 @@ fn one() -> f64 {
 
 /// File names inside a phase directory.
 pub mod files {
-    /// Rolling checkpoint (weights, adapters, optimiser state).
+    /// Rolling checkpoint (weights, adapters, optimiser state) of checkpoints written before state.json named
+    /// its checkpoint; today's are `checkpoint-eN.safetensors` (see [`checkpoint_name`](super::checkpoint_name)).
     pub const CHECKPOINT: &str = "checkpoint.safetensors";
     /// Rolling training state (epoch, history, early-stopping state).
     pub const STATE: &str = "state.json";
@@ -233,11 +244,31 @@ fn save_checkpoint(
     net: &dyn Network,
     adapters: &[(usize, &candle_nn::VarMap)],
     optim: &BTreeMap<String, Tensor>,
-    state: &PhaseState,
+    state: &mut PhaseState,
 ) -> Result<()> {
     let all = checkpoint_tensors(net, adapters, optim)?;
-    write_safetensors_atomic(&all, &dir.join(files::CHECKPOINT))?;
-    write_json_atomic(state, &dir.join(files::STATE))
+    let name = checkpoint_name(state.epochs_done);
+    write_safetensors_atomic(&all, &dir.join(&name))?;
+    state.checkpoint = Some(name);
+    write_json_atomic(state, &dir.join(files::STATE))?;
+    remove_other_checkpoints(dir, state.checkpoint.as_deref());
+    Ok(())
+}
+
+/// Removes every checkpoint file in `dir` except `keep` (older epochs, or one written after the last state.json
+/// by a run that was then killed).
+fn remove_other_checkpoints(dir: &Path, keep: Option<&str>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_ckpt = name == files::CHECKPOINT
+            || (name.starts_with("checkpoint-e") && name.ends_with(".safetensors"));
+        if is_ckpt && Some(name.as_str()) != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn split_prefix(all: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
@@ -284,6 +315,9 @@ pub fn train_phase(
 ) -> Result<PhaseResult> {
     let dir = &spec.dir;
     let device = crate::network::device_of(net);
+    if spec.resume {
+        crate::checkpoint::remove_stale_temps(dir);
+    }
     if spec.resume && dir.join(files::RESULT).exists() {
         let result: PhaseResult = read_json(&dir.join(files::RESULT))?;
         let weights = read_safetensors(&dir.join(files::FINAL), &device)?;
@@ -323,12 +357,18 @@ pub fn train_phase(
         stopped_early: false,
         lr_scale: 1.0,
         backoffs: Vec::new(),
+        checkpoint: None,
     };
     if spec.resume && dir.join(files::STATE).exists() {
         state = read_json(&dir.join(files::STATE))?;
-        let ckpt_path = dir.join(files::CHECKPOINT);
+        let ckpt_path = dir.join(state.checkpoint.as_deref().unwrap_or(files::CHECKPOINT));
         let all = read_safetensors(&ckpt_path, &device)?;
         restore(&all, &ckpt_path, net, &adapters, optim.as_mut())?;
+        // a checkpoint written after this state.json (the run was killed before committing it) is not ours
+        remove_other_checkpoints(
+            dir,
+            Some(state.checkpoint.as_deref().unwrap_or(files::CHECKPOINT)),
+        );
         // metrics.jsonl is appended after each checkpoint: rewrite it from the checkpointed history so a kill
         // between the two leaves no gap
         let mut lines = String::new();
@@ -575,7 +615,7 @@ pub fn train_phase(
         epoch += 1;
         state.epochs_done = epoch;
         state.elapsed_s = started.elapsed().as_secs_f64();
-        save_checkpoint(dir, net, &adapters, &optim.state()?, &state)?;
+        save_checkpoint(dir, net, &adapters, &optim.state()?, &mut state)?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
