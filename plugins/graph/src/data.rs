@@ -26,7 +26,7 @@ use std::{
 use candle_core::{Device, Tensor};
 use distill_core::{Error, Result, Rng};
 
-use crate::sparse::EdgeSet;
+use crate::sparse::{propagate, EdgeSet};
 
 /// Undirected adjacency in compressed sparse rows: the neighbours of node `i` are
 /// `neighbors[offsets[i]..offsets[i + 1]]`, sorted, without self-loops or duplicates.
@@ -113,10 +113,28 @@ pub struct View {
     pub nodes: Option<Tensor>,
     /// Number of nodes in the view.
     pub num_nodes: usize,
-    /// GCN edges: self-loops included, weight `1/sqrt((d_i + 1)(d_j + 1))` (the normalised `A + I`).
+    /// GCN edges `A + I` (self-loops included), unweighted: the normalisation is [`View::gcn_norm`].
     pub gcn: EdgeSet,
-    /// Neighbour edges (no self-loops), weight `1/d_dst` (mean aggregation).
+    /// `1/sqrt(d_i + 1)` per node (whole-graph degree `d_i`), `[n, 1]`: `D^-1/2 (A + I) D^-1/2 x` is
+    /// `gcn_norm ⊙ ((A + I)(gcn_norm ⊙ x))`, so no per-edge tensor is ever multiplied.
+    pub gcn_norm: Tensor,
+    /// Neighbour edges (no self-loops), unweighted.
     pub neighbors: EdgeSet,
+    /// `1/d_i` per node (0 for an isolated node), `[n, 1]`: the mean over neighbours is `mean_norm ⊙ (A x)`.
+    pub mean_norm: Tensor,
+}
+
+impl View {
+    /// `D^-1/2 (A + I) D^-1/2 x` over this view.
+    pub fn gcn_propagate(&self, x: &Tensor) -> Result<Tensor> {
+        let y = propagate(&x.broadcast_mul(&self.gcn_norm)?, &self.gcn, self.num_nodes)?;
+        Ok(y.broadcast_mul(&self.gcn_norm)?)
+    }
+
+    /// The mean of each node's neighbours' rows of `x`.
+    pub fn mean_propagate(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(propagate(x, &self.neighbors, self.num_nodes)?.broadcast_mul(&self.mean_norm)?)
+    }
 }
 
 /// A node-classification graph.
@@ -223,34 +241,36 @@ impl Graph {
                 local.binary_search(&g).ok().map(|p| p as u32)
             }
         };
-        let (mut gs, mut gd, mut gw) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut ns, mut nd, mut nw) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut gs, mut gd) = (Vec::new(), Vec::new());
+        let (mut ns, mut nd) = (Vec::new(), Vec::new());
+        let mut gnorm = Vec::with_capacity(local.len());
+        let mut mnorm = Vec::with_capacity(local.len());
         for (li, &g) in local.iter().enumerate() {
+            let di = self.adj.degree(g as usize);
+            gnorm.push(1.0 / ((di + 1) as f32).sqrt());
+            mnorm.push(if di > 0 { 1.0 / di as f32 } else { 0.0 });
             if !inner[li] {
                 continue;
             }
-            let gi = g as usize;
-            let di = self.adj.degree(gi) as f32;
             gs.push(li as u32);
             gd.push(li as u32);
-            gw.push(1.0 / (di + 1.0));
-            for &j in self.adj.neighbors(gi) {
+            for &j in self.adj.neighbors(g as usize) {
                 let Some(lj) = pos(j) else { continue };
-                let dj = self.adj.degree(j as usize) as f32;
                 gs.push(lj);
                 gd.push(li as u32);
-                gw.push(1.0 / ((di + 1.0) * (dj + 1.0)).sqrt());
                 ns.push(lj);
                 nd.push(li as u32);
-                nw.push(1.0 / di);
             }
         }
         let dev = self.device();
+        let n = local.len();
         Ok(View {
             nodes,
-            num_nodes: local.len(),
-            gcn: EdgeSet::new(gs, gd, Some(gw), dev)?,
-            neighbors: EdgeSet::new(ns, nd, Some(nw), dev)?,
+            num_nodes: n,
+            gcn: EdgeSet::new(gs, gd, None, dev)?,
+            gcn_norm: Tensor::from_vec(gnorm, (n, 1), dev)?,
+            neighbors: EdgeSet::new(ns, nd, None, dev)?,
+            mean_norm: Tensor::from_vec(mnorm, (n, 1), dev)?,
         })
     }
 
@@ -296,9 +316,10 @@ impl Graph {
     }
 
     /// Neighbour edges of the whole graph with at most `fanout` neighbours per node, drawn without replacement
-    /// from `rng` (GraphSAGE's sampling); weight `1/k` for the `k` neighbours kept.
-    pub fn sampled_neighbors(&self, fanout: usize, rng: &mut Rng) -> Result<EdgeSet> {
-        let (mut s, mut d, mut w) = (Vec::new(), Vec::new(), Vec::new());
+    /// from `rng` (GraphSAGE's sampling), and `1/k` per node for the `k` neighbours kept (`[N, 1]`).
+    pub fn sampled_neighbors(&self, fanout: usize, rng: &mut Rng) -> Result<(EdgeSet, Tensor)> {
+        let (mut s, mut d) = (Vec::new(), Vec::new());
+        let mut norm = Vec::with_capacity(self.num_nodes());
         let mut buf = Vec::new();
         for i in 0..self.num_nodes() {
             let nb = self.adj.neighbors(i);
@@ -306,7 +327,6 @@ impl Graph {
                 for &j in nb {
                     s.push(j);
                     d.push(i as u32);
-                    w.push(1.0 / nb.len() as f32);
                 }
             } else {
                 buf.clear();
@@ -316,11 +336,16 @@ impl Graph {
                     buf.swap(k, r);
                     s.push(buf[k]);
                     d.push(i as u32);
-                    w.push(1.0 / fanout as f32);
                 }
             }
+            let k = nb.len().min(fanout);
+            norm.push(if k > 0 { 1.0 / k as f32 } else { 0.0 });
         }
-        EdgeSet::new(s, d, Some(w), self.device())
+        let n = self.num_nodes();
+        Ok((
+            EdgeSet::new(s, d, None, self.device())?,
+            Tensor::from_vec(norm, (n, 1), self.device())?,
+        ))
     }
 }
 

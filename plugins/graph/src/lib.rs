@@ -340,6 +340,25 @@ impl Plugin for GraphPlugin {
             o.row_normalize,
             &ctx.device,
         )?);
+        let v = recipe.data.validation;
+        if v != 0 && v != g.val.len() {
+            return Err(Error::config(
+                "data.validation",
+                format!(
+                    "is {v}, but {} lists {} validation nodes: on a graph the validation split is that file; \
+                     set data.validation to {} (or 0)",
+                    dir.join("split_val.txt").display(),
+                    g.val.len(),
+                    g.val.len()
+                ),
+            ));
+        }
+        if recipe.data.train_limit.is_some() || recipe.data.test_limit.is_some() {
+            return Err(Error::config(
+                "data",
+                "`train_limit` and `test_limit` are not supported on graphs (the splits are the split_*.txt files)",
+            ));
+        }
         self.set(g.clone());
         Ok(Box::new(GraphTask::new(info, g, o.distill_nodes == "all")))
     }

@@ -165,7 +165,7 @@ mod tests {
         let g = small_graph();
         assert_eq!(g.adj.num_edges(), 4, "duplicate 3-1 dropped");
         let view = g.full_view()?;
-        let y: Vec<Vec<f32>> = propagate(&g.features, &view.gcn, 4)?.to_vec2()?;
+        let y: Vec<Vec<f32>> = view.gcn_propagate(&g.features)?.to_vec2()?;
         let adj = [
             [0., 1., 0., 0.],
             [1., 0., 1., 1.],
@@ -185,7 +185,7 @@ mod tests {
             }
         }
         // mean aggregation over neighbours: node 1 averages nodes 0, 2, 3
-        let m: Vec<Vec<f32>> = propagate(&g.features, &view.neighbors, 4)?.to_vec2()?;
+        let m: Vec<Vec<f32>> = view.mean_propagate(&g.features)?.to_vec2()?;
         assert!((m[1][0] - (1.0 + 3.0 - 1.0) / 3.0).abs() < 1e-6);
         assert!((m[1][1] - (0.0 + 1.0 + 4.0) / 3.0).abs() < 1e-6);
         Ok(())
@@ -201,10 +201,10 @@ mod tests {
             &[[1f32, 2.0], [0.5, -1.0], [0.0, 1.0], [2.0, 0.0]],
             &Device::Cpu,
         )?;
-        let y = (propagate(x.as_tensor(), &view.gcn, 4)? * &c)?.sum_all()?;
+        let y = (view.gcn_propagate(x.as_tensor())? * &c)?.sum_all()?;
         let grads = y.backward()?;
         let gx: Vec<Vec<f32>> = grads.get(x.as_tensor()).expect("grad").to_vec2()?;
-        let want: Vec<Vec<f32>> = propagate(&c, &view.gcn, 4)?.to_vec2()?;
+        let want: Vec<Vec<f32>> = view.gcn_propagate(&c)?.to_vec2()?;
         assert_eq!(gx.len(), 4);
         for i in 0..4 {
             for f in 0..2 {
@@ -237,8 +237,8 @@ mod tests {
         let g = small_graph();
         let full = g.full_view()?;
         let two = |v: &crate::data::View, x: &Tensor| -> Result<Tensor> {
-            let h = propagate(x, &v.gcn, v.num_nodes)?.relu()?;
-            propagate(&h, &v.gcn, v.num_nodes)
+            let h = v.gcn_propagate(x)?.relu()?;
+            v.gcn_propagate(&h)
         };
         let want: Vec<Vec<f32>> = two(&full, &g.features)?.to_vec2()?;
         let (view, pos) = g.khop_view(&[0], 2)?;
@@ -253,8 +253,8 @@ mod tests {
         let (v1, p1) = g.khop_view(&[0], 1)?;
         assert_eq!(v1.num_nodes, 2);
         let x1 = g.features.index_select(v1.nodes.as_ref().unwrap(), 0)?;
-        let got: Vec<Vec<f32>> = propagate(&x1, &v1.gcn, 2)?.to_vec2()?;
-        let want: Vec<Vec<f32>> = propagate(&g.features, &full.gcn, 4)?.to_vec2()?;
+        let got: Vec<Vec<f32>> = v1.gcn_propagate(&x1)?.to_vec2()?;
+        let want: Vec<Vec<f32>> = full.gcn_propagate(&g.features)?.to_vec2()?;
         assert_eq!(got[p1[0] as usize], want[0]);
         assert!(g
             .khop_view(&[9], 1)

@@ -6,7 +6,7 @@ use candle_nn::VarMap;
 use distill_core::{nn::dropout, Mode, Network, Outputs, Result};
 
 use super::{gnn_forward, Lin, Pass};
-use crate::{data::Graph, sparse::propagate};
+use crate::data::Graph;
 
 /// A graph convolutional network.
 pub struct Gcn {
@@ -60,7 +60,7 @@ impl Network for Gcn {
                 h = dropout(&h, self.dropout, mode, &format!("gcn.layer{i}"))?;
                 // transform first (the output is narrower than the input), then propagate
                 let t = h.matmul(&lin.weight.t()?)?;
-                h = propagate(&t, &view.gcn, view.num_nodes)?;
+                h = view.gcn_propagate(&t)?;
                 if let Some(b) = &lin.bias {
                     h = h.broadcast_add(b)?;
                 }

@@ -55,8 +55,15 @@ impl Network for Mlp {
     fn forward(&self, input: &candle_core::Tensor, mode: Mode) -> Result<Outputs> {
         let ids = node_ids(input, self.graph.num_nodes(), "mlp")?;
         let b = ids.len();
-        let ids = candle_core::Tensor::from_vec(ids, b, self.graph.device())?;
-        let x = self.graph.features.index_select(&ids, 0)?;
+        let x = if b == self.graph.num_nodes()
+            && ids.iter().enumerate().all(|(i, &v)| v as usize == i)
+        {
+            // every node in order: the feature matrix itself, no copy
+            self.graph.features.clone()
+        } else {
+            let ids = candle_core::Tensor::from_vec(ids, b, self.graph.device())?;
+            self.graph.features.index_select(&ids, 0)?
+        };
         let mut h = dropout(&x, self.input_dropout, mode, "mlp.input")?;
         let mut hidden = Vec::new();
         for (i, lin) in self.layers.iter().enumerate() {

@@ -72,8 +72,13 @@ impl Network for Sage {
                     }
                     _ => None,
                 };
-                let edges = sampled.as_ref().unwrap_or(&view.neighbors);
-                let agg = propagate(&h.matmul(&lin_l.weight.t()?)?, edges, view.num_nodes)?;
+                let t = h.matmul(&lin_l.weight.t()?)?;
+                let agg = match &sampled {
+                    Some((edges, norm)) => {
+                        propagate(&t, edges, view.num_nodes)?.broadcast_mul(norm)?
+                    }
+                    None => view.mean_propagate(&t)?,
+                };
                 let mut out = (agg + lin_r.forward(&h)?)?;
                 if let Some(b) = &lin_l.bias {
                     out = out.broadcast_add(b)?;
