@@ -7,7 +7,11 @@ fn expect_error(o: &std::process::Output, needles: &[&str]) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(2), "exit code; stderr: {err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "`{n}` not in: {err}");
     }
@@ -44,7 +48,12 @@ fn tiny_graph_runs_end_to_end() {
     let errors = run["teacher"]["extra"]["errors"]["mean"].as_f64().unwrap();
     assert!((errors - 60.0 * (1.0 - acc)).abs() < 1e-6);
     assert!(acc > 0.9, "the classes are separable from features: {acc}");
-    assert!(run["teacher"]["extra"]["latency_all_nodes_ms"]["mean"].as_f64().unwrap() > 0.0);
+    assert!(
+        run["teacher"]["extra"]["latency_all_nodes_ms"]["mean"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
 
 #[test]
@@ -60,10 +69,17 @@ fn edge_naming_a_missing_node() {
 #[test]
 fn feature_index_out_of_range() {
     let tmp = setup(60);
-    edit(&tmp, "nodes.tsv", |s| s.replacen("0\t0\t0,3,6", "0\t0\t0,3,12", 1));
+    edit(&tmp, "nodes.tsv", |s| {
+        s.replacen("0\t0\t0,3,6", "0\t0\t0,3,12", 1)
+    });
     expect_error(
         &run_in(tmp.path()),
-        &["nodes.tsv", "line 2", "feature index 12 is out of range", "12 features"],
+        &[
+            "nodes.tsv",
+            "line 2",
+            "feature index 12 is out of range",
+            "12 features",
+        ],
     );
 }
 
@@ -71,7 +87,10 @@ fn feature_index_out_of_range() {
 fn empty_split_file() {
     let tmp = setup(60);
     edit(&tmp, "split_val.txt", |_| String::new());
-    expect_error(&run_in(tmp.path()), &["split_val.txt", "the val split is empty"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["split_val.txt", "the val split is empty"],
+    );
 }
 
 #[test]
@@ -88,11 +107,17 @@ fn node_in_two_splits() {
 fn bad_headers_labels_and_options() {
     let tmp = setup(60);
     edit(&tmp, "nodes.tsv", |s| s.replacen("1\t1\t", "1\t7\t", 1));
-    expect_error(&run_in(tmp.path()), &["nodes.tsv", "line 3", "label 7 is out of range"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["nodes.tsv", "line 3", "label 7 is out of range"],
+    );
 
     let tmp = setup(60);
     edit(&tmp, "edges.tsv", |s| s.replacen("src\tdst", "from\tto", 1));
-    expect_error(&run_in(tmp.path()), &["edges.tsv", "line 1", "expected the header"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["edges.tsv", "line 1", "expected the header"],
+    );
 
     let tmp = setup(60);
     std::fs::write(
@@ -100,15 +125,24 @@ fn bad_headers_labels_and_options() {
         tiny_graph_recipe(2).replace("validation = 15", "validation = 10"),
     )
     .unwrap();
-    expect_error(&run_in(tmp.path()), &["data.validation", "15 validation nodes"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["data.validation", "15 validation nodes"],
+    );
 
     let tmp = setup(60);
     std::fs::write(
         tmp.path().join("r.toml"),
-        tiny_graph_recipe(2).replace("name = \"glnn\", params = { lambda = 0.5 }", "name = \"ce\""),
+        tiny_graph_recipe(2).replace(
+            "name = \"glnn\", params = { lambda = 0.5 }",
+            "name = \"ce\"",
+        ),
     )
     .unwrap();
-    expect_error(&run_in(tmp.path()), &["distill.losses[0]", "`ce`", "use `task`"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["distill.losses[0]", "`ce`", "use `task`"],
+    );
 
     let tmp = setup(60);
     std::fs::write(
@@ -116,5 +150,8 @@ fn bad_headers_labels_and_options() {
         tiny_graph_recipe(2).replace("lambda = 0.5", "lambda = 2.0"),
     )
     .unwrap();
-    expect_error(&run_in(tmp.path()), &["distill.losses[0]", "lambda", "[0, 1]"]);
+    expect_error(
+        &run_in(tmp.path()),
+        &["distill.losses[0]", "lambda", "[0, 1]"],
+    );
 }

@@ -54,8 +54,15 @@ fn graph_recipes_quick_on_cora() {
     // Kipf's GCN 1433-16-7: 1433*16 + 16 + 16*7 + 7 parameters
     assert_eq!(run["teacher"]["params"], 1433 * 16 + 16 + 16 * 7 + 7);
     let errors = run["teacher"]["extra"]["errors"]["mean"].as_f64().unwrap();
-    assert!((errors - 1000.0 * (1.0 - acc(run, "teacher"))).abs() < 1e-6, "1000 test nodes");
-    assert!(acc(run, "teacher") > 0.75, "GCN teacher {}", acc(run, "teacher"));
+    assert!(
+        (errors - 1000.0 * (1.0 - acc(run, "teacher"))).abs() < 1e-6,
+        "1000 test nodes"
+    );
+    assert!(
+        acc(run, "teacher") > 0.75,
+        "GCN teacher {}",
+        acc(run, "teacher")
+    );
 
     let t1 = std::time::Instant::now();
     let glnn = run_quick("glnn-cora.toml", data, &cache, &tmp.path().join("glnn"));
@@ -70,8 +77,15 @@ fn graph_recipes_quick_on_cora() {
     let teacher_dir = tmp.path().join("glnn/seed-0/teacher/result.json");
     let reused: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(teacher_dir).unwrap()).unwrap();
-    assert_eq!(reused["reused"], true, "glnn-cora reuses gcn-cora's quick teacher");
-    assert!(acc(run, "scratch") < 0.7, "MLP alone {}", acc(run, "scratch"));
+    assert_eq!(
+        reused["reused"], true,
+        "glnn-cora reuses gcn-cora's quick teacher"
+    );
+    assert!(
+        acc(run, "scratch") < 0.7,
+        "MLP alone {}",
+        acc(run, "scratch")
+    );
     assert!(
         acc(run, "distilled") > acc(run, "scratch") + 0.1,
         "distilled MLP {} vs MLP alone {}",
@@ -98,5 +112,8 @@ fn graph_recipes_quick_on_cora() {
         acc(run, "distilled"),
         acc(run, "scratch")
     );
-    eprintln!("graph quick recipes: {:.0} s in all", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "graph quick recipes: {:.0} s in all",
+        t0.elapsed().as_secs_f64()
+    );
 }

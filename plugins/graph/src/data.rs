@@ -399,6 +399,9 @@ fn parse_id(path: &Path, line: usize, what: &str, s: &str) -> Result<u32> {
     })
 }
 
+/// One parsed line of `nodes.tsv`: id, label, `(feature index, value)` pairs.
+type NodeRow = (u32, Option<u32>, Vec<(u32, f32)>);
+
 /// Reads a graph folder (see the module docs) into a [`Graph`] on `device`.
 pub fn load_graph_dir(
     dir: &Path,
@@ -416,7 +419,7 @@ pub fn load_graph_dir(
     // nodes
     let path = dir.join("nodes.tsv");
     let text = read(&path)?;
-    let mut rows: Vec<(u32, Option<u32>, Vec<(u32, f32)>)> = Vec::new();
+    let mut rows: Vec<NodeRow> = Vec::new();
     for (line, f) in tsv_rows(&path, &text, &["node_id", "label", "feature_indices"])? {
         if f.len() != 3 && f.len() != 2 {
             return Err(Error::data(
@@ -681,4 +684,104 @@ pub fn generate_graph(
         idx[a..b].to_vec(),
         idx[b..].to_vec(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, nodes: &str, edges: &str, splits: [&str; 3]) {
+        std::fs::write(dir.join("nodes.tsv"), nodes).unwrap();
+        std::fs::write(dir.join("edges.tsv"), edges).unwrap();
+        for (s, t) in ["train", "val", "test"].iter().zip(splits) {
+            std::fs::write(dir.join(format!("split_{s}.txt")), t).unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_a_folder_symmetrises_edges_and_row_normalises() -> Result<()> {
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            tmp.path(),
+            "node_id\tlabel\tfeature_indices\n2\t1\t0:2.0,3:6.0\n0\t0\t1,2\n1\t\t\n3\t-1\t3\n",
+            "src\tdst\n0\t1\n1\t0\n2\t2\n3\t1\n",
+            ["0\n", "2\n", "\n2a\n"],
+        );
+        // the test split holds `2a`: not an id
+        let e = load_graph_dir(tmp.path(), "t", &Expect::default(), true, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("split_test.txt") && e.contains("`2a`"), "{e}");
+        std::fs::write(tmp.path().join("split_test.txt"), "").unwrap();
+        let e = load_graph_dir(tmp.path(), "t", &Expect::default(), true, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the test split is empty"), "{e}");
+        std::fs::write(tmp.path().join("split_test.txt"), "3\n").unwrap();
+        let e = load_graph_dir(tmp.path(), "t", &Expect::default(), true, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node 3 has no label"), "{e}");
+        std::fs::write(tmp.path().join("split_val.txt"), "").unwrap();
+        std::fs::write(tmp.path().join("split_test.txt"), "2\n").unwrap();
+        std::fs::write(tmp.path().join("split_val.txt"), "0\n").unwrap();
+        let e = load_graph_dir(tmp.path(), "t", &Expect::default(), true, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node 0 is already in the train split"), "{e}");
+        std::fs::write(tmp.path().join("split_val.txt"), "\n").unwrap();
+        write(
+            tmp.path(),
+            "node_id\tlabel\tfeature_indices\n2\t1\t0:2.0,3:6.0\n0\t0\t1,2\n1\t0\t\n3\t-1\t3\n",
+            "src\tdst\n0\t1\n1\t0\n2\t2\n3\t1\n",
+            ["0\n", "1\n", "2\n"],
+        );
+        let g = load_graph_dir(tmp.path(), "t", &Expect::default(), true, &Device::Cpu)?;
+        assert_eq!((g.num_nodes(), g.num_features, g.num_classes), (4, 4, 2));
+        // 0-1 twice and the self-loop 2-2 collapse: edges 0-1 and 1-3
+        assert_eq!(g.adj.num_edges(), 2);
+        assert_eq!(g.adj.neighbors(1), &[0, 3]);
+        assert_eq!(g.adj.degree(2), 0);
+        assert_eq!(g.labels, vec![Some(0), Some(0), Some(1), None]);
+        let x: Vec<Vec<f32>> = g.features.to_vec2()?;
+        assert_eq!(x[2], vec![0.25, 0.0, 0.0, 0.75]);
+        assert_eq!(x[0], vec![0.0, 0.5, 0.5, 0.0]);
+        assert_eq!(x[1], vec![0.0; 4]);
+        let raw = load_graph_dir(tmp.path(), "t", &Expect::default(), false, &Device::Cpu)?;
+        assert_eq!(raw.features.to_vec2::<f32>()?[2], vec![2.0, 0.0, 0.0, 6.0]);
+        assert_eq!(
+            (g.train.clone(), g.val.clone(), g.test.clone()),
+            (vec![0], vec![1], vec![2])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn sampling_keeps_at_most_fanout_neighbours() -> Result<()> {
+        let pairs: Vec<(u32, u32)> = (1..10).map(|j| (0, j)).collect();
+        let x = Tensor::zeros((10, 1), candle_core::DType::F32, &Device::Cpu)?;
+        let g = Graph::new(
+            "s",
+            x,
+            1,
+            vec![Some(0); 10],
+            Adjacency::from_pairs(10, &pairs),
+            vec![0],
+            vec![1],
+            vec![2],
+        )?;
+        let (e, norm) = g.sampled_neighbors(3, &mut Rng::new(1))?;
+        let into_0 = e.dst_host.iter().filter(|&&d| d == 0).count();
+        assert_eq!(into_0, 3);
+        // the 9 leaves keep their one neighbour
+        assert_eq!(e.len(), 3 + 9);
+        let norm: Vec<f32> = norm.flatten_all()?.to_vec1()?;
+        assert!((norm[0] - 1.0 / 3.0).abs() < 1e-7 && norm[5] == 1.0);
+        let src: Vec<u32> = e.src.to_vec1()?;
+        let mut picked: Vec<u32> = src[..3].to_vec();
+        picked.sort_unstable();
+        picked.dedup();
+        assert_eq!(picked.len(), 3, "without replacement");
+        Ok(())
+    }
 }
