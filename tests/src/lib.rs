@@ -180,3 +180,60 @@ pub fn stderr(o: &Output) -> String {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A small learnable graph in the graph-folder format under `dir`: `n` nodes in 3 classes, node `i` in
+/// class `i % 3`, joined to the nodes 3 and 6 ids further on (same class) and to its successor; 12 features,
+/// feature `c` (and 3 + c) set for class `c`, plus one node-specific feature. Splits: the first 15 nodes train,
+/// the next 15 validate, the rest test.
+pub fn write_graph_folder(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut nodes = String::from("node_id\tlabel\tfeature_indices\n");
+    for i in 0..n {
+        let c = i % 3;
+        nodes.push_str(&format!("{i}\t{c}\t{},{},{}\n", c, 3 + c, 6 + (i * 5) % 6));
+    }
+    let mut edges = String::from("src\tdst\n");
+    for i in 0..n {
+        for d in [1, 3, 6] {
+            if i + d < n {
+                edges.push_str(&format!("{i}\t{}\n", i + d));
+            }
+        }
+    }
+    std::fs::write(dir.join("nodes.tsv"), nodes).unwrap();
+    std::fs::write(dir.join("edges.tsv"), edges).unwrap();
+    let ids = |r: std::ops::Range<usize>| r.map(|i| format!("{i}\n")).collect::<String>();
+    std::fs::write(dir.join("split_train.txt"), ids(0..15)).unwrap();
+    std::fs::write(dir.join("split_val.txt"), ids(15..30)).unwrap();
+    std::fs::write(dir.join("split_test.txt"), ids(30..n)).unwrap();
+}
+
+/// A fast graph recipe over `data/g` written by [`write_graph_folder`]: GCN teacher, MLP student.
+pub fn tiny_graph_recipe(epochs: usize) -> String {
+    format!(
+        r#"name = "tiny-graph"
+plugin = "graph"
+dataset = "graph-folder"
+seeds = [0]
+
+[data]
+batch_size = 4096
+eval_batch_size = 4096
+validation = 15
+options = {{ root = "g", num_features = 12, num_classes = 3 }}
+
+[teacher]
+model = {{ arch = "gcn", hidden = [8], dropout = 0.1 }}
+epochs = {epochs}
+optimizer = {{ kind = "adamw", lr = 0.05, weight_decay = 0.0 }}
+
+[student]
+model = {{ arch = "mlp", hidden = [8] }}
+epochs = {epochs}
+optimizer = {{ kind = "adamw", lr = 0.05, weight_decay = 0.0 }}
+
+[distill]
+losses = [{{ name = "glnn", params = {{ lambda = 0.5 }} }}]
+"#
+    )
+}

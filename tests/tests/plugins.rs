@@ -362,7 +362,7 @@ fn registry_mistakes_are_errors_with_their_place() {
     let o = distill(d, &["check", "r.toml"]);
     fails_with(
         &o,
-        "r.toml: `plugin`: unknown plugin `imaging` (known: image-classification)",
+        "r.toml: `plugin`: unknown plugin `imaging` (known: image-classification",
     );
 }
 

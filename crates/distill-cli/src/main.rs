@@ -17,10 +17,16 @@ use distill_registry::{Builtin, Registry};
 
 /// The plugins compiled into this binary, by crate. They are offered to the registry, which lists the ones
 /// plugins.toml names; a plugin is usable because the registry lists it, not because it is linked.
-const BUILTINS: &[Builtin] = &[Builtin {
-    crate_name: "distill-vision",
-    make: || Box::new(distill_vision::VisionPlugin),
-}];
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        crate_name: "distill-vision",
+        make: || Box::new(distill_vision::VisionPlugin),
+    },
+    Builtin {
+        crate_name: "distill-graph",
+        make: || Box::new(distill_graph::GraphPlugin::default()),
+    },
+];
 
 /// The project's plugins.toml, compiled in: used when the working directory has no plugins.toml of its own.
 const PROJECT_REGISTRY: &str = include_str!("../../../plugins.toml");
@@ -345,35 +351,73 @@ fn cmd_export(run: &Path, to: &Path, phase: &str, seed: u64) -> Result<()> {
 fn cmd_plugins(reg: &Registry, what: Option<PluginsCmd>) -> Result<()> {
     match what {
         None => {
-            println!(
-                "{:<22} {:<8} {:<24} {:<8} {:>6} {:>6} {:>7}",
-                "name", "source", "domain", "version", "models", "losses", "recipes"
-            );
+            let mut rows: Vec<[String; 7]> = vec![[
+                "name", "source", "domain", "version", "models", "losses", "recipes",
+            ]
+            .map(String::from)];
             let mut failed = Vec::new();
             for e in reg.entries() {
+                let (src, name) = (e.source.as_str().to_string(), e.name.clone());
+                let blank = || String::new();
                 if !e.enabled {
-                    println!("{:<22} {:<8} (disabled)", e.name, e.source.as_str());
+                    rows.push([
+                        name,
+                        src,
+                        "(disabled)".into(),
+                        blank(),
+                        blank(),
+                        blank(),
+                        blank(),
+                    ]);
                     continue;
                 }
                 match distill_registry::load_entry(e, BUILTINS) {
                     Ok(p) => {
                         let m = p.manifest();
-                        println!(
-                            "{:<22} {:<8} {:<24} {:<8} {:>6} {:>6} {:>7}",
-                            e.name,
-                            e.source.as_str(),
+                        rows.push([
+                            name,
+                            src,
                             m.domain,
                             m.version,
-                            m.models.len(),
-                            m.losses.len(),
-                            m.recipes.len()
-                        );
+                            m.models.len().to_string(),
+                            m.losses.len().to_string(),
+                            m.recipes.len().to_string(),
+                        ]);
                     }
                     Err(err) => {
-                        println!("{:<22} {:<8} (failed to load)", e.name, e.source.as_str());
+                        rows.push([
+                            name,
+                            src,
+                            "(failed to load)".into(),
+                            blank(),
+                            blank(),
+                            blank(),
+                            blank(),
+                        ]);
                         failed.push(format!("{err}"));
                     }
                 }
+            }
+            let mut width = [0usize; 7];
+            for r in &rows {
+                for (w, c) in width.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            for r in &rows {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(width)
+                    .enumerate()
+                    .map(|(i, (c, w))| {
+                        if i < 4 {
+                            format!("{c:<w$}")
+                        } else {
+                            format!("{c:>w$}")
+                        }
+                    })
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
             }
             println!("registry: {}", reg.files().join(" + "));
             if !failed.is_empty() {

@@ -1,0 +1,469 @@
+//! # distill-graph: the graph (node classification) plugin
+//!
+//! Data: Cora in the Planetoid split, and any graph in the same text folder format (see [`data`]).
+//! Models: GCN, GraphSAGE (mean, neighbour sampling), GAT and an MLP on node features ([`models`]); message
+//! passing is sparse ([`sparse`]): gather + scatter-add over edge lists, never a dense `N × N` matrix.
+//! Losses: the core's (KD, ...) plus `glnn` and `lsp` ([`losses`]).
+//!
+//! A sample is a **node**: a batch's inputs are node ids and a GNN reads the rest of the graph itself.
+//! By default (`data.options.distill_nodes = "all"`) the training split holds *every* node of the graph; only
+//! the training nodes carry their label (the others carry [`losses::UNLABELLED`], which the task loss skips),
+//! so a distillation term sees the teacher's soft labels on all nodes — GLNN's transductive setting — while
+//! teacher and scratch student learn from the 140 labels alone. Set the batch size above the node count for
+//! full-batch training (one step per epoch).
+//!
+//! ```
+//! use distill_core::Plugin;
+//! let m = distill_graph::GraphPlugin::default().manifest();
+//! assert_eq!(m.name, "graph");
+//! assert!(m.losses.iter().any(|l| l == "lsp"));
+//! ```
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod losses;
+pub mod metrics;
+pub mod models;
+pub mod sparse;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use candle_core::{Device, Tensor};
+use distill_core::{
+    losses::{DistillLoss, LossSpec},
+    pipeline::run_recipe,
+    recipe::Recipe,
+    report::RunReport,
+    task::{evaluate_classification, Evaluation, MetricInfo},
+    Batch, Error, Manifest, Mode, Network, Outputs, Plugin, Result, Rng, RunContext, Split, Task,
+    TaskInfo,
+};
+use serde::Deserialize;
+
+use crate::{
+    data::{load_graph_dir, Adjacency, Expect, Graph},
+    losses::{masked_ce, Glnn, Lsp, UNLABELLED},
+    models::{build_model, ModelSpec, ARCHS},
+};
+
+/// Data sets this plugin reads: `cora` (`<data dir>/cora`) and `graph-folder` (your own graph).
+pub const DATASETS: &[&str] = &["cora", "graph-folder"];
+/// Losses this plugin adds.
+pub const LOSSES: &[&str] = &["glnn", "lsp"];
+
+/// The graph plugin.
+///
+/// It remembers the graph its last `load_task` read (or, before any, a placeholder of the recipe's shape
+/// for `distill check`), because its networks hold the graph they run on.
+#[derive(Default)]
+pub struct GraphPlugin {
+    graph: Mutex<Option<Arc<Graph>>>,
+}
+
+/// `[data.options]` of a graph recipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphOptions {
+    /// graph-folder: the folder (relative to the data dir, or absolute).
+    root: Option<PathBuf>,
+    /// graph-folder: number of node features.
+    num_features: Option<usize>,
+    /// graph-folder: number of classes.
+    num_classes: Option<usize>,
+    /// Divide each feature row by its sum (Kipf & Welling). Default true.
+    #[serde(default = "yes")]
+    row_normalize: bool,
+    /// Nodes in the training split: `"all"` (default; unlabelled ones carry no target) or `"train"`.
+    #[serde(default = "all")]
+    distill_nodes: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn all() -> String {
+    "all".into()
+}
+
+fn options(recipe: &Recipe) -> Result<GraphOptions> {
+    let t = recipe.data.options.clone().unwrap_or_default();
+    let o: GraphOptions = t.try_into().map_err(|e: toml::de::Error| {
+        Error::config("data.options", e.message().trim().to_string())
+    })?;
+    if o.distill_nodes != "all" && o.distill_nodes != "train" {
+        return Err(Error::config(
+            "data.options",
+            format!(
+                "`distill_nodes` must be \"all\" or \"train\", got \"{}\"",
+                o.distill_nodes
+            ),
+        ));
+    }
+    Ok(o)
+}
+
+/// Features and classes of a recipe's data set, known without reading it.
+fn shape_of(recipe: &Recipe, o: &GraphOptions) -> Result<(usize, usize)> {
+    match recipe.dataset.as_str() {
+        "cora" => Ok((1433, 7)),
+        "graph-folder" => match (o.root.as_ref(), o.num_features, o.num_classes) {
+            (Some(_), Some(f), Some(c)) if f > 0 && c > 0 => Ok((f, c)),
+            _ => Err(Error::config(
+                "data.options",
+                "graph-folder needs `root` (the folder), `num_features` and `num_classes` (both > 0)",
+            )),
+        },
+        other => Err(Error::Unknown {
+            what: "data set",
+            name: other.to_string(),
+            known: DATASETS.join(", "),
+        }),
+    }
+}
+
+impl GraphPlugin {
+    fn current(&self) -> Option<Arc<Graph>> {
+        self.graph.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set(&self, g: Arc<Graph>) {
+        if let Ok(mut slot) = self.graph.lock() {
+            *slot = Some(g);
+        }
+    }
+
+    /// The graph networks are built on now (the last loaded one).
+    pub fn graph(&self) -> Option<Arc<Graph>> {
+        self.current()
+    }
+}
+
+/// A graph with `f` zero features, `c` classes and two joined nodes: what networks are built on for a dry run.
+fn placeholder(name: &str, f: usize, c: usize) -> Result<Graph> {
+    let x = Tensor::zeros((2, f), candle_core::DType::F32, &Device::Cpu)?;
+    Graph::new(
+        name,
+        x,
+        c,
+        vec![Some(0); 2],
+        Adjacency::from_pairs(2, &[(0, 1)]),
+        vec![0],
+        vec![1],
+        vec![1],
+    )
+}
+
+/// A node-classification task over one graph.
+pub struct GraphTask {
+    info: TaskInfo,
+    graph: Arc<Graph>,
+    /// Nodes of the training split (every node, or the labelled training nodes).
+    train: Vec<u32>,
+    is_train: Vec<bool>,
+}
+
+impl GraphTask {
+    /// A task over `graph`; with `all_nodes`, the training split is every node (only training nodes labelled).
+    pub fn new(info: TaskInfo, graph: Arc<Graph>, all_nodes: bool) -> Self {
+        let mut is_train = vec![false; graph.num_nodes()];
+        for &i in &graph.train {
+            is_train[i as usize] = true;
+        }
+        let train = if all_nodes {
+            (0..graph.num_nodes() as u32).collect()
+        } else {
+            graph.train.clone()
+        };
+        Self {
+            info,
+            graph,
+            train,
+            is_train,
+        }
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Arc<Graph> {
+        &self.graph
+    }
+
+    fn nodes(&self, split: Split) -> &[u32] {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.graph.val,
+            Split::Test => &self.graph.test,
+        }
+    }
+}
+
+impl Task for GraphTask {
+    fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+
+    fn len(&self, split: Split) -> usize {
+        self.nodes(split).len()
+    }
+
+    fn batch(
+        &self,
+        split: Split,
+        indices: &[usize],
+        _augment: Option<&str>,
+        _rng: &mut Rng,
+    ) -> Result<Batch> {
+        let list = self.nodes(split);
+        let mut ids = Vec::with_capacity(indices.len());
+        let mut targets = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let node = *list.get(i).ok_or_else(|| {
+                Error::msg(format!(
+                    "sample {i} is out of range for the {split:?} split ({} nodes)",
+                    list.len()
+                ))
+            })?;
+            ids.push(node);
+            let label = match split {
+                Split::Train if !self.is_train[node as usize] => None,
+                _ => self.graph.labels[node as usize],
+            };
+            targets.push(label.unwrap_or(UNLABELLED));
+        }
+        let dev = self.graph.device();
+        let b = ids.len();
+        Ok(Batch {
+            inputs: Tensor::from_vec(ids, b, dev)?,
+            targets: Tensor::from_vec(targets, b, dev)?,
+            indices: indices.to_vec(),
+        })
+    }
+
+    /// Cross-entropy over the labelled training nodes of the batch, plus the model's L2 penalty if it has one.
+    fn task_loss(&self, outputs: &Outputs, batch: &Batch) -> Result<Tensor> {
+        let ce = masked_ce(&outputs.logits, &batch.targets)?;
+        match outputs.features.get("l2_penalty") {
+            Some(p) => Ok((ce + p.tensor.sum_all()?)?),
+            None => Ok(ce),
+        }
+    }
+
+    /// Accuracy; on the test split also `latency_all_nodes_ms`, one timed eval pass over every node.
+    fn evaluate(&self, net: &dyn Network, split: Split, batch_size: usize) -> Result<Evaluation> {
+        let mut e = evaluate_classification(self, net, split, batch_size)?;
+        e.extra.remove("top5");
+        if split == Split::Test {
+            let n = self.graph.num_nodes() as u32;
+            let all = Tensor::arange(0u32, n, self.graph.device())?;
+            let t = Instant::now();
+            let out = net.forward(&all, Mode::Eval)?;
+            self.graph.device().synchronize()?;
+            drop(out);
+            e.extra.insert(
+                "latency_all_nodes_ms".into(),
+                t.elapsed().as_secs_f64() * 1000.0,
+            );
+        }
+        Ok(e)
+    }
+}
+
+impl Plugin for GraphPlugin {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            name: "graph".into(),
+            domain: "graph neural networks (node classification)".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Cora (Planetoid split) and graph folders; sparse GCN, GraphSAGE, GAT and MLP; GLNN and LSP"
+                .into(),
+            models: ARCHS.iter().map(|s| s.to_string()).collect(),
+            datasets: DATASETS.iter().map(|s| s.to_string()).collect(),
+            losses: LOSSES.iter().map(|s| s.to_string()).collect(),
+            recipes: vec![
+                "plugins/graph/recipes/gcn-cora.toml".into(),
+                "plugins/graph/recipes/glnn-cora.toml".into(),
+                "plugins/graph/recipes/lsp-cora.toml".into(),
+            ],
+        }
+    }
+
+    fn task_info(&self, recipe: &Recipe) -> Result<TaskInfo> {
+        let o = options(recipe)?;
+        let (f, c) = shape_of(recipe, &o)?;
+        if o.distill_nodes == "all" {
+            for (i, l) in recipe.distill.losses.iter().enumerate() {
+                if l.name == "ce" || l.name == "dkd" {
+                    return Err(Error::config(
+                        format!("distill.losses[{i}]"),
+                        format!(
+                            "`{}` reads every node's label, but on a graph the training split holds unlabelled nodes \
+                             too: use `task` (cross-entropy on the training labels) or `glnn`",
+                            l.name
+                        ),
+                    ));
+                }
+            }
+        }
+        let fits = self
+            .current()
+            .is_some_and(|g| g.name == recipe.dataset && g.num_features == f && g.num_classes == c);
+        if !fits {
+            self.set(Arc::new(placeholder(&recipe.dataset, f, c)?));
+        }
+        Ok(TaskInfo {
+            dataset: recipe.dataset.clone(),
+            input_shape: vec![1],
+            num_classes: c,
+            metric: MetricInfo {
+                name: "accuracy".into(),
+                higher_is_better: true,
+            },
+        })
+    }
+
+    fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
+        let info = self.task_info(recipe)?;
+        let o = options(recipe)?;
+        let (f, c) = shape_of(recipe, &o)?;
+        let dir = data::graph_dir(&ctx.data_dir, &recipe.dataset, o.root.as_ref());
+        let expect = Expect {
+            num_features: Some(f),
+            num_classes: Some(c),
+        };
+        let g = Arc::new(load_graph_dir(
+            &dir,
+            &recipe.dataset,
+            &expect,
+            o.row_normalize,
+            &ctx.device,
+        )?);
+        let v = recipe.data.validation;
+        if v != 0 && v != g.val.len() {
+            return Err(Error::config(
+                "data.validation",
+                format!(
+                    "is {v}, but {} lists {} validation nodes: on a graph the validation split is that file; \
+                     set data.validation to {} (or 0)",
+                    dir.join("split_val.txt").display(),
+                    g.val.len(),
+                    g.val.len()
+                ),
+            ));
+        }
+        if recipe.data.train_limit.is_some() || recipe.data.test_limit.is_some() {
+            return Err(Error::config(
+                "data",
+                "`train_limit` and `test_limit` are not supported on graphs (the splits are the split_*.txt files)",
+            ));
+        }
+        self.set(g.clone());
+        Ok(Box::new(GraphTask::new(info, g, o.distill_nodes == "all")))
+    }
+
+    fn build_network(
+        &self,
+        model: &toml::Table,
+        info: &TaskInfo,
+        seed: u64,
+        _device: &Device,
+    ) -> Result<Box<dyn Network>> {
+        let spec: ModelSpec = model
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        let graph = self.current().ok_or_else(|| {
+            Error::msg(
+                "the graph plugin builds networks over a graph: call task_info or load_task first",
+            )
+        })?;
+        if graph.num_classes != info.num_classes {
+            return Err(Error::Shape(format!(
+                "the loaded graph has {} classes, the task {}",
+                graph.num_classes, info.num_classes
+            )));
+        }
+        build_model(&spec, graph, seed)
+    }
+
+    fn build_loss(
+        &self,
+        spec: &LossSpec,
+        student: &Outputs,
+        teacher: &Outputs,
+        _seed: u64,
+    ) -> Result<Option<Box<dyn DistillLoss>>> {
+        let extra = |allowed: &[&str]| -> Result<()> {
+            let set: Vec<(&str, bool)> = vec![
+                ("temperature", spec.temperature.is_some()),
+                ("alpha", spec.alpha.is_some()),
+                ("beta", spec.beta.is_some()),
+                ("student_feature", spec.student_feature.is_some()),
+                ("teacher_feature", spec.teacher_feature.is_some()),
+                ("p", spec.p.is_some()),
+                ("distance_weight", spec.distance_weight.is_some()),
+                ("angle_weight", spec.angle_weight.is_some()),
+                ("params", spec.params.is_some()),
+            ];
+            for (k, on) in set {
+                if on && !allowed.contains(&k) {
+                    return Err(Error::msg(format!(
+                        "`{}` does not take `{k}` (it takes: {})",
+                        spec.name,
+                        allowed.join(", ")
+                    )));
+                }
+            }
+            Ok(())
+        };
+        match spec.name.as_str() {
+            "glnn" => {
+                extra(&["temperature", "params"])?;
+                let t = spec.temperature.unwrap_or(1.0);
+                let mut lambda = 0.0;
+                if let Some(p) = &spec.params {
+                    for (k, v) in p {
+                        match (
+                            k.as_str(),
+                            v.as_float().or(v.as_integer().map(|i| i as f64)),
+                        ) {
+                            ("lambda", Some(x)) if (0.0..=1.0).contains(&x) => lambda = x,
+                            ("lambda", _) => {
+                                return Err(Error::msg(
+                                    "glnn: `params.lambda` must be a number in [0, 1]",
+                                ))
+                            }
+                            (other, _) => {
+                                return Err(Error::msg(format!(
+                                    "glnn: unknown parameter `{other}` (known: lambda)"
+                                )))
+                            }
+                        }
+                    }
+                }
+                if !(t > 0.0 && t.is_finite()) {
+                    return Err(Error::msg(format!(
+                        "glnn: temperature must be > 0, got {t}"
+                    )));
+                }
+                Ok(Some(Box::new(Glnn { lambda, t })))
+            }
+            "lsp" => {
+                extra(&["student_feature", "teacher_feature"])?;
+                let sf = spec.student_feature.as_deref().unwrap_or("hidden1");
+                let tf = spec.teacher_feature.as_deref().unwrap_or("hidden1");
+                let graph = self
+                    .current()
+                    .ok_or_else(|| Error::msg("lsp: no graph loaded"))?;
+                Ok(Some(Box::new(Lsp::new(sf, tf, student, teacher, graph)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
+        run_recipe(self, recipe, ctx)
+    }
+}
