@@ -117,7 +117,10 @@ enum PluginsCmd {
 }
 
 fn plugins() -> Vec<Box<dyn Plugin>> {
-    vec![Box::new(distill_vision::VisionPlugin)]
+    vec![
+        Box::new(distill_vision::VisionPlugin),
+        Box::new(distill_audio::AudioPlugin),
+    ]
 }
 
 fn find_plugin(name: &str) -> Result<Box<dyn Plugin>> {
