@@ -323,6 +323,7 @@ pub fn run_recipe(plugin: &dyn Plugin, recipe: &Recipe, ctx: &RunContext) -> Res
         distilled: d,
         derived,
         recipe_toml: toml::to_string(&shown).unwrap_or_default(),
+        notes: task.notes(),
     })
 }
 
