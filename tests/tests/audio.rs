@@ -125,8 +125,10 @@ fn bad_files_stop_the_run_or_are_skipped_and_counted() {
     assert!(md.contains("skipped_files: 2"), "{md}");
     // parameter counts: res-cnn 8-8-8-8 and ds-cnn 8x1 (BN buffers included), from the layer shapes
     let bn = |c: usize| 4 * c;
-    let block = |cin: usize, c: usize| 9 * cin * c + bn(c) + 9 * c * c + bn(c) + cin * c + bn(c);
-    let teacher = 9 * 8 + bn(8) + 3 * block(8, 8) + 8 * 2 + 2;
+    // BasicBlock: conv3x3 + bn + conv3x3 + bn, plus a 1x1 conv + bn shortcut when it downsamples
+    let block = |c: usize, ds: bool| 18 * c * c + 2 * bn(c) + if ds { c * c + bn(c) } else { 0 };
+    // stem (stride 2), layer1 (stride 1: identity shortcut), layer2 and layer3 (stride 2), fc
+    let teacher = 9 * 8 + bn(8) + block(8, false) + 2 * block(8, true) + 8 * 2 + 2;
     let student = 9 * 8 + bn(8) + (9 * 8 + bn(8) + 8 * 8 + bn(8)) + 8 * 2 + 2;
     assert_eq!(run["teacher"]["params"], teacher);
     assert_eq!(run["scratch"]["params"], student);

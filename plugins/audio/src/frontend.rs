@@ -151,7 +151,7 @@ impl FrontEndConfig {
             return err("frames", "must be positive".into());
         }
         if let Some(t) = self.top_db {
-            if !(t > 0.0) {
+            if t.is_nan() || t <= 0.0 {
                 return err("top_db", format!("must be positive, got {t}"));
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! | arch | what | features |
 //! |---|---|---|
-//! | `res-cnn` | teacher: 3x3 stem + three ResNet stages (strides 2, 2, 2), global pooling, `fc` | `layer1`, `layer2`, `layer3` (Map), `penultimate` (Vector) |
+//! | `res-cnn` | teacher: 3x3 stride-2 stem + three ResNet stages (strides 1, 2, 2), global pooling, `fc` | `layer1`, `layer2`, `layer3` (Map), `penultimate` (Vector) |
 //! | `ds-cnn` | student: the "Hello Edge" DS-CNN: a strided stem conv, then `blocks` depthwise-separable blocks (depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU), global pooling, `fc` | `stem`, `block1` … `blockN` (Map), `penultimate` (Vector) |
 //!
 //! With the default input (40 x 32) `res-cnn`'s `layer1` and every `ds-cnn` map are 20 x 16, so a FitNets
@@ -32,16 +32,16 @@ use serde::{Deserialize, Serialize};
 /// Architectures [`build_model`] knows.
 pub const ARCHS: &[&str] = &["res-cnn", "ds-cnn"];
 
-/// A model as a recipe writes it, e.g. `{ arch = "res-cnn", widths = [32, 32, 64, 128] }` or
-/// `{ arch = "ds-cnn", width = 64, blocks = 4 }`.
+/// A model as a recipe writes it, e.g. `{ arch = "res-cnn", widths = [16, 16, 32, 64] }` or
+/// `{ arch = "ds-cnn", width = 32, blocks = 4 }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// One of [`ARCHS`].
     pub arch: String,
-    /// `res-cnn`: stem width and the three stage widths (default `[32, 32, 64, 128]`).
+    /// `res-cnn`: stem width and the three stage widths (default `[16, 16, 32, 64]`).
     pub widths: Option<Vec<usize>>,
-    /// `ds-cnn`: channels of every layer (default 64).
+    /// `ds-cnn`: channels of every layer (default 32).
     pub width: Option<usize>,
     /// `ds-cnn`: depthwise-separable blocks (default 4).
     pub blocks: Option<usize>,
@@ -100,7 +100,7 @@ pub fn build_model(
                     "`width` and `blocks` are ds-cnn options; res-cnn takes `widths`".into(),
                 ));
             }
-            let w = spec.widths.clone().unwrap_or_else(|| vec![32, 32, 64, 128]);
+            let w = spec.widths.clone().unwrap_or_else(|| vec![16, 16, 32, 64]);
             let w: [usize; 4] = w.as_slice().try_into().map_err(|_| {
                 cfg(format!(
                     "res-cnn `widths` needs 4 values (stem and three stages), got {}",
@@ -120,7 +120,7 @@ pub fn build_model(
                     "`widths` is a res-cnn option; ds-cnn takes `width` and `blocks`".into(),
                 ));
             }
-            let width = spec.width.unwrap_or(64);
+            let width = spec.width.unwrap_or(32);
             let blocks = spec.blocks.unwrap_or(4);
             if width == 0 || blocks == 0 {
                 return Err(cfg("ds-cnn `width` and `blocks` must be positive".into()));

@@ -1,7 +1,8 @@
 //! The teacher: a small ResNet over time-frequency maps.
 //!
-//! `conv1` 3x3 (1 -> w0) + `bn1` + ReLU, then `layer1..3`: one BasicBlock each (`conv3x3-bn-relu-conv3x3-bn`
-//! plus the identity or a `downsample` 1x1 conv + bn, then ReLU) with widths w1, w2, w3 and stride 2,
+//! `conv1` 3x3 stride 2 (1 -> w0) + `bn1` + ReLU, then `layer1..3`: one BasicBlock each
+//! (`conv3x3-bn-relu-conv3x3-bn` plus the identity or a `downsample` 1x1 conv + bn, then ReLU) with widths
+//! w1, w2, w3 and strides 1, 2, 2 (a 40 x 32 input gives 20 x 16, 10 x 8 and 5 x 4 maps),
 //! global average pooling, optional dropout and `fc`. Parameter names follow PyTorch's state-dict naming
 //! (`layer1.0.conv1.weight`, `layer1.0.downsample.0.weight`, …).
 
@@ -75,21 +76,23 @@ impl ResCnn {
     ) -> Result<Self> {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, device);
-        let conv1 = conv(1, widths[0], 3, 1, vb.pp("conv1"))?;
+        let conv1 = conv(1, widths[0], 3, 2, vb.pp("conv1"))?;
         let bn1 = bn(widths[0], vb.pp("bn1"))?;
-        let (mut h, mut w) = (input[1], input[2]);
+        let (mut h, mut w) = (out_size(input[1], 2), out_size(input[2], 2));
         let mut flops = 2 * (9 * widths[0] * h * w) as u64;
         let mut layers = Vec::new();
         for i in 0..3 {
             let (cin, cout) = (widths[i], widths[i + 1]);
-            layers.push(BasicBlock::new(
-                cin,
-                cout,
-                2,
-                vb.pp(format!("layer{}.0", i + 1)),
-            )?);
-            (h, w) = (out_size(h, 2), out_size(w, 2));
-            flops += 2 * ((9 * cin * cout + 9 * cout * cout + cin * cout) * h * w) as u64;
+            let stride = if i == 0 { 1 } else { 2 };
+            let block = BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.0", i + 1)))?;
+            (h, w) = (out_size(h, stride), out_size(w, stride));
+            let shortcut = if block.downsample.is_some() {
+                cin * cout
+            } else {
+                0
+            };
+            flops += 2 * ((9 * cin * cout + 9 * cout * cout + shortcut) * h * w) as u64;
+            layers.push(block);
         }
         let fc = candle_nn::linear(widths[3], classes, vb.pp("fc"))?;
         flops += 2 * (widths[3] * classes) as u64;
