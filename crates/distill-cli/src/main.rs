@@ -26,6 +26,10 @@ const BUILTINS: &[Builtin] = &[
         crate_name: "distill-graph",
         make: || Box::new(distill_graph::GraphPlugin::default()),
     },
+    Builtin {
+        crate_name: "distill-audio",
+        make: || Box::new(distill_audio::AudioPlugin),
+    },
 ];
 
 /// The project's plugins.toml, compiled in: used when the working directory has no plugins.toml of its own.

@@ -330,6 +330,7 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         distilled: d,
         derived,
         recipe_toml: toml::to_string(&shown).unwrap_or_default(),
+        notes: task.notes(),
     })
 }
 

@@ -208,6 +208,10 @@ pub struct RunReport {
     pub derived: Derived,
     /// The exact recipe that ran (after `--quick` overrides).
     pub recipe_toml: String,
+    /// Plugin-specific facts about the run (e.g. `skipped_files`), from [`crate::Task::notes`] or the
+    /// plugin's `run`; absent from `report.json` when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, serde_json::Value>,
 }
 
 impl RunReport {
@@ -328,6 +332,12 @@ impl Report {
                 d.retention,
                 d.kd_gain
             );
+            for (k, v) in &r.notes {
+                let _ = writeln!(s, "- {k}: {v}");
+            }
+            if !r.notes.is_empty() {
+                let _ = writeln!(s);
+            }
         }
         s
     }

@@ -72,6 +72,11 @@ pub trait Task: Send + Sync {
     fn evaluate(&self, net: &dyn Network, split: Split, batch_size: usize) -> Result<Evaluation> {
         evaluate_classification(self, net, split, batch_size)
     }
+    /// Facts about the loaded data for the report's `notes` (e.g. how many bad files were skipped);
+    /// none by default.
+    fn notes(&self) -> BTreeMap<String, serde_json::Value> {
+        BTreeMap::new()
+    }
 }
 
 /// Top-1 accuracy (the metric), top-5 accuracy and the error count over a split.
