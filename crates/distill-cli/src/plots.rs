@@ -1,4 +1,5 @@
-//! The plots of a bench report, each written as SVG and PNG (plotters): metric vs parameters per domain (a
+//! The plots of a bench report, each written as SVG and PNG (plotters; the PNG is drawn into an RGB buffer
+//! and encoded with the `image` crate the workspace already uses): metric vs parameters per domain (a
 //! Pareto view of teacher, scratch and distilled students), training curves per run, and KD gain per run
 //! with error bars.
 //!
@@ -551,11 +552,17 @@ macro_rules! draw_both {
             root.present().map_err(|x| format!("{}: {x:?}", svg.display()))?;
         }
         let png = $dir.join(format!("{}.png", $stem));
+        let (w, h): (u32, u32) = $size;
+        let mut buf = vec![0u8; w as usize * h as usize * 3];
         {
-            let root = BitMapBackend::new(&png, $size).into_drawing_area();
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
             $f(&root, $($arg),*)?;
             root.present().map_err(|x| format!("{}: {x:?}", png.display()))?;
         }
+        image::RgbImage::from_raw(w, h, buf)
+            .ok_or_else(|| format!("{}: bitmap of the wrong size", png.display()))?
+            .save(&png)
+            .map_err(|x| format!("{}: {x}", png.display()))?;
     }};
 }
 
