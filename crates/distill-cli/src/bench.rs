@@ -344,10 +344,10 @@ fn is_finished_run_of(report: &Report, planned: &PlannedRun) -> bool {
     }
 }
 
-fn status_line(run: &RunReport, secs: f64) -> String {
+fn status_line(run: &RunReport, secs: Option<f64>) -> String {
     let f = |s: &distill_core::report::Stat| format!("{:.4}", s.mean);
     format!(
-        "{}: teacher {} · scratch {} · distilled {} ({}) in {}",
+        "{}: teacher {} · scratch {} · distilled {} ({}){}",
         run.metric.name,
         f(&run.teacher.metric),
         f(&run.scratch.metric),
@@ -357,7 +357,8 @@ fn status_line(run: &RunReport, secs: f64) -> String {
         } else {
             format!("KD gain {:.4}", run.derived.kd_gain)
         },
-        fmt_secs(secs)
+        secs.map(|s| format!(" in {}", fmt_secs(s)))
+            .unwrap_or_default()
     )
 }
 
@@ -469,7 +470,7 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
             complete(&mut run, &domain);
             say(format!(
                 "{tag}: finished earlier, skipped ({})",
-                status_line(&run, 0.0).split(" in ").next().unwrap_or("")
+                status_line(&run, None)
             ));
             status.insert(name, "skipped".into());
             done.push(run);
@@ -505,7 +506,7 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
                 say(format!(
                     "{tag}: {}{}",
                     if resumed { "resumed, " } else { "" },
-                    status_line(&run, t0.elapsed().as_secs_f64())
+                    status_line(&run, Some(t0.elapsed().as_secs_f64()))
                 ));
                 status.insert(name, "ran".into());
                 done.push(run);

@@ -303,6 +303,9 @@ fn pareto<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Points (epoch, value) of a curve.
+type Curve = Vec<(f64, f64)>;
+
 /// Mean over seeds at each epoch (over the seeds whose curve reaches it).
 fn mean_curve(
     curves: &[Vec<EpochRecord>],
@@ -340,7 +343,7 @@ fn curves<DB: DrawingBackend>(
         .map_err(e)?;
     let (w, _) = root.dim_in_pixel();
     let (left, right) = root.split_horizontally(w / 2);
-    let series: Vec<(&str, Vec<(f64, f64)>, Vec<(f64, f64)>)> = PHASES
+    let series: Vec<(&str, Curve, Curve)> = PHASES
         .iter()
         .map(|p| {
             let c = &phase(run, p).curves;
