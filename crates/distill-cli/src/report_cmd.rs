@@ -677,6 +677,72 @@ mod tests {
         assert_eq!(standard_error(&stat(&[0.98]), 0.0), 0.0);
     }
 
+    fn run(recipe: &str, metric: &str, d: &[f64], test_samples: Option<usize>) -> RunReport {
+        let phase = |v: &[f64], params: usize| {
+            serde_json::json!({
+                "metric": Stat::of(v), "extra": {}, "params": params, "bytes": 4 * params, "flops": 0,
+                "latency_ms": { "batch1": 1.0, "batch256": 2.0 }, "peak_rss_mb": 1.0, "wall_s": 3.0, "curves": []
+            })
+        };
+        let s: Vec<f64> = d.iter().map(|x| x - 0.01).collect();
+        serde_json::from_value(serde_json::json!({
+            "plugin": "p", "recipe": recipe, "dataset": "d", "quick": false,
+            "seeds": (0..d.len()).collect::<Vec<_>>(),
+            "metric": { "name": metric, "higher_is_better": true },
+            "teacher": phase(&[0.95; 1], 100), "scratch": phase(&s, 10), "distilled": phase(d, 10),
+            "derived": { "compression": 0.9, "speedup": 2.0, "speedup_batch1": 1.0, "retention": 0.9, "kd_gain": 0.01 },
+            "recipe_toml": "", "test_samples": test_samples
+        }))
+        .unwrap()
+    }
+
+    fn flagged(c: &Comparison) -> Vec<String> {
+        c.runs
+            .iter()
+            .flat_map(|r| &r.items)
+            .filter(|i| i.flagged)
+            .map(|i| i.figure.clone())
+            .collect()
+    }
+
+    #[test]
+    fn compare_flags_only_beyond_noise() {
+        let a = Report::new(vec![run("r", "accuracy", &[0.90], Some(1000))], None);
+        // itself: nothing
+        assert_eq!(compare(&a, &a, 3.0).flagged, 0);
+        // 0.90 vs 0.91 on 1000 samples: python: f = lambda p, n: ((p*n+1)/(n+2)) * (1-(p*n+1)/(n+2)) / n;
+        // math.sqrt(f(.9, 1000) + f(.91, 1000)) = 0.01316087; 3 SE = 0.039: within noise
+        let b = Report::new(vec![run("r", "accuracy", &[0.91], Some(1000))], None);
+        let c = compare(&a, &b, 3.0);
+        assert_eq!(flagged(&c), Vec::<String>::new());
+        let d = &c.runs[0].items[2];
+        assert!(
+            (d.delta - 0.01).abs() < 1e-12 && (d.se.unwrap() - 0.013_160_87).abs() < 1e-7,
+            "{d:?}"
+        );
+        // 0.90 vs 0.96: flagged (distilled and scratch moved together, so the KD gain did not)
+        let b = Report::new(vec![run("r", "accuracy", &[0.96], Some(1000))], None);
+        assert_eq!(
+            flagged(&compare(&a, &b, 3.0)),
+            ["scratch accuracy", "distilled accuracy"]
+        );
+        // seeds' spread: [0.90, 0.96] vs [0.92, 0.94] is within noise
+        let a3 = Report::new(vec![run("r", "accuracy", &[0.90, 0.96], Some(1000))], None);
+        let b3 = Report::new(vec![run("r", "accuracy", &[0.92, 0.94], Some(1000))], None);
+        assert_eq!(compare(&a3, &b3, 3.0).flagged, 0);
+        // no noise estimate (one seed, no test set size): any change is flagged
+        let a = Report::new(vec![run("r", "accuracy", &[0.90], None)], None);
+        let b = Report::new(vec![run("r", "accuracy", &[0.9001], None)], None);
+        assert_eq!(
+            flagged(&compare(&a, &b, 3.0)),
+            ["scratch accuracy", "distilled accuracy"]
+        );
+        // a run on one side only
+        let b = Report::new(vec![run("other", "accuracy", &[0.90], None)], None);
+        let c = compare(&a, &b, 3.0);
+        assert_eq!((c.only_in_a.len(), c.only_in_b.len(), c.flagged), (1, 1, 2));
+    }
+
     #[test]
     fn dates_are_utc() {
         assert_eq!(date(0), "1970-01-01 00:00 UTC");
