@@ -121,12 +121,25 @@ pub fn slug(s: &str) -> String {
 }
 
 fn human(v: f64) -> String {
+    let short = |x: f64| {
+        let s = format!("{x:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
     if v >= 1e6 {
-        format!("{:.3}M", v / 1e6)
+        format!("{}M", short(v / 1e6))
     } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3)
+        format!("{}k", short(v / 1e3))
     } else {
         format!("{v:.0}")
+    }
+}
+
+/// Whole epochs only on the x axis.
+fn epoch_label(v: &f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        String::new()
     }
 }
 
@@ -381,6 +394,7 @@ fn curves<DB: DrawingBackend>(
             chart
                 .configure_mesh()
                 .x_desc("epoch")
+                .x_label_formatter(&epoch_label)
                 .y_desc("training loss (log scale)")
                 .y_label_formatter(&|v| format!("{v:.3}"))
                 .label_style(("sans-serif", 12))
@@ -422,6 +436,7 @@ fn curves<DB: DrawingBackend>(
             chart
                 .configure_mesh()
                 .x_desc("epoch")
+                .x_label_formatter(&epoch_label)
                 .y_desc(format!("test {}", run.metric.name))
                 .y_label_formatter(&|v| format!("{v:.3}"))
                 .label_style(("sans-serif", 12))
@@ -615,6 +630,10 @@ mod tests {
     fn slugs_are_file_names() {
         assert_eq!(slug("image classification"), "image-classification");
         assert_eq!(slug("Graph / node (Cora)"), "graph-node-cora");
+        assert_eq!(
+            (human(1_276_810.0), human(2_000_000.0), human(12_730.0)),
+            ("1.28M".into(), "2M".into(), "12.73k".into())
+        );
     }
 
     #[test]
