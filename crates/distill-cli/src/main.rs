@@ -2,6 +2,10 @@
 //!
 //! Every error a user can cause prints one line (`error: ...`) naming the file and the problem, and exits 2.
 
+mod bench;
+mod plots;
+mod report_cmd;
+
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -108,6 +112,14 @@ enum Command {
         checkpoint: PathBuf,
         #[command(flatten)]
         dirs: Dirs,
+    },
+    /// Run the benchmark recipes of every plugin (or a suite file's runs) and write one report with plots;
+    /// resumable: a finished run is not redone.
+    Bench(bench::BenchArgs),
+    /// Compare two reports, or render one again.
+    Report {
+        #[command(subcommand)]
+        what: report_cmd::ReportCmd,
     },
     /// Export a trained student (safetensors + JSON model card) from a run dir.
     Export {
@@ -260,6 +272,20 @@ fn cmd_run(
         git_revision: git_revision(),
     };
     let run = plugin.run(&recipe, &ctx)?;
+    write_cards(&run, &recipe, &out_dir)?;
+    let report = Report::new(vec![run], ctx.git_revision.clone());
+    write_report(&report, &out_dir)?;
+    println!("{}", report.to_markdown());
+    println!("wrote {}", out_dir.join("report.json").display());
+    Ok(())
+}
+
+/// Writes a model card beside every saved model of a finished run in `out_dir`.
+fn write_cards(
+    run: &distill_core::report::RunReport,
+    recipe: &Recipe,
+    out_dir: &Path,
+) -> Result<()> {
     for (phase, summary) in [
         ("teacher", &run.teacher),
         ("scratch", &run.scratch),
@@ -283,10 +309,6 @@ fn cmd_run(
             distill_core::checkpoint::write_json_atomic(&card, &dir.join("card.json"))?;
         }
     }
-    let report = Report::new(vec![run], ctx.git_revision.clone());
-    write_report(&report, &out_dir)?;
-    println!("{}", report.to_markdown());
-    println!("wrote {}", out_dir.join("report.json").display());
     Ok(())
 }
 
@@ -507,5 +529,7 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             phase,
             seed,
         } => cmd_export(&run, &to, &phase, seed),
+        Command::Bench(args) => bench::cmd_bench(reg, args.into_options()?, git_revision()),
+        Command::Report { what } => report_cmd::cmd_report(what),
     }
 }

@@ -310,11 +310,26 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         sr.push(s_res);
         dr.push(d_res);
     }
-    let (t, s, d) = (
+    let headline = |p: &crate::recipe::PhaseConfig| {
+        Some(
+            if p.pretrained.is_some() {
+                "pretrained"
+            } else if p.early_stopping.is_some() {
+                "best_val_epoch"
+            } else {
+                "last_epoch"
+            }
+            .to_string(),
+        )
+    };
+    let (mut t, mut s, mut d) = (
         PhaseSummary::of(&tr),
         PhaseSummary::of(&sr),
         PhaseSummary::of(&dr),
     );
+    t.headline = headline(&recipe.teacher);
+    s.headline = headline(&recipe.student);
+    d.headline = headline(&recipe.distilled_phase());
     let derived = RunReport::derive(&info.metric, &t, &s, &d);
     let mut shown = recipe.clone();
     shown.quick = None;
@@ -331,6 +346,8 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         derived,
         recipe_toml: toml::to_string(&shown).unwrap_or_default(),
         notes: task.notes(),
+        domain: Some(plugin.manifest().domain),
+        test_samples: Some(task.len(Split::Test)),
     })
 }
 

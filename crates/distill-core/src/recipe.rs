@@ -232,6 +232,12 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Merges `over` into `base` key by key: tables merge recursively, any other value replaces the base's.
+/// Used for `[quick]` overrides and for the overrides of a `distill bench` suite.
+pub fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
+    merge(base, over)
+}
+
 fn merge(base: &mut toml::Table, over: &toml::Table) {
     for (k, v) in over {
         match (base.get_mut(k), v) {
@@ -278,6 +284,37 @@ impl Recipe {
         };
         recipe.validate(path)?;
         Ok(recipe)
+    }
+
+    /// Parses recipe text, applies its `[quick]` overrides when `quick`, then merges `overrides` over the
+    /// result (the same deep merge). Errors in the recipe text name `path` with line and column; errors that
+    /// only the merged recipe has name `overrides_label` (e.g. `suite.toml:12:1 [run.overrides]`).
+    pub fn parse_with_overrides(
+        text: &str,
+        path: &str,
+        quick: bool,
+        overrides: &toml::Table,
+        overrides_label: &str,
+    ) -> Result<Self> {
+        let base = Self::parse(text, path, quick)?;
+        if overrides.is_empty() {
+            return Ok(base);
+        }
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
+        table.remove("quick");
+        if quick {
+            if let Some(q) = &base.quick {
+                merge(&mut table, q);
+            }
+        }
+        merge(&mut table, overrides);
+        let merged = toml::to_string(&table).map_err(|e| Error::config(path, e.to_string()))?;
+        let mut r: Recipe = toml::from_str(&merged)
+            .map_err(|e| Error::config(overrides_label, e.message().trim().replace('\n', " ")))?;
+        r.quick = base.quick.clone();
+        r.validate(overrides_label)?;
+        Ok(r)
     }
 
     /// Checks values that serde cannot (ranges, non-empty lists); errors name the key.
@@ -437,6 +474,33 @@ losses = [{ name = "kd", temperature = 4.0 }]
         let bad = format!("{BASE}[quick.teacher]\nepoch = 1\n");
         let e = Recipe::parse(&bad, "t.toml", true).unwrap_err().to_string();
         assert!(e.contains("[quick]") && e.contains("epoch"), "{e}");
+    }
+
+    #[test]
+    fn overrides_merge_after_quick() {
+        let text = format!("{BASE}[quick.teacher]\nepochs = 1\n");
+        let over: toml::Table =
+            toml::from_str("name = \"t2\"\n[teacher.optimizer]\nlr = 0.5\n").unwrap();
+        let r = Recipe::parse_with_overrides(&text, "t.toml", true, &over, "s.toml:3:1").unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.teacher.epochs, r.teacher.optimizer.lr),
+            ("t2", 1, 0.5)
+        );
+        let r = Recipe::parse_with_overrides(&text, "t.toml", false, &over, "s.toml:3:1").unwrap();
+        assert_eq!((r.teacher.epochs, r.student.epochs), (3, 2));
+        let bad: toml::Table = toml::from_str("[teacher]\nepochz = 1\n").unwrap();
+        let e = Recipe::parse_with_overrides(&text, "t.toml", false, &bad, "s.toml:3:1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:3:1") && e.contains("epochz"), "{e}");
+        let zero: toml::Table = toml::from_str("[student]\nepochs = 0\n").unwrap();
+        let e = Recipe::parse_with_overrides(&text, "t.toml", false, &zero, "s.toml:3:1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:3:1") && e.contains("student.epochs"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -113,6 +113,15 @@ pub struct PhaseSummary {
     /// Best-validation-epoch metric over seeds (when there is a validation split).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub best_val_epoch_metric: Option<Stat>,
+    /// Test metric of the last epoch trained, over seeds (from the curves; absent when a curve has none,
+    /// e.g. a pretrained teacher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_epoch_metric: Option<Stat>,
+    /// Which figure `metric` is: `"last_epoch"`, `"best_val_epoch"` when the phase used early stopping
+    /// (its best validation epoch's weights were kept), or `"pretrained"` for a teacher loaded from a file.
+    /// Absent in reports written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
     /// Extras over seeds.
     pub extra: BTreeMap<String, Stat>,
     /// Parameters.
@@ -149,10 +158,16 @@ impl PhaseSummary {
         } else {
             None
         };
+        let last: Option<Vec<f64>> = results
+            .iter()
+            .map(|r| r.curve.last().and_then(|e| e.test_metric))
+            .collect();
         let n = results.len() as f64;
         Self {
             metric: stat(&|r| r.metric),
             best_val_epoch_metric: best,
+            last_epoch_metric: last.map(|v| Stat::of(&v)),
+            headline: None,
             extra,
             params: first.params,
             bytes: first.bytes,
@@ -212,6 +227,12 @@ pub struct RunReport {
     /// plugin's `run`; absent from `report.json` when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notes: BTreeMap<String, serde_json::Value>,
+    /// The plugin's domain in words (its manifest's `domain`), e.g. `"image classification"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Number of samples in the test split (the noise floor of an accuracy: `distill report compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_samples: Option<usize>,
 }
 
 impl RunReport {
@@ -247,6 +268,30 @@ pub struct Report {
     pub created_unix: u64,
     /// One entry per recipe run.
     pub runs: Vec<RunReport>,
+    /// How a `distill bench` report was made (absent in a `distill run` report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench: Option<BenchInfo>,
+}
+
+/// How a `distill bench` run was made: the suite, the command and the machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BenchInfo {
+    /// `quick`, `full` or the suite file's path.
+    pub suite: String,
+    /// The command line.
+    pub command: String,
+    /// Logical CPU cores of the machine.
+    pub cores: usize,
+    /// CPU model, when known.
+    #[serde(default)]
+    pub cpu: Option<String>,
+    /// Compute device (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Wall time of this invocation (s); runs skipped as finished count nothing.
+    pub wall_s: f64,
+    /// Per run (by recipe name): `"ran"`, `"skipped"` (finished earlier) or `"failed: ..."`.
+    #[serde(default)]
+    pub status: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -261,6 +306,7 @@ impl Report {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             runs,
+            bench: None,
         }
     }
 
@@ -354,6 +400,46 @@ fn fmt_stat(s: &Stat) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn phase(metric: f64, curve: &[f64]) -> PhaseResult {
+        PhaseResult {
+            metric,
+            best_val_epoch_metric: None,
+            best_val_epoch: None,
+            extra: BTreeMap::new(),
+            params: 10,
+            bytes: 40,
+            flops: 20,
+            latency_ms: Latency::default(),
+            peak_rss_mb: 1.0,
+            wall_s: 1.0,
+            epochs: curve.len(),
+            curve: curve
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| EpochRecord {
+                    epoch: i + 1,
+                    train_loss: 0.0,
+                    loss_terms: BTreeMap::new(),
+                    lr: 0.1,
+                    val_metric: None,
+                    test_metric: Some(m),
+                    seconds: 1.0,
+                })
+                .collect(),
+            reused: false,
+            divergence_backoffs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn summary_keeps_the_last_epoch_figure() {
+        let s = PhaseSummary::of(&[phase(0.9, &[0.5, 0.8]), phase(0.7, &[0.6, 0.7])]);
+        assert_eq!(s.last_epoch_metric.unwrap().values, vec![0.8, 0.7]);
+        assert_eq!(s.metric.values, vec![0.9, 0.7]);
+        let s = PhaseSummary::of(&[phase(0.9, &[])]);
+        assert!(s.last_epoch_metric.is_none());
+    }
 
     #[test]
     fn stat_matches_numpy() {

@@ -1,0 +1,418 @@
+//! `distill bench` and `distill report compare` through the real binary: suite mistakes, a bench killed with
+//! SIGKILL and restarted (finished runs are not redone), the unified report and its plots, and the noise rule
+//! of `report compare`. The `--suite quick` run over every builtin plugin on the real data sets is gated on
+//! `DISTILL_DATA`, like tests/real_data.rs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use distill_tests::*;
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// One line on stderr, `error: ` first, exit status 2, and every needle in it.
+fn expect_error(o: &std::process::Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {e}");
+    assert!(e.starts_with("error: "), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    for n in needles {
+        assert!(e.contains(n), "`{n}` not in: {e}");
+    }
+}
+
+fn bench(cwd: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["bench", "--data-dir", "data", "--no-cache", "--quiet"];
+    all.extend_from_slice(args);
+    distill(cwd, &all)
+}
+
+/// A suite of the tiny recipe (r.toml) under three names; `b` trains longer, so that a kill lands in it.
+const SUITE: &str = r#"
+[[run]]
+recipe = "r.toml"
+[run.overrides]
+name = "a"
+
+[[run]]
+recipe = "r.toml"
+[run.overrides]
+name = "b"
+teacher = { epochs = 4, model = { hidden = [512, 512] } }
+
+[[run]]
+recipe = "r.toml"
+[run.overrides]
+name = "c"
+"#;
+
+#[test]
+fn suite_and_selection_mistakes_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("data")).unwrap();
+    std::fs::write(tmp.path().join("r.toml"), tiny_recipe(1)).unwrap();
+    let write = |text: &str| std::fs::write(tmp.path().join("s.toml"), text).unwrap();
+
+    write("[[run]]\nrecipe = \"r.toml\"\nseedz = [1]\n");
+    expect_error(
+        &bench(tmp.path(), &["--suite", "s.toml"]),
+        &["s.toml:3:1", "unknown field `seedz`"],
+    );
+    write("seeds = [0]\n[[run]]\nrecipe = \"missing.toml\"\n");
+    expect_error(
+        &bench(tmp.path(), &["--suite", "s.toml"]),
+        &["s.toml:2:1", "missing.toml not found"],
+    );
+    write("[[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nstudent = { epochs = 0 }\n");
+    expect_error(
+        &bench(tmp.path(), &["--suite", "s.toml"]),
+        &[
+            "s.toml:1:1 [run.overrides]",
+            "student.epochs",
+            "must be > 0",
+        ],
+    );
+    write("[[run]]\nrecipe = \"r.toml\"\n\n[[run]]\nrecipe = \"r.toml\"\n");
+    expect_error(
+        &bench(tmp.path(), &["--suite", "s.toml"]),
+        &["s.toml:4:1", "a second run named `tiny`", "s.toml:1:1"],
+    );
+    write("[[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nplugin = \"graphs\"\n");
+    expect_error(
+        &bench(tmp.path(), &["--suite", "s.toml"]),
+        &["s.toml:1:1", "unknown plugin `graphs`"],
+    );
+    write("[[run]]\nrecipe = \"r.toml\"\n");
+    expect_error(
+        &bench(tmp.path(), &["--suite", "s.toml", "--plugins", "nope"]),
+        &["--plugins", "unknown plugin `nope`", "image-classification"],
+    );
+    expect_error(
+        &bench(tmp.path(), &["--suite", "absent.toml"]),
+        &["absent.toml"],
+    );
+    expect_error(
+        &distill(tmp.path(), &["report", "compare", "x/report.json", "data"]),
+        &["x/report.json", "report not found"],
+    );
+}
+
+fn spawn_bench(cwd: &Path, suite: &str, out: &str) -> std::process::Child {
+    Command::new(distill_bin())
+        .args([
+            "bench",
+            "--suite",
+            suite,
+            "--data-dir",
+            "data",
+            "--no-cache",
+            "--quiet",
+            "--out",
+            out,
+        ])
+        .current_dir(cwd)
+        .env_remove("DISTILL_CACHE")
+        .env_remove("DISTILL_REGISTRY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(child: &mut std::process::Child, path: &Path) {
+    let t0 = Instant::now();
+    while !path.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the bench ended before {} appeared",
+            path.display()
+        );
+        assert!(t0.elapsed() < Duration::from_secs(600));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn compare(cwd: &Path, a: &Path, b: &Path) -> serde_json::Value {
+    let o = distill(
+        cwd,
+        &[
+            "report",
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+fn flagged_figures(c: &serde_json::Value) -> Vec<String> {
+    c["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["items"].as_array().unwrap().iter())
+        .filter(|i| i["flagged"].as_bool().unwrap())
+        .map(|i| i["figure"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn killed_bench_resumes_without_redoing_finished_runs_and_compare_judges_noise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    write_synthetic_mnist(&cwd.join("data"), 3000, 400);
+    std::fs::write(cwd.join("r.toml"), tiny_recipe(2)).unwrap();
+    std::fs::write(cwd.join("suite.toml"), SUITE).unwrap();
+    let out = cwd.join("out");
+
+    // kill the bench with SIGKILL once `a` is finished and `b`'s teacher is past its first epoch
+    let mut child = spawn_bench(cwd, "suite.toml", "out");
+    wait_for(&mut child, &out.join("a/report.json"));
+    wait_for(&mut child, &out.join("b/seed-0/teacher/state.json"));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !out.join("b/report.json").exists(),
+        "b finished before the kill"
+    );
+    assert!(!out.join("report.json").exists());
+    let a_report = mtime(&out.join("a/report.json"));
+    let a_teacher = mtime(&out.join("a/seed-0/teacher/result.json"));
+    let a_text = std::fs::read_to_string(out.join("a/report.json")).unwrap();
+
+    let o = bench(cwd, &["--suite", "suite.toml", "--out", "out"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // `a` was not redone; `b` was resumed and `c` run
+    assert_eq!(mtime(&out.join("a/report.json")), a_report);
+    assert_eq!(mtime(&out.join("a/seed-0/teacher/result.json")), a_teacher);
+    assert_eq!(
+        std::fs::read_to_string(out.join("a/report.json")).unwrap(),
+        a_text
+    );
+    let r = json(&out.join("report.json"));
+    let status = &r["bench"]["status"];
+    assert_eq!(
+        (&status["a"], &status["b"], &status["c"]),
+        (
+            &serde_json::json!("skipped"),
+            &serde_json::json!("ran"),
+            &serde_json::json!("ran")
+        )
+    );
+    let b_metrics = std::fs::read_to_string(out.join("b/seed-0/teacher/metrics.jsonl")).unwrap();
+    assert_eq!(b_metrics.lines().count(), 4, "one line per teacher epoch");
+
+    // one report over the three runs, in the documented schema
+    assert_eq!(r["schema_version"], 1);
+    let runs = r["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|x| x["recipe"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    for run in runs {
+        assert_eq!(run["domain"], "image classification");
+        assert_eq!(run["test_samples"], 400);
+        for p in ["teacher", "scratch", "distilled"] {
+            let m = run[p]["metric"]["mean"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&m), "{p} {m}");
+            assert_eq!(run[p]["headline"], "last_epoch");
+            assert_eq!(run[p]["last_epoch_metric"]["mean"].as_f64().unwrap(), m);
+        }
+    }
+    assert_eq!(
+        runs[1]["teacher"]["params"],
+        784 * 512 + 512 * 512 + 512 * 10 + 1034
+    );
+    let kd = runs[0]["derived"]["kd_gain"].as_f64().unwrap();
+    let acc = |p: &str| runs[0][p]["metric"]["mean"].as_f64().unwrap();
+    assert!((kd - (acc("distilled") - acc("scratch"))).abs() < 1e-12);
+    assert_eq!(r["bench"]["suite"], "suite.toml");
+    assert!(r["bench"]["cores"].as_u64().unwrap() >= 1);
+
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Cross-domain summary"), "{md}");
+    assert!(md.contains("## image classification"), "{md}");
+    assert!(
+        md.contains("| a | teacher | accuracy | last epoch |"),
+        "{md}"
+    );
+    // the plots are linked and the PNGs decode as pictures of the size drawn
+    for stem in [
+        "metric-vs-params-image-classification",
+        "kd-gain",
+        "curves-a",
+        "curves-b",
+        "curves-c",
+    ] {
+        assert!(md.contains(&format!("plots/{stem}.png")), "{stem}");
+        let svg = std::fs::read_to_string(out.join(format!("plots/{stem}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+        let png = image::open(out.join(format!("plots/{stem}.png"))).unwrap();
+        assert!(png.width() >= 800 && png.height() >= 400);
+    }
+
+    // a report compared with itself: nothing changed
+    let same = compare(cwd, &out, &out.join("report.json"));
+    assert_eq!(same["flagged"], 0);
+    assert_eq!(same["runs"].as_array().unwrap().len(), 3);
+    let o = distill(cwd, &["report", "compare", "out", "out", "--check"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("no change beyond noise"));
+
+    // the same recipe with another seed: differences within noise are not flagged
+    std::fs::write(
+        cwd.join("seed1.toml"),
+        "seeds = [1]\n[[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nname = \"a\"\n",
+    )
+    .unwrap();
+    let o = bench(cwd, &["--suite", "seed1.toml", "--out", "out-seed1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seed1 = cwd.join("out-seed1/report.json");
+    assert_eq!(json(&seed1)["runs"][0]["seeds"], serde_json::json!([1]));
+    let c = compare(cwd, &out.join("a"), &seed1);
+    assert_eq!(c["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(flagged_figures(&c), Vec::<String>::new(), "{c:#}");
+    assert_eq!(c["flagged"], 0);
+
+    // a planted large difference (distilled accuracy 0.15 lower) is flagged
+    let mut planted = json(&seed1);
+    let v = planted["runs"][0]["distilled"]["metric"]["mean"]
+        .as_f64()
+        .unwrap()
+        - 0.15;
+    planted["runs"][0]["distilled"]["metric"]["mean"] = v.into();
+    planted["runs"][0]["distilled"]["metric"]["values"] = serde_json::json!([v]);
+    let planted_path = cwd.join("planted.json");
+    std::fs::write(&planted_path, planted.to_string()).unwrap();
+    let c = compare(cwd, &out.join("a"), &planted_path);
+    assert_eq!(
+        flagged_figures(&c),
+        ["distilled accuracy", "KD gain"],
+        "{c:#}"
+    );
+    let o = distill(
+        cwd,
+        &["report", "compare", "out/a", "planted.json", "--check"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("**CHANGED**"));
+}
+
+/// Recipe names each enabled plugin of the project registry lists in its manifest.
+fn builtin_recipes() -> Vec<String> {
+    let root = root();
+    let o = distill(&root, &["plugins"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut names = Vec::new();
+    for line in stdout(&o).lines().skip(1) {
+        let mut cols = line.split_whitespace();
+        let (Some(name), Some(_source), Some(third)) = (cols.next(), cols.next(), cols.next())
+        else {
+            continue;
+        };
+        if line.starts_with("registry:") || third == "(disabled)" {
+            continue;
+        }
+        let info = distill(&root, &["plugins", "info", name, "--json"]);
+        assert!(info.status.success(), "{}", stderr(&info));
+        let m: serde_json::Value = serde_json::from_str(&stdout(&info)).unwrap();
+        for r in m["recipes"].as_array().unwrap() {
+            let text = std::fs::read_to_string(root.join(r.as_str().unwrap())).unwrap();
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("name = "))
+                .unwrap()
+                .trim_matches('"')
+                .to_string();
+            names.push(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
+    let Some(data) = std::env::var_os("DISTILL_DATA") else {
+        eprintln!("DISTILL_DATA is not set: skipping the real-data quick suite");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out: PathBuf = tmp.path().join("bench");
+    let t0 = Instant::now();
+    let o = distill(
+        &root(),
+        &[
+            "bench",
+            "--suite",
+            "quick",
+            "--quiet",
+            "--no-cache",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("bench --suite quick: {:.0} s", t0.elapsed().as_secs_f64());
+    let r = json(&out.join("report.json"));
+    let runs = r["runs"].as_array().unwrap();
+    let mut got: Vec<String> = runs
+        .iter()
+        .map(|x| x["recipe"].as_str().unwrap().to_string())
+        .collect();
+    let mut want = builtin_recipes();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(!want.is_empty());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for run in runs {
+        assert_eq!(run["quick"], true);
+        let domain = run["domain"].as_str().unwrap();
+        assert!(md.contains(&format!("## {domain}\n")), "{domain}");
+        for p in ["teacher", "scratch", "distilled"] {
+            assert!(run[p]["metric"]["mean"].as_f64().unwrap().is_finite());
+            assert!(run[p]["params"].as_u64().unwrap() > 0);
+        }
+        let name = run["recipe"].as_str().unwrap();
+        assert_eq!(r["bench"]["status"][name], "ran");
+        assert!(out.join(format!("plots/curves-{name}.png")).is_file());
+    }
+    // the vision recipe's own checks (this run replaces a separate `distill run --quick` of it)
+    let hinton = runs
+        .iter()
+        .find(|x| x["recipe"] == "hinton-mnist")
+        .expect("hinton-mnist in the quick suite");
+    let acc = |p: &str| hinton[p]["metric"]["mean"].as_f64().unwrap();
+    eprintln!(
+        "hinton-mnist --quick: test errors teacher {} scratch {} distilled {}",
+        hinton["teacher"]["extra"]["errors"]["mean"],
+        hinton["scratch"]["extra"]["errors"]["mean"],
+        hinton["distilled"]["extra"]["errors"]["mean"]
+    );
+    assert_eq!(
+        hinton["teacher"]["params"],
+        784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+    );
+    assert!(acc("teacher") > 0.97, "teacher accuracy {}", acc("teacher"));
+    assert!(
+        acc("distilled") > acc("scratch"),
+        "distilled {} vs scratch {}",
+        acc("distilled"),
+        acc("scratch")
+    );
+}
