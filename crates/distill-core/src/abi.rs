@@ -38,61 +38,69 @@ use crate::{
 /// The plugin ABI version: the layout of [`PluginDeclaration`] and the calling contract of [`Plugin`].
 pub const PLUGIN_ABI_VERSION: u32 = 1;
 
+// Each fact is written once, as a literal-producing macro, so the plain constant and its NUL-terminated copy
+// for the declaration cannot drift apart.
+macro_rules! rustc_version {
+    () => {
+        env!("DISTILL_RUSTC_VERSION")
+    };
+}
+macro_rules! core_version {
+    () => {
+        env!("CARGO_PKG_VERSION")
+    };
+}
+macro_rules! candle_version {
+    () => {
+        "0.11.1"
+    };
+}
+#[cfg(all(feature = "cuda", debug_assertions))]
+macro_rules! features {
+    () => {
+        "cuda,debug-assertions"
+    };
+}
+#[cfg(all(feature = "cuda", not(debug_assertions)))]
+macro_rules! features {
+    () => {
+        "cuda"
+    };
+}
+#[cfg(all(not(feature = "cuda"), debug_assertions))]
+macro_rules! features {
+    () => {
+        "debug-assertions"
+    };
+}
+#[cfg(all(not(feature = "cuda"), not(debug_assertions)))]
+macro_rules! features {
+    () => {
+        ""
+    };
+}
+
 /// The distill-core release this binary was built with.
-pub const CORE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const CORE_VERSION: &str = core_version!();
 
 /// The rustc that built this copy of distill-core (recorded by its build script), e.g. `1.95.0 (59807616e 2026-04-14)`.
-pub const RUSTC_VERSION: &str = env!("DISTILL_RUSTC_VERSION");
+pub const RUSTC_VERSION: &str = rustc_version!();
 
 /// The candle release distill-core is pinned to (`=` in the workspace manifest; a test checks Cargo.lock).
-pub const CANDLE_VERSION: &str = "0.11.1";
+pub const CANDLE_VERSION: &str = candle_version!();
 
 /// Build features that change the layout or behaviour of types crossing the boundary.
-pub const FEATURES: &str = {
-    #[cfg(all(feature = "cuda", debug_assertions))]
-    {
-        "cuda,debug-assertions"
-    }
-    #[cfg(all(feature = "cuda", not(debug_assertions)))]
-    {
-        "cuda"
-    }
-    #[cfg(all(not(feature = "cuda"), debug_assertions))]
-    {
-        "debug-assertions"
-    }
-    #[cfg(all(not(feature = "cuda"), not(debug_assertions)))]
-    {
-        ""
-    }
-};
+pub const FEATURES: &str = features!();
 
 /// NUL-terminated copies of the strings above, for the declaration.
 #[doc(hidden)]
-pub const RUSTC_VERSION_NUL: &str = concat!(env!("DISTILL_RUSTC_VERSION"), "\0");
+pub const RUSTC_VERSION_NUL: &str = concat!(rustc_version!(), "\0");
 #[doc(hidden)]
-pub const CORE_VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+pub const CORE_VERSION_NUL: &str = concat!(core_version!(), "\0");
 #[doc(hidden)]
-pub const CANDLE_VERSION_NUL: &str = "0.11.1\0";
+pub const CANDLE_VERSION_NUL: &str = concat!(candle_version!(), "\0");
 #[doc(hidden)]
-pub const FEATURES_NUL: &str = {
-    #[cfg(all(feature = "cuda", debug_assertions))]
-    {
-        "cuda,debug-assertions\0"
-    }
-    #[cfg(all(feature = "cuda", not(debug_assertions)))]
-    {
-        "cuda\0"
-    }
-    #[cfg(all(not(feature = "cuda"), debug_assertions))]
-    {
-        "debug-assertions\0"
-    }
-    #[cfg(all(not(feature = "cuda"), not(debug_assertions)))]
-    {
-        "\0"
-    }
-};
+pub const FEATURES_NUL: &str = concat!(features!(), "\0");
 
 /// The name of the symbol every plugin library exports.
 pub const DECLARATION_SYMBOL: &str = "DISTILL_PLUGIN_DECLARATION";
