@@ -72,6 +72,13 @@ pub trait Task: Send + Sync {
     fn evaluate(&self, net: &dyn Network, split: Split, batch_size: usize) -> Result<Evaluation> {
         evaluate_classification(self, net, split, batch_size)
     }
+    /// The order in which an epoch's training samples are cut into batches of `batch_size`, given the
+    /// epoch's random permutation `perm`: `perm` itself by default. A task may regroup it (e.g. text tasks
+    /// put sentences of similar length together so batches need little padding); `rng` is derived from the
+    /// seed, phase and epoch, so a resumed run regroups identically. Must return a permutation of `perm`.
+    fn batch_order(&self, perm: Vec<usize>, _batch_size: usize, _rng: &mut Rng) -> Vec<usize> {
+        perm
+    }
     /// Facts about the loaded data for the report's `notes` (e.g. how many bad files were skipped);
     /// none by default.
     fn notes(&self) -> BTreeMap<String, serde_json::Value> {

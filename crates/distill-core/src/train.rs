@@ -163,15 +163,23 @@ pub fn measure_latency(
     input_shape: &[usize],
     device: &candle_core::Device,
 ) -> Result<Latency> {
+    // At most `reps` timed passes after one or two warm-ups, stopping early once 2 s have been spent (a
+    // large network at batch 256 then costs two or three passes, not seven).
     let time = |b: usize, reps: usize| -> Result<f64> {
         let mut shape = vec![b];
         shape.extend_from_slice(input_shape);
         let x = Tensor::zeros(shape, candle_core::DType::F32, device)?;
-        for _ in 0..2 {
+        let t0 = Instant::now();
+        net.forward(&x, Mode::Eval)?;
+        if t0.elapsed().as_secs_f64() < 0.5 {
             net.forward(&x, Mode::Eval)?;
         }
+        let budget = Instant::now();
         let mut ts = Vec::with_capacity(reps);
         for _ in 0..reps {
+            if !ts.is_empty() && budget.elapsed().as_secs_f64() > 2.0 {
+                break;
+            }
             let t = Instant::now();
             let out = net.forward(&x, Mode::Eval)?;
             device.synchronize()?;
@@ -432,6 +440,17 @@ pub fn train_phase(
             None
         };
         let perm = Rng::derive(spec.seed, &[&"shuffle", &spec.name, &epoch]).permutation(n);
+        let perm = task.batch_order(
+            perm,
+            bs,
+            &mut Rng::derive(spec.seed, &[&"batch-order", &spec.name, &epoch]),
+        );
+        if perm.len() != n {
+            return Err(Error::msg(format!(
+                "the task's batch_order returned {} samples for {n}",
+                perm.len()
+            )));
+        }
         let pb = progress(spec, steps);
         pb.set_message(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let mut loss_sum = 0.0;

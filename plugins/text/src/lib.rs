@@ -1,0 +1,314 @@
+//! # distill-text: BERT-family distillation (DistilBERT, BERT-PKD, TinyBERT)
+//!
+//! A BERT encoder in candle ([`bert`]) that loads a pretrained Hugging Face `model.safetensors` (the teacher:
+//! sentence-transformers' all-MiniLM-L6-v2 from the models dir) and tokenises with the `tokenizers` crate
+//! from its `tokenizer.json`. Tasks ([`data`]): SST-2 sentence classification (GLUE TSV; the GLUE dev set is
+//! the test split), STS-B sentence-pair similarity (Spearman correlation of cosine similarities), and any
+//! `sentence<TAB>label` folder (`tsv-classification`). Students ([`models`]) are BERTs with fewer layers
+//! and/or narrower widths, initialised from the teacher's layers (DistilBERT) or randomly. Losses
+//! ([`losses`]): DistilBERT's hidden-state cosine, BERT-PKD's patient loss, TinyBERT's attention / hidden /
+//! embedding MSE, an embedding MSE; logit KD is the core's `kd`.
+//!
+//! Recipe `[data.options]`: `max_len` (tokens per sentence after truncation, default 128), `model` (the folder
+//! under the models dir whose `tokenizer.json` is used, default `all-MiniLM-L6-v2`), and for
+//! `tsv-classification`: `root` (folder with `train.tsv` and `test.tsv`) and `num_classes`.
+//!
+//! ```
+//! use distill_core::Plugin;
+//! let m = distill_text::TextPlugin::default().manifest();
+//! assert_eq!(m.name, "text");
+//! assert!(m.losses.iter().any(|l| l == "pkd"));
+//! ```
+#![warn(missing_docs)]
+
+pub mod bert;
+pub mod data;
+pub mod losses;
+pub mod metrics;
+pub mod models;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use candle_core::Device;
+use distill_core::{
+    losses::{DistillLoss, LossSpec},
+    pipeline::{evaluate_saved, run_recipe},
+    recipe::Recipe,
+    report::RunReport,
+    task::Evaluation,
+    Error, Manifest, Network, Outputs, Plugin, Result, RunContext, Task, TaskInfo,
+};
+use serde::Deserialize;
+
+use crate::{
+    data::{
+        accuracy_metric, read_labelled_tsv, read_pairs_tsv, spearman_metric, ClassificationTask,
+        PairTask, TextTokenizer,
+    },
+    models::{build_model, resolve, Head, ModelSpec, ARCHS},
+};
+
+/// Data sets this plugin reads.
+pub const DATASETS: &[&str] = &["sst2", "stsb", "tsv-classification"];
+
+/// The text plugin. It remembers the models dir of the run in progress (networks read pretrained weights
+/// from it); before any run, `$DISTILL_MODELS` or `models/`.
+#[derive(Default)]
+pub struct TextPlugin {
+    models_dir: Mutex<Option<PathBuf>>,
+}
+
+/// `[data.options]` of a text recipe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextOptions {
+    /// Longest tokenised input (with [CLS] and [SEP]); longer ones are truncated.
+    max_len: Option<usize>,
+    /// Folder under the models dir whose tokenizer.json tokenises the text.
+    model: Option<PathBuf>,
+    /// tsv-classification: the folder (relative to the data dir, or absolute).
+    root: Option<PathBuf>,
+    /// tsv-classification: number of classes.
+    num_classes: Option<usize>,
+}
+
+const DEFAULT_MAX_LEN: usize = 128;
+/// The nominal input length of the report's latency and FLOPs figures (SST-2 dev sentences average 25
+/// tokens, STS-B's about 15).
+pub const NOMINAL_LEN: usize = 32;
+
+fn options(recipe: &Recipe) -> Result<TextOptions> {
+    let o: TextOptions = match &recipe.data.options {
+        None => TextOptions::default(),
+        Some(t) => t.clone().try_into().map_err(|e: toml::de::Error| {
+            Error::config("data.options", e.message().trim().to_string())
+        })?,
+    };
+    let folder_only = o.root.is_some() || o.num_classes.is_some();
+    match recipe.dataset.as_str() {
+        "sst2" | "stsb" if folder_only => Err(Error::config(
+            "data.options",
+            "`root` and `num_classes` are only for dataset = \"tsv-classification\"",
+        )),
+        "tsv-classification" if o.root.is_none() || o.num_classes.unwrap_or(0) < 2 => Err(Error::config(
+            "data.options",
+            "tsv-classification needs `root` (a folder with train.tsv and test.tsv) and `num_classes` (≥ 2)",
+        )),
+        "sst2" | "stsb" | "tsv-classification" => Ok(o),
+        other => Err(Error::Unknown {
+            what: "text dataset",
+            name: other.to_string(),
+            known: DATASETS.join(", "),
+        }),
+    }
+}
+
+impl TextPlugin {
+    fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .lock()
+            .expect("models dir lock")
+            .clone()
+            .or_else(|| std::env::var_os("DISTILL_MODELS").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("models"))
+    }
+
+    fn set_models_dir(&self, dir: &Path) {
+        *self.models_dir.lock().expect("models dir lock") = Some(dir.to_path_buf());
+    }
+
+    fn tokenizer(&self, o: &TextOptions) -> Result<TextTokenizer> {
+        let model = o
+            .model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("all-MiniLM-L6-v2"));
+        let path = resolve(&self.models_dir(), &model).join("tokenizer.json");
+        TextTokenizer::from_file(&path, o.max_len.unwrap_or(DEFAULT_MAX_LEN))
+    }
+}
+
+fn take<T>(v: Vec<T>, limit: Option<usize>) -> Vec<T> {
+    match limit {
+        Some(n) if n < v.len() => v.into_iter().take(n).collect(),
+        _ => v,
+    }
+}
+
+impl Plugin for TextPlugin {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            name: "text".into(),
+            domain: "text (BERT compression)".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "BERT-family distillation from a pretrained MiniLM: SST-2, STS-B; DistilBERT, BERT-PKD, TinyBERT".into(),
+            models: ARCHS.iter().map(|s| s.to_string()).collect(),
+            datasets: DATASETS.iter().map(|s| s.to_string()).collect(),
+            losses: losses::LOSSES.iter().map(|s| s.to_string()).collect(),
+            recipes: [
+                "sst2-distilbert",
+                "sst2-pkd",
+                "sst2-tinybert",
+                "stsb-embedding",
+            ]
+            .iter()
+            .map(|r| format!("plugins/text/recipes/{r}.toml"))
+            .collect(),
+        }
+    }
+
+    fn task_info(&self, recipe: &Recipe) -> Result<TaskInfo> {
+        let o = options(recipe)?;
+        // Inputs vary in length; the nominal one (for `distill check`'s dry run, FLOPs and the latency
+        // figures of the report) is a 32-token sentence, or max_len if shorter.
+        let max_len = o.max_len.unwrap_or(DEFAULT_MAX_LEN).min(NOMINAL_LEN);
+        Ok(match recipe.dataset.as_str() {
+            "stsb" => TaskInfo {
+                dataset: recipe.dataset.clone(),
+                input_shape: vec![2, max_len],
+                num_classes: 0,
+                metric: spearman_metric(),
+            },
+            _ => TaskInfo {
+                dataset: recipe.dataset.clone(),
+                input_shape: vec![max_len],
+                num_classes: o.num_classes.unwrap_or(2),
+                metric: accuracy_metric(),
+            },
+        })
+    }
+
+    fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
+        self.set_models_dir(&ctx.models_dir);
+        let o = options(recipe)?;
+        let info = self.task_info(recipe)?;
+        let tok = self.tokenizer(&o)?;
+        let val_n = recipe.data.validation;
+        let mut notes = BTreeMap::new();
+        notes.insert("max_len".to_string(), serde_json::json!(tok.max_len()));
+        let mut truncated = 0usize;
+        let mut encode = |texts: Vec<&str>| -> Result<Vec<Vec<u32>>> {
+            let (ids, cut) = tok.encode_all(texts.into_iter())?;
+            truncated += cut;
+            Ok(ids)
+        };
+        let task: Box<dyn Task> = if recipe.dataset == "stsb" {
+            let dir = ctx.data_dir.join("stsb");
+            let train = read_pairs_tsv(&dir.join("train.tsv"))?;
+            let dev = read_pairs_tsv(&dir.join("dev.tsv"))?;
+            let test = read_pairs_tsv(&dir.join("test.tsv"))?;
+            if val_n > dev.len() {
+                return Err(Error::config(
+                    "data.validation",
+                    format!("asks for {val_n} validation pairs; STS-B's dev set (the validation split) has {}", dev.len()),
+                ));
+            }
+            let train = take(train, recipe.data.train_limit);
+            let dev = take(dev, Some(val_n));
+            let test = take(test, recipe.data.test_limit);
+            let mut enc = |v: &[data::PairLine]| -> Result<data::PairSplit> {
+                let a = encode(v.iter().map(|p| p.a.as_str()).collect())?;
+                let b = encode(v.iter().map(|p| p.b.as_str()).collect())?;
+                Ok((
+                    a.into_iter().zip(b).collect(),
+                    v.iter().map(|p| p.score).collect(),
+                ))
+            };
+            let (tr, va, te) = (enc(&train)?, enc(&dev)?, enc(&test)?);
+            notes.insert("train_pairs".into(), serde_json::json!(tr.0.len()));
+            notes.insert("truncated_sentences".into(), serde_json::json!(truncated));
+            Box::new(PairTask::new(info, tr, va, te, notes))
+        } else {
+            let (dir, classes, test_file) = match recipe.dataset.as_str() {
+                "sst2" => (ctx.data_dir.join("sst2"), 2, "dev.tsv"),
+                _ => (
+                    resolve(&ctx.data_dir, o.root.as_deref().expect("checked")),
+                    info.num_classes,
+                    "test.tsv",
+                ),
+            };
+            let all = read_labelled_tsv(&dir.join("train.tsv"), classes)?;
+            let test = take(
+                read_labelled_tsv(&dir.join(test_file), classes)?,
+                recipe.data.test_limit,
+            );
+            if val_n >= all.len() {
+                return Err(Error::config(
+                    "data.validation",
+                    format!(
+                        "holds out {val_n} sentences but {} has only {}",
+                        dir.join("train.tsv").display(),
+                        all.len()
+                    ),
+                ));
+            }
+            // The last `validation` training sentences are the validation split.
+            let n_train = all.len() - val_n;
+            let train = take(all[..n_train].to_vec(), recipe.data.train_limit);
+            let val = &all[n_train..];
+            let mut enc = |v: &[data::LabelledLine]| -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
+                Ok((
+                    encode(v.iter().map(|l| l.text.as_str()).collect())?,
+                    v.iter().map(|l| l.label).collect(),
+                ))
+            };
+            let (tr, va, te) = (enc(&train)?, enc(val)?, enc(&test)?);
+            notes.insert("train_sentences".into(), serde_json::json!(tr.0.len()));
+            notes.insert("train_available".into(), serde_json::json!(n_train));
+            notes.insert("truncated_sentences".into(), serde_json::json!(truncated));
+            Box::new(ClassificationTask::new(info, tr, va, te, notes))
+        };
+        Ok(task)
+    }
+
+    fn build_network(
+        &self,
+        model: &toml::Table,
+        info: &TaskInfo,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Box<dyn Network>> {
+        let spec = ModelSpec::parse(model)?;
+        let head = if info.input_shape.len() == 2 {
+            Head::Embed
+        } else {
+            Head::Classify(info.num_classes)
+        };
+        Ok(Box::new(build_model(
+            &spec,
+            head,
+            &self.models_dir(),
+            seed,
+            device,
+        )?))
+    }
+
+    fn build_loss(
+        &self,
+        spec: &LossSpec,
+        student: &Outputs,
+        teacher: &Outputs,
+        seed: u64,
+    ) -> Result<Option<Box<dyn DistillLoss>>> {
+        losses::build(spec, student, teacher, seed)
+    }
+
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
+        self.set_models_dir(&ctx.models_dir);
+        run_recipe(self, recipe, ctx)
+    }
+
+    fn evaluate(
+        &self,
+        recipe: &Recipe,
+        model: &toml::Table,
+        weights: &Path,
+        ctx: &RunContext,
+    ) -> Result<(String, Evaluation)> {
+        self.set_models_dir(&ctx.models_dir);
+        evaluate_saved(self, recipe, model, weights, ctx)
+    }
+}

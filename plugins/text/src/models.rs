@@ -1,0 +1,380 @@
+//! Text networks: a BERT encoder with a pooling step and, for classification, a linear head.
+//!
+//! A recipe's `model` table:
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `arch` | `"bert"` | required |
+//! | `base` | pretrained model folder under the models dir: its `config.json` gives the shape, its `model.safetensors` the weights | `"all-MiniLM-L6-v2"` |
+//! | `init` | `"pretrained"` (weights from `base`) or `"random"` (BERT's N(0, 0.02)) | `"pretrained"` |
+//! | `layers`, `hidden`, `heads`, `intermediate` | override `base`'s shape (a pretrained init needs `base`'s widths) | `base`'s |
+//! | `init_layers` | which of `base`'s layers a pretrained student takes, e.g. `[0, 2, 4]` | evenly spaced: `⌊i·L/l⌋` |
+//! | `pooling` | `"mean"` (over real tokens) or `"cls"` | `"mean"` |
+//! | `dropout` | hidden and attention dropout | `base`'s (0.1) |
+//! | `freeze_layers` | also keep the embeddings and the first N pretrained layers fixed (no backward below them) | `0` |
+//! | `freeze_embeddings` | keep the pretrained word/position/type tables fixed (they are half of MiniLM's parameters) | `false` |
+//!
+//! Outputs: `logits` (`[B, classes]`, or `[B, 2·H]` pair embeddings for a similarity task), and the features
+//! `embeddings`, `hidden.1` … `hidden.L` (`[B, T, H]` sequences), `attn.1` … `attn.L` (`[B, heads, T, T]`),
+//! `cls.0` … `cls.L` (each layer's `[CLS]` state, `[B, H]`), `pooled` (`[B, H]`) and `token_mask` (`[B, T]`,
+//! 1 for real tokens).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use distill_core::{nn::seeded_var_builder, Error, FeatureKind, Mode, Network, Outputs, Result};
+use serde::Deserialize;
+
+use crate::bert::{mean_pool, preload, read_pretrained, shape_error, Bert, BertConfig, Dense};
+
+/// Architectures this plugin builds.
+pub const ARCHS: &[&str] = &["bert"];
+
+/// A recipe's `model` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// `"bert"`.
+    pub arch: String,
+    /// Pretrained model folder (relative to the models dir, or absolute).
+    #[serde(default = "default_base")]
+    pub base: PathBuf,
+    /// `"pretrained"` or `"random"`.
+    #[serde(default = "default_init")]
+    pub init: String,
+    /// Number of layers.
+    pub layers: Option<usize>,
+    /// Hidden width.
+    pub hidden: Option<usize>,
+    /// Attention heads.
+    pub heads: Option<usize>,
+    /// Feed-forward width.
+    pub intermediate: Option<usize>,
+    /// Teacher layers a pretrained student starts from.
+    pub init_layers: Option<Vec<usize>>,
+    /// `"mean"` or `"cls"`.
+    #[serde(default = "default_pooling")]
+    pub pooling: String,
+    /// Dropout probability (hidden and attention).
+    pub dropout: Option<f64>,
+    /// Keep the (pretrained) embedding tables fixed.
+    #[serde(default)]
+    pub freeze_embeddings: bool,
+    /// Keep the embeddings and the first N (pretrained) layers fixed.
+    #[serde(default)]
+    pub freeze_layers: usize,
+}
+
+fn default_base() -> PathBuf {
+    PathBuf::from("all-MiniLM-L6-v2")
+}
+fn default_init() -> String {
+    "pretrained".into()
+}
+fn default_pooling() -> String {
+    "mean".into()
+}
+
+/// What the network's output is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// A linear classifier over the pooled state.
+    Classify(usize),
+    /// The pooled embedding itself (pairs come as `[B, 2, T]` and leave as `[B, 2·H]`).
+    Embed,
+}
+
+impl ModelSpec {
+    /// Parses a `model` table.
+    pub fn parse(model: &toml::Table) -> Result<Self> {
+        let s: Self = model
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        if !ARCHS.contains(&s.arch.as_str()) {
+            return Err(Error::Unknown {
+                what: "text architecture",
+                name: s.arch,
+                known: ARCHS.join(", "),
+            });
+        }
+        if !["pretrained", "random"].contains(&s.init.as_str()) {
+            return Err(Error::config(
+                "model.init",
+                format!("`{}` is not one of: pretrained, random", s.init),
+            ));
+        }
+        if s.freeze_embeddings && s.init != "pretrained" {
+            return Err(Error::config(
+                "model.freeze_embeddings",
+                "only makes sense with init = \"pretrained\" (random tables would stay random)",
+            ));
+        }
+        if s.freeze_layers > 0 && s.init != "pretrained" {
+            return Err(Error::config(
+                "model.freeze_layers",
+                "only makes sense with init = \"pretrained\"",
+            ));
+        }
+        if !["mean", "cls"].contains(&s.pooling.as_str()) {
+            return Err(Error::config(
+                "model.pooling",
+                format!("`{}` is not one of: mean, cls", s.pooling),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// The encoder's shape: `base`'s config with this spec's overrides.
+    pub fn config(&self, models_dir: &Path) -> Result<(BertConfig, PathBuf)> {
+        let base = resolve(models_dir, &self.base);
+        let mut cfg = BertConfig::from_file(&base.join("config.json"))?;
+        let pretrained_widths = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.intermediate_size,
+        );
+        if let Some(l) = self.layers {
+            cfg.num_hidden_layers = l;
+        }
+        if let Some(h) = self.hidden {
+            cfg.hidden_size = h;
+        }
+        if let Some(h) = self.heads {
+            cfg.num_attention_heads = h;
+        }
+        if let Some(i) = self.intermediate {
+            cfg.intermediate_size = i;
+        }
+        if let Some(p) = self.dropout {
+            cfg.hidden_dropout_prob = p;
+            cfg.attention_probs_dropout_prob = p;
+        }
+        cfg.validate("model")?;
+        if self.init == "pretrained"
+            && (
+                cfg.hidden_size,
+                cfg.num_attention_heads,
+                cfg.intermediate_size,
+            ) != pretrained_widths
+        {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "init = \"pretrained\" needs {}'s widths (hidden {}, heads {}, intermediate {}); \
+                     use init = \"random\" for another shape",
+                    self.base.display(),
+                    pretrained_widths.0,
+                    pretrained_widths.1,
+                    pretrained_widths.2
+                ),
+            ));
+        }
+        Ok((cfg, base))
+    }
+}
+
+/// `p` under `dir` unless absolute.
+pub fn resolve(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// The teacher layers a pretrained `l`-layer student takes from an `big`-layer model by default.
+pub fn default_init_layers(l: usize, big: usize) -> Vec<usize> {
+    (0..l).map(|i| i * big / l.max(1)).collect()
+}
+
+/// A BERT encoder, pooling and head.
+pub struct TextNet {
+    bert: Bert,
+    head: Option<Dense>,
+    kind: Head,
+    cls_pooling: bool,
+    varmap: VarMap,
+    desc: String,
+}
+
+/// Builds a text network from `spec` for `head`, parameters initialised from `seed` (and `base`'s weights
+/// for a pretrained init).
+pub fn build_model(
+    spec: &ModelSpec,
+    head: Head,
+    models_dir: &Path,
+    seed: u64,
+    device: &Device,
+) -> Result<TextNet> {
+    let (cfg, base) = spec.config(models_dir)?;
+    let varmap = VarMap::new();
+    let weights = base.join("model.safetensors");
+    if spec.init == "pretrained" {
+        if !weights.exists() {
+            return Err(Error::data(
+                &weights,
+                "not found (model.init = \"pretrained\" reads the weights of model.base from the models dir: \
+                 --models-dir or $DISTILL_MODELS)",
+            ));
+        }
+        let tensors = read_pretrained(&weights)?;
+        let base_layers = tensors
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("encoder.layer.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |m| m + 1);
+        let layers = spec
+            .init_layers
+            .clone()
+            .unwrap_or_else(|| default_init_layers(cfg.num_hidden_layers, base_layers));
+        preload(&varmap, &tensors, &cfg, &layers, &weights, device)?;
+    } else if spec.init_layers.is_some() {
+        return Err(Error::config(
+            "model.init_layers",
+            "only applies to init = \"pretrained\"",
+        ));
+    }
+    let vb = seeded_var_builder(&varmap, seed, device);
+    let bert = Bert::new(&cfg, vb.clone())
+        .map_err(|e| {
+            if spec.init == "pretrained" {
+                shape_error(&weights, e)
+            } else {
+                e
+            }
+        })?
+        .freeze_embeddings(spec.freeze_embeddings)
+        .freeze_layers(spec.freeze_layers);
+    if spec.freeze_layers >= cfg.num_hidden_layers {
+        return Err(Error::config(
+            "model.freeze_layers",
+            format!(
+                "freezes {} of {} layers: nothing would train but the head",
+                spec.freeze_layers, cfg.num_hidden_layers
+            ),
+        ));
+    }
+    let head_layer = match head {
+        Head::Classify(c) => Some(Dense::new(cfg.hidden_size, c, vb.pp("classifier"))?),
+        Head::Embed => None,
+    };
+    let enc_params = cfg.embedding_params() + cfg.layer_params();
+    let desc = format!(
+        "bert {}L-{}H-{}A-{}I{} ({:.1}M encoder params, {:.1}M in layers), {} pooling, {}",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        if spec.init == "pretrained" {
+            format!(" from {}", spec.base.display())
+        } else {
+            String::new()
+        },
+        enc_params as f64 / 1e6,
+        cfg.layer_params() as f64 / 1e6,
+        spec.pooling,
+        match head {
+            Head::Classify(c) => format!("{c}-way classifier"),
+            Head::Embed => "sentence embedding".into(),
+        }
+    );
+    Ok(TextNet {
+        bert,
+        head: head_layer,
+        kind: head,
+        cls_pooling: spec.pooling == "cls",
+        varmap,
+        desc,
+    })
+}
+
+impl TextNet {
+    /// The encoder.
+    pub fn encoder(&self) -> &Bert {
+        &self.bert
+    }
+}
+
+impl Network for TextNet {
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
+        // Pairs [B, 2, T] run as 2B sentences and leave as [B, 2·H].
+        let (ids, pairs) = match (input.rank(), self.kind) {
+            (2, _) => (input.clone(), None),
+            (3, Head::Embed) => {
+                let (b, two, t) = input.dims3()?;
+                if two != 2 {
+                    return Err(Error::Shape(format!(
+                        "sentence pairs must be [batch, 2, tokens], got {:?}",
+                        input.dims()
+                    )));
+                }
+                (input.reshape((b * 2, t))?, Some(b))
+            }
+            _ => {
+                return Err(Error::Shape(format!(
+                    "a text classifier takes [batch, tokens] ids, got {:?}",
+                    input.dims()
+                )))
+            }
+        };
+        let enc = self.bert.forward(&ids, mode, "bert")?;
+        let last = enc.hidden.last().expect("at least the embeddings");
+        let pooled = if self.cls_pooling {
+            last.narrow(1, 0, 1)?.squeeze(1)?
+        } else {
+            mean_pool(last, &enc.mask)?
+        };
+        let logits = match (&self.head, pairs) {
+            (Some(h), _) => {
+                let p = distill_core::nn::dropout(
+                    &pooled,
+                    self.bert.config().hidden_dropout_prob,
+                    mode,
+                    "head",
+                )?;
+                h.forward(&p)?
+            }
+            (None, Some(b)) => pooled.reshape((b, 2 * self.bert.config().hidden_size))?,
+            (None, None) => pooled.clone(),
+        };
+        let mut out = Outputs::logits(logits)
+            .with_feature("pooled", FeatureKind::Vector, pooled)?
+            .with_feature("token_mask", FeatureKind::Vector, enc.mask.clone())?
+            .with_feature("embeddings", FeatureKind::Sequence, enc.hidden[0].clone())?;
+        for (i, h) in enc.hidden.iter().enumerate() {
+            if i > 0 {
+                out = out.with_feature(&format!("hidden.{i}"), FeatureKind::Sequence, h.clone())?;
+            }
+            out = out.with_feature(
+                &format!("cls.{i}"),
+                FeatureKind::Vector,
+                h.narrow(1, 0, 1)?.squeeze(1)?,
+            )?;
+        }
+        for (i, a) in enc.attentions.into_iter().enumerate() {
+            out = out.with_feature(&format!("attn.{}", i + 1), FeatureKind::Attention, a)?;
+        }
+        Ok(out)
+    }
+
+    fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    fn flops(&self) -> u64 {
+        // Per sentence of 32 tokens (SST-2 sentences average about 25).
+        self.bert.config().flops_per_token(32) * 32
+    }
+
+    fn describe(&self) -> String {
+        self.desc.clone()
+    }
+}
