@@ -351,6 +351,9 @@ fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let out: PathBuf = tmp.path().join("bench");
+    // A teacher cache, as a user's bench has: recipes with the same teacher section (the SST-2 ones, the
+    // Cora ones) train it once.
+    let cache: PathBuf = tmp.path().join("cache");
     let t0 = Instant::now();
     let o = distill(
         &root(),
@@ -359,7 +362,8 @@ fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
             "--suite",
             "quick",
             "--quiet",
-            "--no-cache",
+            "--cache-dir",
+            cache.to_str().unwrap(),
             "--data-dir",
             data.to_str().unwrap(),
             "--out",

@@ -31,11 +31,12 @@ fn lib_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let (target, profile) = target_profile();
+        // `--workspace --lib`, not `-p` for each library: features are unified over the packages a cargo
+        // call selects, so this matches the README's `cargo build --workspace` and reuses every dependency it
+        // built (a `-p` subset would rebuild candle with another feature set: minutes in CI).
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.arg("build").current_dir(distill_tests::root());
-        for l in LIBS {
-            cmd.args(["-p", l]);
-        }
+        cmd.args(["build", "--workspace", "--lib"])
+            .current_dir(distill_tests::root());
         cmd.args(cargo_profile_args(&profile));
         let out = cmd.output().expect("run cargo build");
         assert!(
@@ -43,7 +44,13 @@ fn lib_dir() -> &'static Path {
             "building the plugin libraries failed:\n{}",
             stderr(&out)
         );
-        target.join(profile)
+        let dir = target.join(profile);
+        for l in LIBS {
+            use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+            let f = dir.join(format!("{DLL_PREFIX}{}{DLL_SUFFIX}", l.replace('-', "_")));
+            assert!(f.is_file(), "{} was not built", f.display());
+        }
+        dir
     })
 }
 
