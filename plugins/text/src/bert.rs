@@ -65,6 +65,13 @@ fn gelu() -> String {
 impl BertConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::data(
+                path,
+                "not found (model.base names a folder of the models dir: --models-dir or $DISTILL_MODELS; \
+                 models/README.md says where to download it)",
+            ));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let cfg: Self = serde_json::from_str(&text)
             .map_err(|e| Error::data(path, format!("not a BERT config.json: {e}")))?;

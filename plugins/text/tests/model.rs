@@ -127,7 +127,10 @@ fn bad_inputs_are_shape_errors() {
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("not found") && e.contains("DISTILL_MODELS"),
+        "{e}"
+    );
 }
 
 #[test]
