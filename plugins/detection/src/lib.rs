@@ -1,0 +1,5 @@
+//! # distill-detection: the object-detection plugin
+#![warn(missing_docs)]
+
+pub mod coco;
+pub mod metrics;
