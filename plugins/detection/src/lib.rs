@@ -2,4 +2,5 @@
 #![warn(missing_docs)]
 
 pub mod coco;
+pub mod data;
 pub mod metrics;
