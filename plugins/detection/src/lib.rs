@@ -3,4 +3,5 @@
 
 pub mod coco;
 pub mod data;
+pub mod digits;
 pub mod metrics;
