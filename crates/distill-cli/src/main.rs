@@ -34,6 +34,10 @@ const BUILTINS: &[Builtin] = &[
         crate_name: "distill-audio",
         make: || Box::new(distill_audio::AudioPlugin),
     },
+    Builtin {
+        crate_name: "distill-detection",
+        make: || Box::new(distill_detection::DetectionPlugin),
+    },
 ];
 
 /// The project's plugins.toml, compiled in: used when the working directory has no plugins.toml of its own.

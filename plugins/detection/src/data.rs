@@ -66,6 +66,23 @@ impl DetSet {
         let keep: std::collections::BTreeSet<u64> = self.images.iter().map(|i| i.id).collect();
         self.ground_truth.retain(|g| keep.contains(&g.image_id));
     }
+    /// Moves the images from `at` on (and their ground truth) into a new set.
+    pub fn split_off(&mut self, at: usize) -> DetSet {
+        let images = self.images.split_off(at.min(self.images.len()));
+        let moved: std::collections::BTreeSet<u64> = images.iter().map(|i| i.id).collect();
+        let (gt_moved, gt_kept) = self
+            .ground_truth
+            .drain(..)
+            .partition(|g| moved.contains(&g.image_id));
+        self.ground_truth = gt_kept;
+        DetSet {
+            images,
+            ground_truth: gt_moved,
+            category_ids: self.category_ids.clone(),
+            size: self.size,
+            channels: self.channels,
+        }
+    }
     /// Image ids.
     pub fn image_ids(&self) -> Vec<u64> {
         self.images.iter().map(|i| i.id).collect()
