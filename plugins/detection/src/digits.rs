@@ -2,8 +2,9 @@
 //! two CPU cores.
 //!
 //! Each grey canvas gets 1..=`max_digits` MNIST digits, each cropped to its ink and resized so that its
-//! height is drawn from `[min_scale, max_scale]` pixels (capped at 90% of the canvas), placed where its box
-//! overlaps every earlier box by IoU ≤ `max_overlap` (so partial overlaps happen), drawn with a random
+//! height is drawn from `[min_scale, max_scale]` pixels (capped at 90% of the canvas), placed where at most
+//! `max_overlap` of the smaller of its box and every earlier box is covered (so partial overlaps happen, but
+//! no digit hides under another), drawn with a random
 //! brightness over a cluttered background: a random grey level, pixel noise, and unannotated fragments of
 //! other digits and line strokes. The box is the pasted digit's extent; the category is the digit (ids 1..=10,
 //! names "0".."9"). Training canvases use MNIST's training digits, test canvases its test digits.
@@ -19,6 +20,9 @@ use image::{imageops::FilterType, GrayImage, Luma};
 use serde::{Deserialize, Serialize};
 
 use crate::coco::{CocoAnnotation, CocoCategory, CocoFile, CocoImage};
+
+/// Bumped whenever the generator's output for a given config changes (a new folder is generated).
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// Generator settings (the recipe's `[data.options]` for `dataset = "digits-canvas"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +42,8 @@ pub struct DigitsConfig {
     pub min_scale: f64,
     /// Largest digit height (pixels; capped at 90% of the canvas).
     pub max_scale: f64,
-    /// Largest IoU between two digits' boxes.
+    /// Largest overlap between two digits' boxes, as intersection over the smaller box's area (so no digit
+    /// is hidden under a bigger one).
     pub max_overlap: f64,
     /// Unannotated clutter fragments per canvas (at most).
     pub clutter: usize,
@@ -103,9 +108,13 @@ impl DigitsConfig {
         Ok(())
     }
 
-    /// A short, stable fingerprint of the settings (FNV-1a of their JSON), naming the generated folder.
+    /// A short, stable fingerprint of the settings and [`GENERATOR_VERSION`] (FNV-1a of their JSON), naming
+    /// the generated folder.
     pub fn fingerprint(&self) -> String {
-        let json = serde_json::to_string(self).expect("config serialises");
+        let json = format!(
+            "v{GENERATOR_VERSION}:{}",
+            serde_json::to_string(self).expect("config serialises")
+        );
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in json.bytes() {
             h ^= b as u64;
@@ -158,8 +167,14 @@ impl DigitSource {
     }
 }
 
-fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    crate::metrics::box_iou(a, b, false)
+/// Intersection of two `[x, y, w, h]` boxes over the smaller one's area.
+pub fn overlap_of_smaller(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let w = (a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]);
+    let h = (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]);
+    if w <= 0.0 || h <= 0.0 {
+        return 0.0;
+    }
+    w * h / (a[2] * a[3]).min(b[2] * b[3])
 }
 
 /// One canvas: grey pixels and `(box, digit)` pairs.
@@ -234,7 +249,10 @@ pub fn make_canvas(
             let x = rng.below(s - wpx as usize + 1) as f64;
             let y = rng.below(s - hpx as usize + 1) as f64;
             let b = [x, y, wpx as f64, hpx as f64];
-            if boxes.iter().all(|(o, _)| iou(o, &b) <= cfg.max_overlap) {
+            if boxes
+                .iter()
+                .all(|(o, _)| overlap_of_smaller(o, &b) <= cfg.max_overlap)
+            {
                 placed = Some(b);
                 break;
             }
@@ -477,8 +495,9 @@ mod tests {
                 let c = img.get_pixel((x + w / 2.0) as u32, (y + h / 2.0) as u32).0[0];
                 assert!(c >= 190, "centre of box {:?} is {c}", a.bbox);
                 for b in &anns[..i] {
-                    let o = crate::metrics::box_iou(&a.bbox, &b.bbox, false);
+                    let o = overlap_of_smaller(&a.bbox, &b.bbox);
                     assert!(o <= cfg.max_overlap + 1e-9);
+                    assert!(crate::metrics::box_iou(&a.bbox, &b.bbox, false) <= o);
                     overlapping += usize::from(o > 0.0);
                 }
             }
