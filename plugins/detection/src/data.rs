@@ -279,7 +279,7 @@ impl Augment {
     /// Applies the augmentation to one `[C, S, S]` image and its boxes.
     pub fn apply(
         &self,
-        pixels: &mut Vec<u8>,
+        pixels: &mut [u8],
         boxes: &mut Vec<([f32; 4], usize)>,
         size: usize,
         channels: usize,
@@ -316,14 +316,14 @@ pub fn hflip(pixels: &mut [u8], boxes: &mut [([f32; 4], usize)], size: usize, ch
 /// Zooms an image by `f` about its centre (nearest neighbour; uncovered area [`PAD_VALUE`]); boxes are
 /// scaled, clipped to the canvas, and dropped when less than a third of them (or under 2 px) remains.
 pub fn zoom(
-    pixels: &mut Vec<u8>,
+    pixels: &mut [u8],
     boxes: &mut Vec<([f32; 4], usize)>,
     size: usize,
     channels: usize,
     f: f32,
 ) {
     let c = size as f32 / 2.0;
-    let src = pixels.clone();
+    let src = pixels.to_vec();
     let plane = size * size;
     let map: Vec<Option<usize>> = (0..size)
         .map(|i| {

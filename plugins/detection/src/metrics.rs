@@ -147,6 +147,9 @@ pub fn box_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
     i / u
 }
 
+/// One image's ground truth, its sorted and cut detections, and their IoUs (`[detection][box]`).
+type ImageMatches<'a> = (&'a Vec<&'a GroundTruth>, Vec<&'a Detection>, Vec<Vec<f64>>);
+
 /// Matches of one image and category at one area range.
 struct ImageEval {
     /// Scores of the (sorted, cut) detections.
@@ -297,7 +300,7 @@ pub fn coco_eval(
     let empty_d: Vec<&Detection> = Vec::new();
     for (k, &cat) in cats.iter().enumerate() {
         // per image: sorted, cut detections and their IoUs (computed once, shared by the area ranges)
-        let per_image: Vec<(&Vec<&GroundTruth>, Vec<&Detection>, Vec<Vec<f64>>)> = imgs
+        let per_image: Vec<ImageMatches> = imgs
             .iter()
             .map(|&img| {
                 let g = gt_by.get(&(img, cat)).unwrap_or(&empty_g);
