@@ -7,7 +7,7 @@
 //! | recipe name | what |
 //! |---|---|
 //! | `task` | [`centernet_loss`]: heatmap focal loss + 0.1 · size L1 + offset L1 (CenterNet's weights) |
-//! | `heatmap-kd` | [`heatmap_kd_loss`]: class-score KD, a binary KL per class and location between the teacher's and student's heatmaps at temperature T, × T² |
+//! | `heatmap-kd` | [`heatmap_kd_loss`]: class-score KD, a binary KL per class and location between the teacher's and student's heatmaps at temperature T, × T², summed over classes, averaged over cells |
 //! | `fgfi` | [`imitation_loss`]: fine-grained feature imitation (Wang et al., CVPR 2019) on the neck, inside the near-object mask, through a 1×1 adapter |
 //! | `centernet-ld` | [`centernet_ld_loss`]: localisation distillation for a CenterNet head: L1 between the student's and teacher's size and offset maps, weighted by the teacher's centre confidence |
 
@@ -97,7 +97,7 @@ pub fn centernet_loss(out: &Outputs, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Class-score KD on heatmaps: Σ over classes and cells of KL(Bernoulli(σ(t/T)) ‖ Bernoulli(σ(s/T))) · T²,
-/// divided by `norm` (the number of objects in the batch, at least 1, as the focal loss is).
+/// divided by `norm` (at least 1; the recipe loss passes the number of heatmap cells B·H·W).
 pub fn heatmap_kd_loss(
     student: &Tensor,
     teacher: &Tensor,
@@ -176,15 +176,12 @@ impl DistillLoss for HeatmapKd {
     fn name(&self) -> &str {
         "heatmap-kd"
     }
-    fn compute(&self, student: &Outputs, teacher: &Outputs, batch: &Batch) -> Result<Tensor> {
-        let classes = student.logits.dim(1)?;
-        let t = split_targets(&batch.targets, classes)?;
-        heatmap_kd_loss(
-            &student.logits,
-            &teacher.logits,
-            self.t,
-            &t.centre.sum_all()?,
-        )
+    fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
+        // averaged over heatmap cells (summed over classes): normalised by the number of objects instead, as
+        // the focal loss is, the background cells' small divergences add up to hundreds and drown the task loss
+        let (b, _, h, w) = student.logits.dims4()?;
+        let cells = Tensor::new((b * h * w) as f32, student.logits.device())?;
+        heatmap_kd_loss(&student.logits, &teacher.logits, self.t, &cells)
     }
 }
 
