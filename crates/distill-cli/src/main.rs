@@ -38,6 +38,10 @@ const BUILTINS: &[Builtin] = &[
         crate_name: "distill-text",
         make: || Box::new(distill_text::TextPlugin::default()),
     },
+    Builtin {
+        crate_name: "distill-detection",
+        make: || Box::new(distill_detection::DetectionPlugin),
+    },
 ];
 
 /// The project's plugins.toml, compiled in: used when the working directory has no plugins.toml of its own.

@@ -1,0 +1,475 @@
+//! # distill-detection: the object-detection plugin
+//!
+//! COCO-JSON data (images decoded with the `image` crate, letterboxed to a square input; horizontal flip and
+//! scale jitter), a deterministic "digits on canvas" set generated from MNIST, CenterNet-style anchor-free
+//! detectors of any width and depth, post-processing (score threshold, top-k, class-wise NMS), COCO mAP
+//! computed in Rust (checked against pycocotools), and detection distillation losses: heatmap KD at a
+//! temperature, fine-grained feature imitation and CenterNet localisation distillation.
+//!
+//! Data sets (`dataset = ...`): `digits-canvas` (generated under `<data dir>/digits-canvas/` from
+//! `<data dir>/mnist`), `coco128` (`<data dir>/coco128`: train2017 trains, val2017 tests) and `coco` (any COCO
+//! JSON: `root`, `train_annotations`, `test_annotations`, `classes`).
+//!
+//! Recipe `[data.options]` keys: `size` (input side, a multiple of 16; default 64), `channels` (1 or 3;
+//! default 1 for digits, 3 for photos), `digits` (a [`digits::DigitsConfig`] table), `root`,
+//! `train_annotations`, `test_annotations`, `classes` (for `coco`), and `postprocess` (a
+//! [`postprocess::PostProcess`] table).
+//!
+//! ```
+//! use distill_core::Plugin;
+//! let m = distill_detection::DetectionPlugin.manifest();
+//! assert_eq!(m.name, "object-detection");
+//! assert!(m.losses.iter().any(|l| l == "fgfi"));
+//! ```
+#![warn(missing_docs)]
+
+pub mod coco;
+pub mod data;
+pub mod digits;
+pub mod losses;
+pub mod metrics;
+pub mod models;
+pub mod postprocess;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use candle_core::{Device, Tensor};
+use distill_core::{
+    losses::{DistillLoss, LossSpec},
+    pipeline::run_recipe,
+    recipe::Recipe,
+    report::RunReport,
+    task::MetricInfo,
+    Batch, Error, Evaluation, Manifest, Mode, Network, Outputs, Plugin, Result, Rng, RunContext,
+    Split, Task, TaskInfo,
+};
+use serde::Deserialize;
+
+use crate::{
+    data::{make_batch, Augment, DetSet},
+    digits::DigitsConfig,
+    metrics::{coco_eval, Detection},
+    models::{build_model, ModelSpec, ARCHS, STRIDE},
+    postprocess::{decode, PostProcess},
+};
+
+/// Data sets this plugin reads.
+pub const DATASETS: &[&str] = &["digits-canvas", "coco128", "coco"];
+
+/// The object-detection plugin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DetectionPlugin;
+
+/// `[data.options]` of a detection recipe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetOptions {
+    size: Option<usize>,
+    channels: Option<usize>,
+    digits: Option<DigitsConfig>,
+    root: Option<PathBuf>,
+    train_annotations: Option<PathBuf>,
+    test_annotations: Option<PathBuf>,
+    classes: Option<usize>,
+    #[serde(default)]
+    postprocess: PostProcess,
+}
+
+fn options(recipe: &Recipe) -> Result<DetOptions> {
+    let o: DetOptions = match &recipe.data.options {
+        None => DetOptions::default(),
+        Some(t) => t.clone().try_into().map_err(|e: toml::de::Error| {
+            Error::config("data.options", e.message().trim().to_string())
+        })?,
+    };
+    o.postprocess.validate()?;
+    if let Some(d) = &o.digits {
+        if recipe.dataset != "digits-canvas" {
+            return Err(Error::config(
+                "data.options.digits",
+                "is only used with dataset = \"digits-canvas\"",
+            ));
+        }
+        d.validate()?;
+    }
+    if let Some(c) = o.channels {
+        if c != 1 && c != 3 {
+            return Err(Error::config(
+                "data.options.channels",
+                format!("must be 1 (grey) or 3 (RGB), got {c}"),
+            ));
+        }
+    }
+    let coco_keys = [
+        ("root", o.root.is_some()),
+        ("train_annotations", o.train_annotations.is_some()),
+        ("test_annotations", o.test_annotations.is_some()),
+        ("classes", o.classes.is_some()),
+    ];
+    if recipe.dataset != "coco" {
+        if let Some((k, _)) = coco_keys.iter().find(|(_, on)| *on) {
+            return Err(Error::config(
+                format!("data.options.{k}"),
+                "is only used with dataset = \"coco\"",
+            ));
+        }
+    } else if let Some((k, _)) = coco_keys.iter().find(|(_, on)| !*on) {
+        return Err(Error::config(
+            "data.options",
+            format!("dataset \"coco\" needs `{k}` (and root, train_annotations, test_annotations, classes)"),
+        ));
+    }
+    Ok(o)
+}
+
+fn under(data_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        data_dir.join(p)
+    }
+}
+
+impl DetectionPlugin {
+    fn info(&self, recipe: &Recipe, o: &DetOptions) -> Result<TaskInfo> {
+        let (classes, channels) = match recipe.dataset.as_str() {
+            "digits-canvas" => (10, 1),
+            "coco128" => (80, 3),
+            "coco" => (o.classes.unwrap_or(0), 3),
+            other => {
+                return Err(Error::Unknown {
+                    what: "data set",
+                    name: other.to_string(),
+                    known: DATASETS.join(", "),
+                })
+            }
+        };
+        if classes == 0 {
+            return Err(Error::config("data.options.classes", "must be > 0"));
+        }
+        let size = o.size.unwrap_or(64);
+        if size == 0 || size % 16 != 0 {
+            return Err(Error::config(
+                "data.options.size",
+                format!("must be a positive multiple of 16 (the detectors' stride), got {size}"),
+            ));
+        }
+        Ok(TaskInfo {
+            dataset: recipe.dataset.clone(),
+            input_shape: vec![o.channels.unwrap_or(channels), size, size],
+            num_classes: classes,
+            metric: MetricInfo {
+                name: "mAP".into(),
+                higher_is_better: true,
+            },
+        })
+    }
+}
+
+/// A detection task: every split decoded once and kept in memory.
+pub struct DetTask {
+    info: TaskInfo,
+    train: DetSet,
+    val: DetSet,
+    test: DetSet,
+    postprocess: PostProcess,
+    notes: BTreeMap<String, serde_json::Value>,
+    device: Device,
+}
+
+impl DetTask {
+    /// A task over loaded sets; the last `validation` training images become the validation split.
+    pub fn new(
+        info: TaskInfo,
+        mut train: DetSet,
+        test: DetSet,
+        validation: usize,
+        postprocess: PostProcess,
+        notes: BTreeMap<String, serde_json::Value>,
+        device: Device,
+    ) -> Result<Self> {
+        if validation >= train.len() {
+            return Err(Error::config(
+                "data.validation",
+                format!(
+                    "holds out {validation} images but the training set has only {}",
+                    train.len()
+                ),
+            ));
+        }
+        let val = train.split_off(train.len() - validation);
+        Ok(Self {
+            info,
+            train,
+            val,
+            test,
+            postprocess,
+            notes,
+            device,
+        })
+    }
+
+    /// The images of a split.
+    pub fn set(&self, split: Split) -> &DetSet {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
+        }
+    }
+
+    /// Runs `net` over a split and returns its detections in original image pixels (COCO results).
+    pub fn detect(
+        &self,
+        net: &dyn Network,
+        split: Split,
+        batch_size: usize,
+    ) -> Result<Vec<Detection>> {
+        let set = self.set(split);
+        let mut rng = Rng::new(0);
+        let idx: Vec<usize> = (0..set.len()).collect();
+        let mut dets = Vec::new();
+        for chunk in idx.chunks(batch_size.max(1)) {
+            let (x, _) = make_batch(set, chunk, None, STRIDE, &mut rng, &self.device)?;
+            let out = net.forward(&x, Mode::Eval)?;
+            for (&i, boxes) in chunk.iter().zip(decode(&out, STRIDE, &self.postprocess)?) {
+                let im = &set.images[i];
+                let (iw, ih) = (im.orig_size.0 as f64, im.orig_size.1 as f64);
+                for b in boxes {
+                    let x0 = ((b.bbox[0] - im.pad.0) / im.scale.0).clamp(0.0, iw);
+                    let y0 = ((b.bbox[1] - im.pad.1) / im.scale.1).clamp(0.0, ih);
+                    let x1 = ((b.bbox[0] + b.bbox[2] - im.pad.0) / im.scale.0).clamp(0.0, iw);
+                    let y1 = ((b.bbox[1] + b.bbox[3] - im.pad.1) / im.scale.1).clamp(0.0, ih);
+                    dets.push(Detection {
+                        image_id: im.id,
+                        category_id: set.category_ids[b.class],
+                        bbox: [x0, y0, x1 - x0, y1 - y0],
+                        score: b.score,
+                    });
+                }
+            }
+        }
+        Ok(dets)
+    }
+}
+
+impl Task for DetTask {
+    fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+
+    fn len(&self, split: Split) -> usize {
+        self.set(split).len()
+    }
+
+    fn batch(
+        &self,
+        split: Split,
+        indices: &[usize],
+        augment: Option<&str>,
+        rng: &mut Rng,
+    ) -> Result<Batch> {
+        let aug = augment.map(Augment::parse).transpose()?;
+        let (inputs, targets) = make_batch(
+            self.set(split),
+            indices,
+            aug.as_ref(),
+            STRIDE,
+            rng,
+            &self.device,
+        )?;
+        Ok(Batch {
+            inputs,
+            targets,
+            indices: indices.to_vec(),
+        })
+    }
+
+    fn task_loss(&self, outputs: &Outputs, batch: &Batch) -> Result<Tensor> {
+        losses::centernet_loss(outputs, &batch.targets)
+    }
+
+    /// COCO box evaluation: the metric is AP@[.5:.95]; extras are the other 11 summary numbers and
+    /// `detections` (boxes kept per image, on average).
+    fn evaluate(&self, net: &dyn Network, split: Split, batch_size: usize) -> Result<Evaluation> {
+        let set = self.set(split);
+        let dets = self.detect(net, split, batch_size)?;
+        let m = coco_eval(
+            &set.image_ids(),
+            &set.category_ids,
+            &set.ground_truth,
+            &dets,
+        )?;
+        let mut extra = metrics::to_extra(&m);
+        extra.remove("ap");
+        extra.insert(
+            "detections".into(),
+            dets.len() as f64 / set.len().max(1) as f64,
+        );
+        Ok(Evaluation {
+            metric: m.ap,
+            extra,
+        })
+    }
+
+    fn notes(&self) -> BTreeMap<String, serde_json::Value> {
+        self.notes.clone()
+    }
+}
+
+impl Plugin for DetectionPlugin {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            name: "object-detection".into(),
+            domain: "object detection".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "COCO JSON and MNIST digits-on-canvas; CenterNet-style teacher and student; COCO mAP; heatmap KD, feature imitation, CenterNet localisation distillation".into(),
+            models: ARCHS.iter().map(|s| s.to_string()).collect(),
+            datasets: DATASETS.iter().map(|s| s.to_string()).collect(),
+            losses: losses::LOSSES.iter().map(|s| s.to_string()).collect(),
+            recipes: vec![
+                "plugins/detection/recipes/digits-detection.toml".into(),
+                "plugins/detection/recipes/coco128-smoke.toml".into(),
+            ],
+        }
+    }
+
+    fn task_info(&self, recipe: &Recipe) -> Result<TaskInfo> {
+        self.info(recipe, &options(recipe)?)
+    }
+
+    fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
+        let o = options(recipe)?;
+        let info = self.info(recipe, &o)?;
+        let (channels, size) = (info.input_shape[0], info.input_shape[1]);
+        let train_limit = recipe.data.train_limit.map(|n| n + recipe.data.validation);
+        let mut notes = BTreeMap::new();
+        let (root, train_ann, test_ann) = match recipe.dataset.as_str() {
+            "digits-canvas" => {
+                let cfg = o.digits.clone().unwrap_or_default();
+                let dir = digits::ensure_generated(&ctx.data_dir, &cfg)?;
+                notes.insert(
+                    "generated".into(),
+                    serde_json::json!(dir.display().to_string()),
+                );
+                (
+                    dir.clone(),
+                    dir.join("annotations/instances_train.json"),
+                    dir.join("annotations/instances_test.json"),
+                )
+            }
+            "coco128" => {
+                let dir = ctx.data_dir.join("coco128");
+                (
+                    dir.clone(),
+                    dir.join("annotations/instances_train2017.json"),
+                    dir.join("annotations/instances_val2017.json"),
+                )
+            }
+            _ => {
+                let root = under(&ctx.data_dir, o.root.as_deref().unwrap_or(Path::new(".")));
+                let tr = under(
+                    &ctx.data_dir,
+                    o.train_annotations.as_deref().unwrap_or(Path::new("")),
+                );
+                let te = under(
+                    &ctx.data_dir,
+                    o.test_annotations.as_deref().unwrap_or(Path::new("")),
+                );
+                (root, tr, te)
+            }
+        };
+        if !root.is_dir() {
+            return Err(Error::data(
+                &root,
+                format!(
+                    "data set folder not found (data dir {}; set --data-dir or $DISTILL_DATA)",
+                    ctx.data_dir.display()
+                ),
+            ));
+        }
+        let train_file = coco::load_coco(&train_ann)?;
+        if train_file.categories.len() != info.num_classes {
+            return Err(Error::data(
+                &train_ann,
+                format!(
+                    "has {} categories but the recipe's data set has {} classes",
+                    train_file.categories.len(),
+                    info.num_classes
+                ),
+            ));
+        }
+        let cats = train_file.category_ids();
+        let train = data::from_coco(
+            &train_file,
+            &train_ann,
+            &root,
+            size,
+            channels,
+            train_limit,
+            None,
+        )?;
+        let test = data::load_coco_split(
+            &test_ann,
+            &root,
+            size,
+            channels,
+            recipe.data.test_limit,
+            Some(&cats),
+        )?;
+        notes.insert(
+            "train_images".into(),
+            serde_json::json!(train.len() - recipe.data.validation.min(train.len())),
+        );
+        notes.insert("test_images".into(), serde_json::json!(test.len()));
+        notes.insert(
+            "test_boxes".into(),
+            serde_json::json!(test.ground_truth.len()),
+        );
+        Ok(Box::new(DetTask::new(
+            info,
+            train,
+            test,
+            recipe.data.validation,
+            o.postprocess,
+            notes,
+            ctx.device.clone(),
+        )?))
+    }
+
+    fn build_network(
+        &self,
+        model: &toml::Table,
+        info: &TaskInfo,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Box<dyn Network>> {
+        let spec: ModelSpec = model
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        let s = &info.input_shape;
+        build_model(&spec, s[0], s[1], info.num_classes, seed, device)
+    }
+
+    fn check_augment(&self, name: &str) -> Result<()> {
+        Augment::parse(name).map(|_| ())
+    }
+
+    fn build_loss(
+        &self,
+        spec: &LossSpec,
+        student: &Outputs,
+        teacher: &Outputs,
+        seed: u64,
+    ) -> Result<Option<Box<dyn DistillLoss>>> {
+        losses::build_detection_loss(spec, student, teacher, seed)
+    }
+
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
+        run_recipe(self, recipe, ctx)
+    }
+}
