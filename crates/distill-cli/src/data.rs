@@ -422,7 +422,10 @@ fn verify(card: &Card, root: &Path) -> Result<()> {
                 continue;
             }
             for e in read_list(&path, &f.name)? {
-                report(&root.join(&e.name), &e, &mut problems);
+                // a file the card names itself is checked once, against the card
+                if !card.file.iter().any(|c| c.name == e.name) {
+                    report(&root.join(&e.name), &e, &mut problems);
+                }
             }
         }
     }
