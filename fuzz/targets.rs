@@ -7,8 +7,11 @@
 
 use std::path::Path;
 
+/// A fuzz target's body: one input, no result (an error is fine; only a panic or an abort is a crash).
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as the folders under fuzz/regressions/ are named.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("recipe", recipe),
     ("registry", registry),
     ("idx", idx),
