@@ -242,7 +242,9 @@ mod tests {
         b.extend_from_slice(&[1, 0, 1, 0, 0x40, 0x1f, 0, 0, 0x80, 0x3e, 0, 0, 2, 0, 16, 0]);
         b.extend_from_slice(b"data\xf0\xff\xff\xff");
         b.extend_from_slice(&[1, 0].repeat(10));
-        let e = decode_wav(&b, Path::new("big.wav")).unwrap_err().to_string();
+        let e = decode_wav(&b, Path::new("big.wav"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("big.wav") && e.contains("truncated"), "{e}");
     }
 
