@@ -3,6 +3,7 @@
 //! Every error a user can cause prints one line (`error: ...`) naming the file and the problem, and exits 2.
 
 mod bench;
+mod data;
 mod plots;
 mod report_cmd;
 
@@ -128,6 +129,11 @@ enum Command {
     Report {
         #[command(subcommand)]
         what: report_cmd::ReportCmd,
+    },
+    /// Download data sets (resumable, checksummed) and check what is on disk: fetch, verify, list.
+    Data {
+        #[command(subcommand)]
+        what: data::DataCmd,
     },
     /// Export a trained student (safetensors + JSON model card) from a run dir.
     Export {
@@ -539,5 +545,6 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
         } => cmd_export(&run, &to, &phase, seed),
         Command::Bench(args) => bench::cmd_bench(reg, args.into_options()?, git_revision()),
         Command::Report { what } => report_cmd::cmd_report(what),
+        Command::Data { what } => data::cmd_data(what),
     }
 }

@@ -81,11 +81,14 @@ pub fn decode_wav(bytes: &[u8], path: &Path) -> Result<Audio> {
         )));
     }
     let declared = reader.len() as usize;
+    // every sample takes at least one byte of the file: a header that declares more (up to 4 G samples)
+    // must not size the buffer, or a 60-byte file reserves 16 GB
+    let capacity = declared.min(bytes.len());
     let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Float, 32) => collect(reader.into_samples::<f32>(), path, declared)?,
+        (hound::SampleFormat::Float, 32) => collect(reader.into_samples::<f32>(), path, declared, capacity)?,
         (hound::SampleFormat::Int, b @ (8 | 16 | 24 | 32)) => {
             let scale = 1.0 / (1u64 << (b - 1)) as f32;
-            collect(reader.into_samples::<i32>(), path, declared)?
+            collect(reader.into_samples::<i32>(), path, declared, capacity)?
                 .into_iter()
                 .map(|v| v * scale)
                 .collect()
@@ -121,12 +124,12 @@ pub fn decode_wav(bytes: &[u8], path: &Path) -> Result<Audio> {
     })
 }
 
-fn collect<S, I>(it: I, path: &Path, declared: usize) -> Result<Vec<f32>>
+fn collect<S, I>(it: I, path: &Path, declared: usize, capacity: usize) -> Result<Vec<f32>>
 where
     S: ToF32,
     I: Iterator<Item = hound::Result<S>>,
 {
-    let mut out = Vec::with_capacity(declared);
+    let mut out = Vec::with_capacity(capacity);
     for (i, s) in it.enumerate() {
         match s {
             Ok(v) => out.push(v.to_f32()),
@@ -228,6 +231,21 @@ mod tests {
             }
         }
         w.finalize().unwrap();
+    }
+
+    /// Found while reviewing the fuzz target (fuzz/regressions/wav/huge-declared-data-chunk): a data chunk
+    /// that declares 0xFFFFFFF0 bytes sized the sample buffer from the header (8.6 GB reserved for a
+    /// 64-byte file). Now the buffer is bounded by the file and the short data is an error.
+    #[test]
+    fn a_data_chunk_declaring_4_gb_is_an_error_not_a_huge_allocation() {
+        let mut b = b"RIFF\xf0\xff\xff\xffWAVEfmt \x10\0\0\0".to_vec();
+        b.extend_from_slice(&[1, 0, 1, 0, 0x40, 0x1f, 0, 0, 0x80, 0x3e, 0, 0, 2, 0, 16, 0]);
+        b.extend_from_slice(b"data\xf0\xff\xff\xff");
+        b.extend_from_slice(&[1, 0].repeat(10));
+        let e = decode_wav(&b, Path::new("big.wav"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("big.wav") && e.contains("truncated"), "{e}");
     }
 
     #[test]

@@ -349,6 +349,10 @@ impl Graph {
     }
 }
 
+/// The most feature values (nodes x features) a graph folder may hold: the features are stored dense, so an
+/// out-of-range feature index in a text file would otherwise ask for any amount of memory.
+pub const MAX_DENSE_FEATURES: usize = 1 << 28;
+
 /// What a loader expects of a graph folder (checked while reading).
 #[derive(Debug, Clone, Default)]
 pub struct Expect {
@@ -416,10 +420,25 @@ pub fn load_graph_dir(
             "graph folder not found (it needs nodes.tsv, edges.tsv and split_{train,val,test}.txt)",
         ));
     }
+    parse_graph_files(dir, name, expect, row_normalize, device, &mut read)
+}
+
+/// Parses a graph folder's files, each obtained from `read(path)` in the order the loader needs them
+/// (`nodes.tsv`, `edges.tsv`, `split_train.txt`, `split_val.txt`, `split_test.txt`, all under `dir`).
+/// [`load_graph_dir`] reads them from disk; the fuzz target `graph_tsv` hands over text from memory.
+pub fn parse_graph_files(
+    dir: &Path,
+    name: &str,
+    expect: &Expect,
+    row_normalize: bool,
+    device: &Device,
+    read: &mut dyn FnMut(&Path) -> Result<String>,
+) -> Result<Graph> {
     // nodes
     let path = dir.join("nodes.tsv");
     let text = read(&path)?;
     let mut rows: Vec<NodeRow> = Vec::new();
+    let mut widest = (0u32, 0usize); // the largest feature index and its line
     for (line, f) in tsv_rows(&path, &text, &["node_id", "label", "feature_indices"])? {
         if f.len() != 3 && f.len() != 2 {
             return Err(Error::data(
@@ -479,6 +498,9 @@ pub fn load_graph_dir(
                     ));
                 }
             }
+            if i >= widest.0 {
+                widest = (i, line);
+            }
             feats.push((i, v));
         }
         rows.push((id, label, feats));
@@ -519,6 +541,24 @@ pub fn load_graph_dir(
             .max()
             .unwrap_or(1)
     });
+    // the features are stored dense: refuse a size that only a typo makes (found by fuzzing: one node
+    // with feature index 100000004 asked for a 400 MB row), before allocating it
+    if n.checked_mul(nf).is_none_or(|e| e > MAX_DENSE_FEATURES) {
+        let cause = if expect.num_features.is_some() {
+            "the data set's number of features".to_string()
+        } else {
+            format!(
+                "feature index {} on line {} (the number of features is the largest index + 1)",
+                widest.0, widest.1
+            )
+        };
+        return Err(Error::data(
+            &path,
+            format!(
+                "{cause} makes a dense {n} x {nf} feature matrix, above the loader's limit of {MAX_DENSE_FEATURES} values (1 GiB of f32)"
+            ),
+        ));
+    }
     let mut x = vec![0f32; n * nf];
     let mut labels = vec![None; n];
     for (id, label, feats) in &rows {
@@ -696,6 +736,28 @@ mod tests {
         for (s, t) in ["train", "val", "test"].iter().zip(splits) {
             std::fs::write(dir.join(format!("split_{s}.txt")), t).unwrap();
         }
+    }
+
+    /// Fuzzing found it (fuzz/regressions/graph_tsv/oom-feature-index): one node with feature index
+    /// 100000004 made the loader allocate a 400 MB dense row (and 4 billion with index 4e9).
+    #[test]
+    fn a_huge_feature_index_is_an_error_naming_its_line_not_an_allocation() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            tmp.path(),
+            "node_id\tlabel\tfeature_indices\n0\t0\t1\n1\t0\t000000001000000004\n",
+            "src\tdst\n0\t1\n",
+            ["0\n", "1\n", "0\n"],
+        );
+        let e = load_graph_dir(tmp.path(), "t", &Expect::default(), true, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nodes.tsv")
+                && e.contains("feature index 1000000004 on line 3")
+                && e.contains("dense 2 x 1000000005 feature matrix"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -432,25 +432,11 @@ struct FileBytes {
 fn read_raw_or_gz(dir: &Path, name: &str, dataset: &str) -> Result<FileBytes> {
     let raw = dir.join(name);
     let gz = dir.join(format!("{name}.gz"));
-    if raw.is_file() {
-        let bytes = std::fs::read(&raw).map_err(|e| Error::io(&raw, e))?;
-        return Ok(FileBytes {
-            path: raw,
-            bytes,
-            gz_error: None,
-        });
-    }
-    if gz.is_file() {
-        let file = std::fs::File::open(&gz).map_err(|e| Error::io(&gz, e))?;
-        let hint = file.metadata().map(|m| m.len() as usize * 5).unwrap_or(0);
-        let mut bytes = Vec::with_capacity(hint);
-        let mut dec = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
-        let gz_error = dec.read_to_end(&mut bytes).err();
-        return Ok(FileBytes {
-            path: gz,
-            bytes,
-            gz_error,
-        });
+    for path in [raw.clone(), gz] {
+        if path.is_file() {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            return Ok(file_bytes(path, bytes));
+        }
     }
     check_dir(dir, dataset)?;
     Err(Error::data(
@@ -461,6 +447,26 @@ fn read_raw_or_gz(dir: &Path, name: &str, dataset: &str) -> Result<FileBytes> {
             fetch_hint(dataset)
         ),
     ))
+}
+
+/// A file's bytes as read from `path`: decompressed when the name ends in `.gz`.
+fn file_bytes(path: PathBuf, bytes: Vec<u8>) -> FileBytes {
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::with_capacity(bytes.len().saturating_mul(5));
+        let mut dec = flate2::read::GzDecoder::new(bytes.as_slice());
+        let gz_error = dec.read_to_end(&mut out).err();
+        FileBytes {
+            path,
+            bytes: out,
+            gz_error,
+        }
+    } else {
+        FileBytes {
+            path,
+            bytes,
+            gz_error: None,
+        }
+    }
 }
 
 /// Parses an IDX file with `ndims` dimensions and the given magic number: returns the dimensions and the
@@ -558,9 +564,28 @@ pub fn load_mnist(dir: &Path, split: Split) -> Result<ImageSet> {
         Split::Test => "t10k",
     };
     let images = read_raw_or_gz(dir, &format!("{prefix}-images-idx3-ubyte"), "mnist")?;
+    let labels = read_raw_or_gz(dir, &format!("{prefix}-labels-idx1-ubyte"), "mnist")?;
+    mnist_from_files(images, labels)
+}
+
+/// Decodes an MNIST images file and its labels file from their bytes (the IDX parser of [`load_mnist`],
+/// also the entry point of the fuzz target `idx`). A path ending in `.gz` is decompressed first; the paths
+/// otherwise only name the files in errors.
+pub fn decode_mnist(
+    images_path: &Path,
+    images: Vec<u8>,
+    labels_path: &Path,
+    labels: Vec<u8>,
+) -> Result<ImageSet> {
+    mnist_from_files(
+        file_bytes(images_path.to_path_buf(), images),
+        file_bytes(labels_path.to_path_buf(), labels),
+    )
+}
+
+fn mnist_from_files(images: FileBytes, labels: FileBytes) -> Result<ImageSet> {
     let images_path = images.path.clone();
     let (idims, pixels) = parse_idx(images, IDX_IMAGES_MAGIC, 3)?;
-    let labels = read_raw_or_gz(dir, &format!("{prefix}-labels-idx1-ubyte"), "mnist")?;
     let labels_path = labels.path.clone();
     let (ldims, label_bytes) = parse_idx(labels, IDX_LABELS_MAGIC, 1)?;
     let (count, rows, cols) = (idims[0], idims[1], idims[2]);
