@@ -58,35 +58,45 @@ fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
 /// Reads a `sentence<TAB>label` file with a header line (GLUE's SST-2 layout). Labels must be integers
 /// below `num_classes`; an empty line, a line without a tab, an empty sentence or a bad label is an error
 /// naming its line.
-pub fn read_labelled_tsv(path: &Path, num_classes: usize) -> Result<Vec<LabelledLine>> {
+/// The data lines of a TSV file after its header (which must equal `header`, shown to users as `shown`): each
+/// with its 1-based line number and without a trailing `\r`. An empty file, a wrong header or an empty line is
+/// an error naming the file and line.
+fn tsv_lines(path: &Path, header: &str, shown: &str) -> Result<Vec<(usize, String)>> {
     let text = read_text(path)?;
     let mut lines = text.lines().enumerate();
     match lines.next() {
         None => {
             return Err(Error::data(
                 path,
-                "is empty (expected a header `sentence<TAB>label`)",
+                format!("is empty (expected a header `{shown}`)"),
             ))
         }
-        Some((_, h)) if h.trim_end() == "sentence\tlabel" => {}
+        Some((_, h)) if h.trim_end() == header => {}
         Some((_, h)) => {
             return Err(at(
                 path,
                 1,
-                format!(
-                    "expected the header `sentence<TAB>label`, found `{}`",
-                    clip(h)
-                ),
+                format!("expected the header `{shown}`, found `{}`", clip(h)),
             ))
         }
     }
     let mut out = Vec::new();
     for (i, raw) in lines {
-        let line = i + 1;
         let l = raw.strip_suffix('\r').unwrap_or(raw);
         if l.trim().is_empty() {
-            return Err(at(path, line, "empty line"));
+            return Err(at(path, i + 1, "empty line"));
         }
+        out.push((i + 1, l.to_string()));
+    }
+    Ok(out)
+}
+
+/// Reads a `sentence<TAB>label` file with a header line (GLUE's SST-2 layout). Labels must be integers
+/// below `num_classes`; an empty line, a line without a tab, an empty sentence or a bad label is an error
+/// naming its line.
+pub fn read_labelled_tsv(path: &Path, num_classes: usize) -> Result<Vec<LabelledLine>> {
+    let mut out = Vec::new();
+    for (line, l) in tsv_lines(path, "sentence\tlabel", "sentence<TAB>label")? {
         let Some((sentence, label)) = l.rsplit_once('\t') else {
             return Err(at(path, line, "no tab: expected `sentence<TAB>label`"));
         };
@@ -122,34 +132,9 @@ pub fn read_labelled_tsv(path: &Path, num_classes: usize) -> Result<Vec<Labelled
 
 /// Reads an STS-B `score<TAB>sentence1<TAB>sentence2` file with a header line; scores must be in 0-5.
 pub fn read_pairs_tsv(path: &Path) -> Result<Vec<PairLine>> {
-    let text = read_text(path)?;
-    let mut lines = text.lines().enumerate();
-    match lines.next() {
-        None => {
-            return Err(Error::data(
-                path,
-                "is empty (expected a header `score<TAB>sentence1<TAB>sentence2`)",
-            ))
-        }
-        Some((_, h)) if h.trim_end() == "score\tsentence1\tsentence2" => {}
-        Some((_, h)) => {
-            return Err(at(
-                path,
-                1,
-                format!(
-                    "expected the header `score<TAB>sentence1<TAB>sentence2`, found `{}`",
-                    clip(h)
-                ),
-            ))
-        }
-    }
     let mut out = Vec::new();
-    for (i, raw) in lines {
-        let line = i + 1;
-        let l = raw.strip_suffix('\r').unwrap_or(raw);
-        if l.trim().is_empty() {
-            return Err(at(path, line, "empty line"));
-        }
+    let shown = "score<TAB>sentence1<TAB>sentence2";
+    for (line, l) in tsv_lines(path, "score\tsentence1\tsentence2", shown)? {
         let f: Vec<&str> = l.split('\t').collect();
         if f.len() != 3 {
             return Err(at(
