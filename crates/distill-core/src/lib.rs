@@ -28,6 +28,7 @@ mod error;
 pub mod losses;
 pub mod network;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 mod outputs;
 mod rng;

@@ -250,6 +250,9 @@ pub fn kd_loss(student_logits: &Tensor, teacher_logits: &Tensor, t: f64) -> Resu
     check_same_shape(F, "logits", student_logits, teacher_logits)?;
     let s = logit_rows(F, student_logits)?;
     let tt = logit_rows(F, teacher_logits)?;
+    if let Some(fused) = crate::ops::kd_kl(&s, &tt, t)? {
+        return Ok(fused);
+    }
     let n = s.dim(0)?;
     let log_q = log_softmax(&s.affine(1.0 / t, 0.0)?, 1)?;
     let log_p = log_softmax(&tt.affine(1.0 / t, 0.0)?, 1)?;
@@ -264,6 +267,9 @@ pub fn ce_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let rows = logit_rows(F, logits)?;
     let (n, c) = rows.dims2()?;
     let ids = target_ids(F, targets, logits.dims(), c)?;
+    if let Some(fused) = crate::ops::cross_entropy(&rows, &ids)? {
+        return Ok(fused);
+    }
     let log_p = log_softmax(&rows, 1)?;
     let picked = log_p.gather(&ids.unsqueeze(1)?, 1)?;
     Ok(picked.sum_all()?.affine(-1.0 / n as f64, 0.0)?)

@@ -500,7 +500,7 @@ pub fn train_phase(
             let diverged = if !lv.is_finite() {
                 Some(format!("the loss is {lv}"))
             } else {
-                let g = total.backward()?;
+                let g = crate::ops::backward(&total)?;
                 let limit = guard.as_ref().and_then(|d| d.max_grad_norm);
                 let norm = match limit {
                     Some(_) => crate::optim::grad_norm(&g, &vars)?,

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use distill_core::{nn::dropout, Error, Mode, Result};
 use serde::{Deserialize, Serialize};
@@ -162,18 +162,9 @@ impl Dense {
         Ok(Self { w, b })
     }
 
-    /// Applies the layer.
+    /// Applies the layer (one fused node on the CPU: see `distill_core::ops::linear`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inp = *dims.last().expect("rank >= 1");
-        let rows = x.elem_count() / inp.max(1);
-        let y = x
-            .reshape((rows, inp))?
-            .matmul(&self.w.t()?)?
-            .broadcast_add(&self.b)?;
-        let mut out = dims;
-        *out.last_mut().expect("rank >= 1") = self.w.dim(0)?;
-        Ok(y.reshape(out)?)
+        distill_core::ops::linear(x, &self.w, Some(&self.b), false)
     }
 }
 
@@ -193,21 +184,15 @@ impl LayerNorm {
         Ok(Self { w, b, eps })
     }
 
-    /// Normalises `x`'s last dimension, then scales and shifts.
+    /// Normalises `x`'s last dimension, then scales and shifts (one fused node on the CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(&self.w)?.broadcast_add(&self.b)?)
+        distill_core::ops::layer_norm(x, &self.w, &self.b, self.eps)
     }
 }
 
-/// Softmax over the last dimension with differentiable ops (max-subtracted).
+/// Softmax over the last dimension (one fused node on the CPU: `distill_core::ops::softmax_last`).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    distill_core::ops::softmax_last(x)
 }
 
 struct Embeddings {

@@ -44,7 +44,10 @@ impl DsBlock {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = depthwise_conv2d(x, &self.dw, (1, 1), (1, 1))?;
         let y = self.bn_dw.forward_t(&y, train)?.relu()?;
-        Ok(self.bn_pw.forward_t(&self.pw.forward(&y)?, train)?.relu()?)
+        Ok(self
+            .bn_pw
+            .forward_t(&distill_core::ops::conv2d_layer(&self.pw, &y)?, train)?
+            .relu()?)
     }
 }
 
@@ -101,7 +104,7 @@ impl Network for DsCnn {
         let train = mode.is_train();
         let mut x = self
             .bn1
-            .forward_t(&self.conv1.forward(input)?, train)?
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, input)?, train)?
             .relu()?;
         let mut maps = vec![("stem".to_string(), x.clone())];
         for (i, b) in self.blocks.iter().enumerate() {

@@ -42,10 +42,15 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let out = self.bn2.forward_t(&self.conv2.forward(&out)?, train)?;
+        let out = self
+            .bn1
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, x)?, train)?
+            .relu()?;
+        let out = self
+            .bn2
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv2, &out)?, train)?;
         let residual = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            Some((c, b)) => b.forward_t(&distill_core::ops::conv2d_layer(c, x)?, train)?,
             None => x.clone(),
         };
         Ok((out + residual)?.relu()?)
@@ -114,7 +119,7 @@ impl Network for ResCnn {
         let train = mode.is_train();
         let mut x = self
             .bn1
-            .forward_t(&self.conv1.forward(input)?, train)?
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, input)?, train)?
             .relu()?;
         let mut maps = Vec::new();
         for l in &self.layers {

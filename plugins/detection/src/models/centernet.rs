@@ -1,9 +1,7 @@
 //! The CenterNet-style detector (see the module above for its shape).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{
-    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, ModuleT, VarBuilder, VarMap,
-};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder, VarMap};
 use distill_core::{nn::seeded_var_builder, Error, FeatureKind, Mode, Network, Outputs, Result};
 
 /// Sizes of a CenterNet.
@@ -69,7 +67,10 @@ impl ConvBn {
         })
     }
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()?)
+        Ok(self
+            .bn
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv, x)?, train)?
+            .relu()?)
     }
 }
 
@@ -101,10 +102,15 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let out = self.bn2.forward_t(&self.conv2.forward(&out)?, train)?;
+        let out = self
+            .bn1
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, x)?, train)?
+            .relu()?;
+        let out = self
+            .bn2
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv2, &out)?, train)?;
         let residual = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            Some((c, b)) => b.forward_t(&distill_core::ops::conv2d_layer(c, x)?, train)?,
             None => x.clone(),
         };
         Ok((out + residual)?.relu()?)
@@ -132,7 +138,10 @@ impl Head {
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.out.forward(&self.hidden.forward(x)?.relu()?)?)
+        distill_core::ops::conv2d_layer(
+            &self.out,
+            &distill_core::ops::conv2d_layer_relu(&self.hidden, x)?,
+        )
     }
 }
 
@@ -250,12 +259,14 @@ impl Network for CenterNet {
             taps.push(x.clone());
         }
         // top-down: stride 16 → 8 → 4
-        let p16 = self.lateral[2].forward(&taps[2])?;
+        let p16 = distill_core::ops::conv2d_layer(&self.lateral[2], &taps[2])?;
         let (h8, w8) = (taps[1].dim(2)?, taps[1].dim(3)?);
-        let p8 = (p16.upsample_nearest2d(h8, w8)? + self.lateral[1].forward(&taps[1])?)?;
+        let p8 = (p16.upsample_nearest2d(h8, w8)?
+            + distill_core::ops::conv2d_layer(&self.lateral[1], &taps[1])?)?;
         let p8 = self.smooth[0].forward(&p8, train)?;
         let (h4, w4) = (taps[0].dim(2)?, taps[0].dim(3)?);
-        let p4 = (p8.upsample_nearest2d(h4, w4)? + self.lateral[0].forward(&taps[0])?)?;
+        let p4 = (p8.upsample_nearest2d(h4, w4)?
+            + distill_core::ops::conv2d_layer(&self.lateral[0], &taps[0])?)?;
         let neck = self.smooth[1].forward(&p4, train)?;
         let heat = self.heatmap.forward(&neck)?;
         let size = self.size.forward(&neck)?;

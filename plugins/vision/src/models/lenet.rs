@@ -12,7 +12,7 @@
 //! `penultimate` (Vector, after the ReLU of `fc1`).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarMap};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarMap};
 use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result};
 
 /// Channels of the two convolutions and width of the hidden fully-connected layer.
@@ -76,10 +76,15 @@ impl LeNet5 {
 impl Network for LeNet5 {
     fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Outputs> {
         super::check_image_input(input, self.input, "lenet5")?;
-        let c1 = self.conv1.forward(input)?.relu()?.max_pool2d(2)?;
-        let c2 = self.conv2.forward(&c1)?.relu()?.max_pool2d(2)?;
-        let pen = self.fc1.forward(&c2.flatten_from(1)?)?.relu()?;
-        let logits = self.fc2.forward(&pen)?;
+        let c1 = distill_core::ops::conv2d_layer_relu_pool(&self.conv1, input, 2)?;
+        let c2 = distill_core::ops::conv2d_layer_relu_pool(&self.conv2, &c1, 2)?;
+        let pen = distill_core::ops::linear(
+            &c2.flatten_from(1)?,
+            self.fc1.weight(),
+            self.fc1.bias(),
+            true,
+        )?;
+        let logits = distill_core::ops::linear(&pen, self.fc2.weight(), self.fc2.bias(), false)?;
         Outputs::logits(logits)
             .with_feature("conv1", FeatureKind::Map, c1)?
             .with_feature("conv2", FeatureKind::Map, c2)?

@@ -5,8 +5,8 @@
 //! Parameters: `fc1.weight` `[h1, in]`, `fc1.bias`, …, `fc{n+1}.weight` `[classes, h_n]` (the output layer).
 //! Features: `hidden1` … `hidden{n}` (`[B, h_i]`, post-ReLU, before dropout) and `penultimate` (= `hidden{n}`).
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::{Linear, VarMap};
 use distill_core::{nn::dropout, Error, FeatureKind, Mode, Network, Outputs, Result};
 
 /// A multi-layer perceptron over flattened input.
@@ -90,12 +90,12 @@ impl Network for Mlp {
         let (out, hidden) = self.layers.split_last().expect("at least two layers");
         let mut outputs_features = Vec::with_capacity(hidden.len());
         for (i, layer) in hidden.iter().enumerate() {
-            let h = apply_linear(layer, &x)?.relu()?;
+            let h = distill_core::ops::linear(&x, layer.weight(), layer.bias(), true)?;
             let name = format!("hidden{}", i + 1);
             x = dropout(&h, self.dropout, mode, &format!("mlp.{name}"))?;
             outputs_features.push((name, h));
         }
-        let logits = apply_linear(out, &x)?;
+        let logits = distill_core::ops::linear(&x, out.weight(), out.bias(), false)?;
         let penultimate = outputs_features.last().expect("a hidden layer").1.clone();
         let mut outputs = Outputs::logits(logits);
         for (name, h) in outputs_features {
@@ -125,72 +125,6 @@ impl Network for Mlp {
             ));
         }
         d
-    }
-}
-
-/// `layer(x)` for `[B, in]` input. On the CPU (f32) it runs as a [`LinearOp`], which skips the input's
-/// gradient when the input tracks none; elsewhere as a plain [`Linear`].
-fn apply_linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    let w = layer.weight();
-    if !(x.device().is_cpu() && x.rank() == 2 && x.dtype() == DType::F32 && w.dtype() == DType::F32)
-    {
-        return Ok(layer.forward(x)?);
-    }
-    let y = x.apply_op2(
-        w,
-        LinearOp {
-            input_grad: x.track_op(),
-        },
-    )?;
-    Ok(match layer.bias() {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
-}
-
-/// `x @ w^T` (x `[B, in]`, w `[out, in]`) as one op whose backward gives `w` its gradient directly and skips
-/// the gradient of `x` when `input_grad` is false (the network's input needs none; candle's matmul would
-/// compute it anyway, a whole extra matmul per step on the first layer). CPU only.
-struct LinearOp {
-    input_grad: bool,
-}
-
-impl candle_core::CustomOp2 for LinearOp {
-    fn name(&self) -> &'static str {
-        "mlp-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &candle_core::CpuStorage,
-        l1: &candle_core::Layout,
-        s2: &candle_core::CpuStorage,
-        l2: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("mlp-linear: input [{m}, {k}] does not fit weight [{n}, {k2}]");
-        }
-        let out = s1.matmul(s2, (1, m, n, k), l1, &l2.transpose(0, 1)?)?;
-        Ok((out, (m, n).into()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_w = grad.t()?.matmul(x)?;
-        let grad_x = if self.input_grad {
-            Some(grad.matmul(w)?)
-        } else {
-            None
-        };
-        Ok((grad_x, Some(grad_w)))
     }
 }
 

@@ -126,10 +126,15 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let out = self.bn2.forward_t(&self.conv2.forward(&out)?, train)?;
+        let out = self
+            .bn1
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, x)?, train)?
+            .relu()?;
+        let out = self
+            .bn2
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv2, &out)?, train)?;
         let residual = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            Some((c, b)) => b.forward_t(&distill_core::ops::conv2d_layer(c, x)?, train)?,
             None => x.clone(),
         };
         Ok((out + residual)?.relu()?)
@@ -205,7 +210,7 @@ impl Network for ResNet {
         let train = mode.is_train();
         let mut x = self
             .bn1
-            .forward_t(&self.conv1.forward(input)?, train)?
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, input)?, train)?
             .relu()?;
         let mut maps = Vec::with_capacity(3);
         for stage in &self.stages {
@@ -313,11 +318,11 @@ impl WideBlock {
         let pre = self.bn1.forward_t(x, train)?.relu()?;
         let out = self
             .bn2
-            .forward_t(&self.conv1.forward(&pre)?, train)?
+            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, &pre)?, train)?
             .relu()?;
-        let out = self.conv2.forward(&out)?;
+        let out = distill_core::ops::conv2d_layer(&self.conv2, &out)?;
         let residual = match &self.shortcut {
-            Some(c) => c.forward(&pre)?,
+            Some(c) => distill_core::ops::conv2d_layer(c, &pre)?,
             None => x.clone(),
         };
         Ok((out + residual)?)
@@ -391,7 +396,7 @@ impl Network for WideResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         super::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
-        let mut x = self.conv1.forward(input)?;
+        let mut x = distill_core::ops::conv2d_layer(&self.conv1, input)?;
         let mut maps = Vec::with_capacity(3);
         for group in &self.groups {
             for block in group {
