@@ -275,11 +275,52 @@ pub struct BenchArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Measure training throughput against PyTorch instead (see docs/performance.md): ours and
+    /// bench/pytorch/speed.py alternated on the same workloads; prints samples/s, peak memory and ratios.
+    #[arg(long)]
+    pub speed: bool,
+    /// `--speed`: the workloads (comma-separated; default all: mlp_ce, mlp_kd, cnn_step, gcn).
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Option<Vec<String>>,
+    /// `--speed`: alternating rounds per workload (the table shows medians).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// `--speed`: steps per measurement instead of each workload's own (an epoch, 50 CNN steps, 200 GCN epochs).
+    #[arg(long)]
+    pub speed_steps: Option<usize>,
+    /// `--speed`: the Python with torch (skipped when it cannot import torch).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// `--speed`: do not run PyTorch's side.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Internal: run one speed workload in this process and print its JSON measurement.
+    #[arg(long, hide = true)]
+    pub speed_worker: Option<String>,
     #[command(flatten)]
     dirs: crate::Dirs,
 }
 
 impl BenchArgs {
+    /// The options of `--speed` (and of a `--speed-worker`).
+    pub fn speed_options(&self) -> Result<crate::speed::SpeedOptions> {
+        let data_dir = crate::dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
+        crate::check_data_dir(&data_dir)?;
+        Ok(crate::speed::SpeedOptions {
+            workloads: self.workloads.clone().unwrap_or_else(|| {
+                crate::speed::WORKLOADS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }),
+            rounds: self.rounds.max(1),
+            steps: self.speed_steps,
+            python: (!self.no_torch).then(|| self.python.clone()),
+            data_dir,
+            out: self.out.clone(),
+        })
+    }
+
     /// Resolves directories and the device.
     pub fn into_options(self) -> Result<BenchOptions> {
         let data_dir = crate::dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");

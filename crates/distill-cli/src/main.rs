@@ -6,6 +6,7 @@ mod bench;
 mod data;
 mod plots;
 mod report_cmd;
+mod speed;
 
 use std::{
     path::{Path, PathBuf},
@@ -543,6 +544,14 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             phase,
             seed,
         } => cmd_export(&run, &to, &phase, seed),
+        Command::Bench(args) if args.speed_worker.is_some() => {
+            let opts = args.speed_options()?;
+            let name = args.speed_worker.as_deref().unwrap_or_default();
+            let m = speed::run_worker(name, &opts.data_dir, opts.steps)?;
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+        Command::Bench(args) if args.speed => speed::cmd_speed(&args.speed_options()?),
         Command::Bench(args) => bench::cmd_bench(reg, args.into_options()?, git_revision()),
         Command::Report { what } => report_cmd::cmd_report(what),
         Command::Data { what } => data::cmd_data(what),

@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""PyTorch reference for distill's speed workloads (issue: training throughput on CPU).
+
+The same workloads as `distill bench --speed` (crates/distill-cli/src/speed.rs), written plainly in PyTorch so
+that both sides do the same arithmetic on the same data:
+
+  mlp_ce   one epoch of MNIST (60,000 images, batch 128, shuffled), MLP 784-1200-1200-10 with ReLU, AdamW
+           (lr 1e-3, weight decay 0.01), cross-entropy.
+  mlp_kd   one distillation epoch: a frozen 784-1200-1200-10 teacher (eval mode, no gradients), a 784-800-800-10
+           student, loss 0.9 * T^2 * KL(softmax(t/T) || softmax(s/T)) + 0.1 * CE at T = 4, AdamW.
+  cnn_step training steps of a small CNN at batch 128: conv 1->32 3x3, ReLU, max-pool 2, conv 32->64 3x3, ReLU,
+           max-pool 2, linear 1600->128, ReLU, linear 128->10, cross-entropy, SGD (momentum 0.9).
+  gcn      full-batch epochs of a 2-layer GCN on Cora (1433-16-7, dropout 0.5, Adam lr 0.01, L2 5e-4 on the first
+           layer), the normalised adjacency as a sparse matrix.
+
+One workload per process, so the peak resident memory (ru_maxrss) is that workload's. Prints one JSON line:
+{"workload", "impl": "pytorch", "samples", "seconds", "samples_per_s", "peak_rss_mib", "threads", "version"}.
+The timed part excludes loading and one warm-up step (epochs: the first 5 batches are a warm-up outside the
+timed epoch).
+
+Usage: DISTILL_DATA=../shared/datasets python3 bench/pytorch/speed.py WORKLOAD [--threads N] [--steps N]
+Needs `pip install torch` (never a dependency of the project or its tests).
+"""
+import argparse
+import gzip
+import json
+import os
+import resource
+import struct
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def data_dir():
+    d = os.environ.get("DISTILL_DATA")
+    if not d:
+        sys.exit("set DISTILL_DATA to the data dir (the one holding mnist/ and cora/)")
+    return d
+
+
+def read_idx(path):
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+        raw = f.read()
+    magic = struct.unpack(">I", raw[:4])[0]
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).reshape(dims)
+
+
+def mnist_train():
+    d = os.path.join(data_dir(), "mnist")
+    x = read_idx(os.path.join(d, "train-images-idx3-ubyte.gz")).float().div_(255.0)
+    y = read_idx(os.path.join(d, "train-labels-idx1-ubyte.gz")).long()
+    return x, y
+
+
+def mlp(sizes):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def batches(n, bs, gen):
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i : i + bs] for i in range(0, n, bs)]
+
+
+def mlp_ce(args):
+    x, y = mnist_train()
+    x = x.reshape(-1, 784)
+    model = mlp([784, 1200, 1200, 10])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(idx):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+
+    for idx in batches(x.shape[0], 128, gen)[:5]:
+        step(idx)
+    order = batches(x.shape[0], 128, gen)
+    t0 = time.perf_counter()
+    for idx in order:
+        step(idx)
+    return x.shape[0], time.perf_counter() - t0
+
+
+def mlp_kd(args):
+    x, y = mnist_train()
+    x = x.reshape(-1, 784)
+    teacher = mlp([784, 1200, 1200, 10]).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = mlp([784, 800, 800, 10])
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(0)
+    t = 4.0
+
+    def step(idx):
+        xb = x[idx]
+        with torch.no_grad():
+            tl = teacher(xb)
+        opt.zero_grad(set_to_none=True)
+        sl = student(xb)
+        kd = F.kl_div(F.log_softmax(sl / t, 1), F.softmax(tl / t, 1), reduction="batchmean") * t * t
+        loss = 0.9 * kd + 0.1 * F.cross_entropy(sl, y[idx])
+        loss.backward()
+        opt.step()
+
+    for idx in batches(x.shape[0], 128, gen)[:5]:
+        step(idx)
+    order = batches(x.shape[0], 128, gen)
+    t0 = time.perf_counter()
+    for idx in order:
+        step(idx)
+    return x.shape[0], time.perf_counter() - t0
+
+
+class SmallCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.fc1 = nn.Linear(1600, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def cnn_step(args):
+    x, y = mnist_train()
+    x = x.reshape(-1, 1, 28, 28)
+    model = SmallCnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    order = batches(x.shape[0], 128, gen)
+
+    def step(idx):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+
+    for idx in order[:3]:
+        step(idx)
+    steps = args.steps or 50
+    t0 = time.perf_counter()
+    for idx in order[3 : 3 + steps]:
+        step(idx)
+    return steps * 128, time.perf_counter() - t0
+
+
+def cora():
+    d = os.path.join(data_dir(), "cora")
+    ids, feats, labels = {}, [], []
+    classes = {}
+    with open(os.path.join(d, "nodes.tsv")) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if parts[0] == "node_id":
+                continue
+            ids[parts[0]] = len(ids)
+            labels.append(classes.setdefault(parts[1], len(classes)))
+            feats.append([int(i) for i in parts[2].split(",")] if len(parts) > 2 and parts[2] else [])
+    n = len(ids)
+    nf = 1 + max((max(f) for f in feats if f), default=0)
+    x = torch.zeros(n, nf)
+    for i, f in enumerate(feats):
+        if f:
+            x[i, f] = 1.0
+    x = x / x.sum(1, keepdim=True).clamp(min=1.0)
+    src, dst = [], []
+    with open(os.path.join(d, "edges.tsv")) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 2 or parts[0] not in ids or parts[1] not in ids or parts[0] == parts[1]:
+                continue
+            a, b = ids[parts[0]], ids[parts[1]]
+            src += [a, b]
+            dst += [b, a]
+    idx = torch.tensor([src + list(range(n)), dst + list(range(n))])
+    a = torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1]), (n, n)).coalesce()
+    a = torch.sparse_coo_tensor(a.indices(), torch.ones_like(a.values()), (n, n)).coalesce()
+    deg = torch.sparse.sum(a, 1).to_dense()
+    dinv = deg.pow(-0.5)
+    i = a.indices()
+    vals = dinv[i[0]] * dinv[i[1]]
+    adj = torch.sparse_coo_tensor(i, vals, (n, n)).coalesce()
+    train = []
+    with open(os.path.join(d, "split_train.txt")) as f:
+        train = [ids[t.strip()] for t in f if t.strip() in ids]
+    return x, torch.tensor(labels), adj, torch.tensor(train), len(classes)
+
+
+def gcn(args):
+    x, y, adj, train, k = cora()
+    w1 = nn.Linear(x.shape[1], 16)
+    w2 = nn.Linear(16, k)
+    opt = torch.optim.Adam(
+        [{"params": w1.parameters(), "weight_decay": 5e-4}, {"params": w2.parameters(), "weight_decay": 0.0}],
+        lr=0.01,
+    )
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        h = F.dropout(x, 0.5, True)
+        h = F.relu(torch.sparse.mm(adj, w1(h)))
+        h = F.dropout(h, 0.5, True)
+        out = torch.sparse.mm(adj, w2(h))
+        loss = F.cross_entropy(out[train], y[train])
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    epochs = args.steps or 200
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        step()
+    return epochs * x.shape[0], time.perf_counter() - t0
+
+
+WORKLOADS = {"mlp_ce": mlp_ce, "mlp_kd": mlp_kd, "cnn_step": cnn_step, "gcn": gcn}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("workload", choices=sorted(WORKLOADS))
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--steps", type=int, default=0, help="steps (cnn_step) or epochs (gcn); 0: the default")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    samples, seconds = WORKLOADS[args.workload](args)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(
+        json.dumps(
+            {
+                "workload": args.workload,
+                "impl": "pytorch",
+                "samples": samples,
+                "seconds": seconds,
+                "samples_per_s": samples / seconds,
+                "peak_rss_mib": rss,
+                "threads": torch.get_num_threads(),
+                "version": torch.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,647 @@
+//! `distill bench --speed`: training throughput of this framework against PyTorch on the same workloads.
+//!
+//! Each workload is the framework's own code path (the vision plugin's MLP, the graph plugin's GCN, the core's
+//! losses and fused optimisers, candle convolutions as the vision plugin uses them), timed in its own process
+//! (`distill bench --speed-worker NAME`, so that its peak resident memory is its own), alternated with
+//! `bench/pytorch/speed.py` doing the same arithmetic when `python3 -c "import torch"` works. The workloads:
+//!
+//! | name | what one measurement is |
+//! |---|---|
+//! | `mlp_ce` | one MNIST epoch (60,000 images, batch 128), MLP 784-1200-1200-10, AdamW, cross-entropy |
+//! | `mlp_kd` | one distillation epoch: frozen 784-1200-1200-10 teacher, 784-800-800-10 student, `0.9·T²·KL + 0.1·CE`, T = 4 |
+//! | `cnn_step` | 50 steps at batch 128: conv 1→32 3×3, ReLU, max-pool 2, conv 32→64 3×3, ReLU, max-pool 2, 1600→128→10, SGD |
+//! | `gcn` | 200 full-batch epochs of a 2-layer GCN (16 hidden) on Cora, Adam, L2 on the first layer |
+//!
+//! The timed part excludes loading and a warm-up (5 batches, 3 CNN steps or 5 GCN epochs), as in the Python
+//! script.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use distill_core::{
+    losses::{ce_loss, kd_loss},
+    optim::{build_optimizer, trainable_vars, Optimizer, OptimizerConfig, OptimizerKind},
+    Mode, Network, Rng,
+};
+use serde::{Deserialize, Serialize};
+
+/// The workloads, in the order they run.
+pub const WORKLOADS: &[&str] = &["mlp_ce", "mlp_kd", "cnn_step", "gcn"];
+
+/// One timed run of one workload by one implementation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Workload name.
+    pub workload: String,
+    /// `distill` or `pytorch`.
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// Samples processed in the timed part (images, or nodes × epochs for `gcn`).
+    pub samples: usize,
+    /// Seconds of the timed part.
+    pub seconds: f64,
+    /// `samples / seconds`.
+    pub samples_per_s: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: f64,
+}
+
+fn adamw(lr: f64, wd: f64) -> OptimizerConfig {
+    OptimizerConfig {
+        kind: OptimizerKind::Adamw,
+        lr,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: Some(wd),
+        betas: None,
+        eps: None,
+    }
+}
+
+/// The MNIST training images as one `[60000, 784]` f32 tensor in [0, 1] and their `[60000]` u32 labels.
+fn mnist(data_dir: &Path) -> Result<(Tensor, Tensor)> {
+    let set = distill_vision::data::load_mnist(
+        &data_dir.join("mnist"),
+        distill_vision::data::Split::Train,
+    )?;
+    let n = set.len();
+    let mut rng = Rng::new(0);
+    let all: Vec<usize> = (0..n).collect();
+    let (x, y) = set.batch(
+        &all,
+        &distill_vision::data::Augment::None,
+        &mut rng,
+        &distill_vision::data::Normalize::identity(1),
+        &Device::Cpu,
+    )?;
+    Ok((x.reshape((n, 784))?, y))
+}
+
+/// Shuffled batches of `bs` indices over `n` samples (the last one shorter).
+fn batches(n: usize, bs: usize, rng: &mut Rng) -> Result<Vec<Tensor>> {
+    let perm: Vec<u32> = rng.permutation(n).into_iter().map(|i| i as u32).collect();
+    Ok(perm
+        .chunks(bs)
+        .map(|c| Tensor::new(c, &Device::Cpu))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+fn mlp(hidden: &[usize], seed: u64) -> Result<distill_vision::models::mlp::Mlp> {
+    Ok(distill_vision::models::mlp::Mlp::new(
+        784,
+        hidden,
+        10,
+        0.0,
+        0.0,
+        seed,
+        &Device::Cpu,
+    )?)
+}
+
+/// A training workload: data, model and optimiser, stepped over batch `i` of its own order.
+pub trait Workload {
+    /// One training step over batch `i`.
+    fn step(&mut self, i: usize) -> Result<()>;
+    /// Samples in step `i`.
+    fn samples(&self, i: usize) -> usize;
+    /// Steps in one timed measurement, and warm-up steps before it.
+    fn schedule(&self) -> (usize, usize);
+}
+
+struct MlpCe {
+    x: Tensor,
+    y: Tensor,
+    order: Vec<Tensor>,
+    net: distill_vision::models::mlp::Mlp,
+    opt: Box<dyn Optimizer>,
+}
+
+impl MlpCe {
+    fn new(x: Tensor, y: Tensor) -> Result<Self> {
+        let net = mlp(&[1200, 1200], 0)?;
+        let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(net.varmap()))?;
+        let order = batches(x.dim(0)?, 128, &mut Rng::new(1))?;
+        Ok(Self {
+            x,
+            y,
+            order,
+            net,
+            opt,
+        })
+    }
+}
+
+impl Workload for MlpCe {
+    fn step(&mut self, i: usize) -> Result<()> {
+        let idx = &self.order[i % self.order.len()];
+        let (xb, yb) = (self.x.index_select(idx, 0)?, self.y.index_select(idx, 0)?);
+        let out = self.net.forward(&xb, Mode::Train { seed: i as u64 })?;
+        let loss = ce_loss(&out.logits, &yb)?;
+        let _ = loss.to_scalar::<f32>()?;
+        self.opt.step(&distill_core::ops::backward(&loss)?)?;
+        Ok(())
+    }
+    fn samples(&self, i: usize) -> usize {
+        self.order[i % self.order.len()].dim(0).unwrap_or(0)
+    }
+    fn schedule(&self) -> (usize, usize) {
+        (self.order.len(), 5)
+    }
+}
+
+struct MlpKd {
+    x: Tensor,
+    y: Tensor,
+    order: Vec<Tensor>,
+    teacher: distill_vision::models::mlp::Mlp,
+    student: distill_vision::models::mlp::Mlp,
+    opt: Box<dyn Optimizer>,
+}
+
+impl MlpKd {
+    fn new(x: Tensor, y: Tensor) -> Result<Self> {
+        let teacher = mlp(&[1200, 1200], 0)?;
+        let student = mlp(&[800, 800], 1)?;
+        let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(student.varmap()))?;
+        let order = batches(x.dim(0)?, 128, &mut Rng::new(1))?;
+        Ok(Self {
+            x,
+            y,
+            order,
+            teacher,
+            student,
+            opt,
+        })
+    }
+}
+
+impl Workload for MlpKd {
+    fn step(&mut self, i: usize) -> Result<()> {
+        let idx = &self.order[i % self.order.len()];
+        let (xb, yb) = (self.x.index_select(idx, 0)?, self.y.index_select(idx, 0)?);
+        let t = self.teacher.forward(&xb, Mode::Eval)?.logits.detach();
+        let s = self
+            .student
+            .forward(&xb, Mode::Train { seed: i as u64 })?
+            .logits;
+        let kd = kd_loss(&s, &t, 4.0)?;
+        let loss = (kd.affine(0.9, 0.0)? + ce_loss(&s, &yb)?.affine(0.1, 0.0)?)?;
+        let _ = loss.to_scalar::<f32>()?;
+        self.opt.step(&distill_core::ops::backward(&loss)?)?;
+        Ok(())
+    }
+    fn samples(&self, i: usize) -> usize {
+        self.order[i % self.order.len()].dim(0).unwrap_or(0)
+    }
+    fn schedule(&self) -> (usize, usize) {
+        (self.order.len(), 5)
+    }
+}
+
+struct Cnn {
+    x: Tensor,
+    y: Tensor,
+    order: Vec<Tensor>,
+    conv1: candle_nn::Conv2d,
+    conv2: candle_nn::Conv2d,
+    fc1: candle_nn::Linear,
+    fc2: candle_nn::Linear,
+    opt: Box<dyn Optimizer>,
+    _varmap: VarMap,
+}
+
+impl Cnn {
+    fn new(x: Tensor, y: Tensor) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = distill_core::nn::seeded_var_builder(&varmap, 0, &Device::Cpu);
+        let cfg = candle_nn::Conv2dConfig::default();
+        let conv1 = candle_nn::conv2d(1, 32, 3, cfg, vb.pp("conv1"))?;
+        let conv2 = candle_nn::conv2d(32, 64, 3, cfg, vb.pp("conv2"))?;
+        let fc1 = candle_nn::linear(1600, 128, vb.pp("fc1"))?;
+        let fc2 = candle_nn::linear(128, 10, vb.pp("fc2"))?;
+        let sgd = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            lr: 0.01,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: None,
+            betas: None,
+            eps: None,
+        };
+        let opt = build_optimizer(&sgd, trainable_vars(&varmap))?;
+        let n = x.dim(0)?;
+        let order = batches(n, 128, &mut Rng::new(1))?;
+        Ok(Self {
+            x: x.reshape((n, 1, 28, 28))?,
+            y,
+            order,
+            conv1,
+            conv2,
+            fc1,
+            fc2,
+            opt,
+            _varmap: varmap,
+        })
+    }
+}
+
+impl Workload for Cnn {
+    fn step(&mut self, i: usize) -> Result<()> {
+        let idx = &self.order[i % self.order.len()];
+        let (xb, yb) = (self.x.index_select(idx, 0)?, self.y.index_select(idx, 0)?);
+        use distill_core::ops::{conv2d_layer_relu_pool, linear};
+        let h = conv2d_layer_relu_pool(&self.conv1, &xb, 2)?;
+        let h = conv2d_layer_relu_pool(&self.conv2, &h, 2)?;
+        let h = linear(
+            &h.flatten_from(1)?,
+            self.fc1.weight(),
+            self.fc1.bias(),
+            true,
+        )?;
+        let logits = linear(&h, self.fc2.weight(), self.fc2.bias(), false)?;
+        let loss = ce_loss(&logits, &yb)?;
+        let _ = loss.to_scalar::<f32>()?;
+        self.opt.step(&distill_core::ops::backward(&loss)?)?;
+        Ok(())
+    }
+    fn samples(&self, i: usize) -> usize {
+        self.order[i % self.order.len()].dim(0).unwrap_or(0)
+    }
+    fn schedule(&self) -> (usize, usize) {
+        (50, 3)
+    }
+}
+
+struct Gcn {
+    net: Box<dyn Network>,
+    train: Tensor,
+    labels: Tensor,
+    nodes: usize,
+    opt: Box<dyn Optimizer>,
+}
+
+impl Gcn {
+    fn new(data_dir: &Path) -> Result<Self> {
+        let graph = distill_graph::data::load_graph_dir(
+            &data_dir.join("cora"),
+            "cora",
+            &distill_graph::data::Expect::default(),
+            true,
+            &Device::Cpu,
+        )?;
+        let graph = Arc::new(graph);
+        let spec = distill_graph::models::ModelSpec::Gcn {
+            hidden: vec![16],
+            dropout: 0.5,
+            weight_decay: 5e-4,
+        };
+        let net = distill_graph::models::build_model(&spec, graph.clone(), 0)?;
+        let opt = build_optimizer(&adamw(0.01, 0.0), trainable_vars(net.varmap()))?;
+        let labels: Vec<u32> = graph
+            .train
+            .iter()
+            .map(|&i| graph.labels[i as usize].unwrap_or(0))
+            .collect();
+        let labels = Tensor::new(labels.as_slice(), &Device::Cpu)?;
+        let train = Tensor::new(graph.train.as_slice(), &Device::Cpu)?;
+        Ok(Self {
+            net,
+            train,
+            labels,
+            nodes: graph.num_nodes(),
+            opt,
+        })
+    }
+}
+
+impl Workload for Gcn {
+    fn step(&mut self, i: usize) -> Result<()> {
+        let out = self
+            .net
+            .forward(&self.train, Mode::Train { seed: i as u64 })?;
+        let mut loss = ce_loss(&out.logits, &self.labels)?;
+        if let Ok(p) = out.feature("l2_penalty") {
+            loss = (loss + p.tensor.sum_all()?)?;
+        }
+        let _ = loss.to_scalar::<f32>()?;
+        self.opt.step(&distill_core::ops::backward(&loss)?)?;
+        Ok(())
+    }
+    fn samples(&self, _i: usize) -> usize {
+        self.nodes
+    }
+    fn schedule(&self) -> (usize, usize) {
+        (200, 5)
+    }
+}
+
+/// Builds a workload with its data, model and optimiser.
+pub fn build(name: &str, data_dir: &Path) -> Result<Box<dyn Workload>> {
+    Ok(match name {
+        "mlp_ce" => {
+            let (x, y) = mnist(data_dir)?;
+            Box::new(MlpCe::new(x, y)?)
+        }
+        "mlp_kd" => {
+            let (x, y) = mnist(data_dir)?;
+            Box::new(MlpKd::new(x, y)?)
+        }
+        "cnn_step" => {
+            let (x, y) = mnist(data_dir)?;
+            Box::new(Cnn::new(x, y)?)
+        }
+        "gcn" => Box::new(Gcn::new(data_dir)?),
+        other => bail!(
+            "unknown speed workload `{other}` (known: {})",
+            WORKLOADS.join(", ")
+        ),
+    })
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM`; 0 where /proc is missing).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Runs one workload in this process and returns its measurement (`steps` overrides the step count).
+pub fn run_worker(name: &str, data_dir: &Path, steps: Option<usize>) -> Result<Measurement> {
+    let mut w = build(name, data_dir)?;
+    let (n, warm) = w.schedule();
+    let n = steps.unwrap_or(n);
+    for i in 0..warm {
+        w.step(n + i)?;
+    }
+    let mut samples = 0;
+    let t0 = Instant::now();
+    for i in 0..n {
+        w.step(i)?;
+        samples += w.samples(i);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(Measurement {
+        workload: name.to_string(),
+        implementation: "distill".to_string(),
+        samples,
+        seconds,
+        samples_per_s: samples as f64 / seconds,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Options of `distill bench --speed`.
+pub struct SpeedOptions {
+    /// Workloads to run.
+    pub workloads: Vec<String>,
+    /// Alternating rounds (ours, then PyTorch's, per workload per round).
+    pub rounds: usize,
+    /// Step-count override.
+    pub steps: Option<usize>,
+    /// The Python interpreter with torch, or None to skip PyTorch.
+    pub python: Option<String>,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// Where to write speed.json (None: nowhere).
+    pub out: Option<PathBuf>,
+}
+
+fn torch_script() -> PathBuf {
+    let here = PathBuf::from("bench/pytorch/speed.py");
+    if here.exists() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/pytorch/speed.py")
+}
+
+fn run_child(mut cmd: Command, what: &str) -> Result<Measurement> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow!("{what} printed no JSON result: {}", text.trim()))?;
+    serde_json::from_str(line).with_context(|| format!("{what}: cannot parse `{line}`"))
+}
+
+/// Whether `python` can import torch.
+pub fn torch_available(python: &str) -> bool {
+    Command::new(python)
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `distill bench --speed`: ours and PyTorch's, alternated, `rounds` times per workload; prints the table.
+pub fn cmd_speed(opts: &SpeedOptions) -> Result<()> {
+    for w in &opts.workloads {
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!(
+                "unknown speed workload `{w}` (known: {})",
+                WORKLOADS.join(", ")
+            );
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find the distill binary")?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let python = opts.python.clone().filter(|p| {
+        let ok = torch_available(p);
+        if !ok {
+            eprintln!("note: `{p} -c \"import torch\"` fails: PyTorch's side is skipped (pip install torch)");
+        }
+        ok
+    });
+    let mut all: Vec<Measurement> = Vec::new();
+    for w in &opts.workloads {
+        for round in 0..opts.rounds {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "--speed-worker", w])
+                .arg("--data-dir")
+                .arg(&opts.data_dir);
+            if let Some(s) = opts.steps {
+                cmd.args(["--speed-steps", &s.to_string()]);
+            }
+            let m = run_child(cmd, &format!("distill's `{w}`"))?;
+            eprintln!(
+                "[{w} round {}] distill {:.1} samples/s ({:.2} s, {:.0} MiB)",
+                round + 1,
+                m.samples_per_s,
+                m.seconds,
+                m.peak_rss_mib
+            );
+            all.push(m);
+            if let Some(py) = &python {
+                let mut cmd = Command::new(py);
+                cmd.arg(torch_script())
+                    .arg(w)
+                    .args(["--threads", &threads.to_string()])
+                    .env("DISTILL_DATA", &opts.data_dir);
+                if let Some(s) = opts.steps {
+                    cmd.args(["--steps", &s.to_string()]);
+                }
+                let m = run_child(cmd, &format!("PyTorch's `{w}`"))?;
+                eprintln!(
+                    "[{w} round {}] pytorch {:.1} samples/s ({:.2} s, {:.0} MiB)",
+                    round + 1,
+                    m.samples_per_s,
+                    m.seconds,
+                    m.peak_rss_mib
+                );
+                all.push(m);
+            }
+        }
+    }
+    println!("{}", render(&all, threads));
+    if let Some(out) = &opts.out {
+        std::fs::create_dir_all(out)?;
+        let path = out.join("speed.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The table: per workload, median seconds and samples/s of each side, time ratio ours / torch, peak memory.
+pub fn render(all: &[Measurement], threads: usize) -> String {
+    let mut s = String::from(
+        "| workload | distill samples/s | pytorch samples/s | time distill / pytorch | distill peak MiB | pytorch peak MiB |\n|---|---|---|---|---|---|\n",
+    );
+    let mut ratios = Vec::new();
+    let names: Vec<&str> = {
+        let mut v: Vec<&str> = Vec::new();
+        for m in all {
+            if !v.contains(&m.workload.as_str()) {
+                v.push(&m.workload);
+            }
+        }
+        v
+    };
+    for w in names {
+        let pick = |imp: &str, f: fn(&Measurement) -> f64| {
+            let mut v: Vec<f64> = all
+                .iter()
+                .filter(|m| m.workload == w && m.implementation == imp)
+                .map(f)
+                .collect();
+            median(&mut v)
+        };
+        let (ours, theirs) = (
+            pick("distill", |m| m.samples_per_s),
+            pick("pytorch", |m| m.samples_per_s),
+        );
+        let ratio = theirs / ours;
+        let fmt = |v: f64, p: usize| {
+            if v.is_nan() {
+                "–".to_string()
+            } else {
+                format!("{v:.p$}")
+            }
+        };
+        if ratio.is_finite() {
+            ratios.push(ratio);
+        }
+        s.push_str(&format!(
+            "| {w} | {} | {} | {} | {} | {} |\n",
+            fmt(ours, 0),
+            fmt(theirs, 0),
+            fmt(ratio, 2),
+            fmt(pick("distill", |m| m.peak_rss_mib), 0),
+            fmt(pick("pytorch", |m| m.peak_rss_mib), 0),
+        ));
+    }
+    if ratios.is_empty() {
+        s.push_str(&format!(
+            "\nPyTorch was not run: no ratios ({threads} threads)."
+        ));
+    } else {
+        let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+        let worst = ratios.iter().cloned().fold(f64::MIN, f64::max);
+        s.push_str(&format!(
+            "\nsummary: time distill / pytorch, geometric mean {geo:.2} over {} workloads (worst {worst:.2}), {threads} threads, medians of the rounds",
+            ratios.len()
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(w: &str, imp: &str, sps: f64) -> Measurement {
+        Measurement {
+            workload: w.into(),
+            implementation: imp.into(),
+            samples: 100,
+            seconds: 100.0 / sps,
+            samples_per_s: sps,
+            peak_rss_mib: 10.0,
+        }
+    }
+
+    #[test]
+    fn the_table_takes_medians_and_the_summary_the_geometric_mean_of_time_ratios() {
+        let all = vec![
+            m("a", "distill", 100.0),
+            m("a", "pytorch", 200.0),
+            m("a", "distill", 300.0),
+            m("a", "pytorch", 200.0),
+            m("a", "distill", 200.0),
+            m("a", "pytorch", 200.0),
+            m("b", "distill", 100.0),
+            m("b", "pytorch", 50.0),
+        ];
+        let t = render(&all, 2);
+        // a: median 200 vs 200 -> 1.00; b: 50 / 100 = 0.50; geometric mean sqrt(0.5) = 0.71
+        assert!(t.contains("| a | 200 | 200 | 1.00 |"), "{t}");
+        assert!(t.contains("| b | 100 | 50 | 0.50 |"), "{t}");
+        assert!(
+            t.contains("geometric mean 0.71 over 2 workloads (worst 1.00)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_workload_is_an_error_naming_the_known_ones() {
+        let e = build("nope", Path::new("/nonexistent")).err().unwrap();
+        assert!(
+            e.to_string().contains("mlp_ce, mlp_kd, cnn_step, gcn"),
+            "{e}"
+        );
+    }
+}
