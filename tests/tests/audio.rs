@@ -1,6 +1,6 @@
 //! The audio plugin end to end through the CLI: a synthetic folder-per-class data set (two tones, one class
-//! recorded at 16 kHz stereo so resampling and down-mixing run) with bad files mixed in, and the shipped FSDD
-//! recipe on the real data set (`DISTILL_DATA`; skipped with a note when unset).
+//! recorded at 16 kHz stereo so resampling and down-mixing run) with bad files mixed in. The shipped FSDD
+//! recipe on the real data set is checked in tests/bench.rs, on the quick suite's run of it.
 
 use std::path::Path;
 
@@ -135,56 +135,5 @@ fn bad_files_stop_the_run_or_are_skipped_and_counted() {
     for p in ["teacher", "scratch", "distilled"] {
         let acc = run[p]["metric"]["mean"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{p}: {acc}");
-    }
-}
-
-#[test]
-fn fsdd_quick_recipe_on_real_data() {
-    let Some(data) = std::env::var_os("DISTILL_DATA") else {
-        eprintln!("DISTILL_DATA is not set: skipping the real-data FSDD run");
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let recipe = root().join("plugins/audio/recipes/fsdd-kws.toml");
-    let out = tmp.path().join("out");
-    let o = distill(
-        tmp.path(),
-        &[
-            "run",
-            recipe.to_str().unwrap(),
-            "--quick",
-            "--quiet",
-            "--no-cache",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    let run = &r["runs"][0];
-    let acc = |p: &str| run[p]["metric"]["mean"].as_f64().unwrap();
-    eprintln!(
-        "fsdd-kws --quick: accuracy teacher {:.4} scratch {:.4} distilled {:.4}",
-        acc("teacher"),
-        acc("scratch"),
-        acc("distilled")
-    );
-    assert_eq!(run["notes"]["skipped_files"], 0);
-    assert_eq!(run["notes"]["test_clips"], 300);
-    assert_eq!(run["notes"]["train_clips"], 2700);
-    let (tp, sp) = (
-        run["teacher"]["params"].as_f64().unwrap(),
-        run["distilled"]["params"].as_f64().unwrap(),
-    );
-    assert!(sp <= 0.2 * tp, "student {sp} vs teacher {tp} params");
-    // --quick is a smoke run of the whole pipeline (3 short epochs on 1200 clips): measured on the shared
-    // 2-core box, teacher 0.503, scratch 0.117, distilled 0.160 (chance is 0.1). The teacher must clearly
-    // learn; the full recipe's figures are in docs/benchmarks.md.
-    assert!(acc("teacher") > 0.3, "teacher accuracy {}", acc("teacher"));
-    for p in ["scratch", "distilled"] {
-        assert!((0.0..=1.0).contains(&acc(p)), "{p} accuracy {}", acc(p));
     }
 }

@@ -126,22 +126,26 @@ fn the_template_plugin_runs_from_a_user_registry() {
     let dir = scratch();
     let d = dir.path();
     let reg = registry(d, &[("tabular", &rel("distill-plugin-template"))]);
-    // the template's own data generator writes the CSV files
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "distill-plugin-template",
-            "--example",
-            "make_spirals",
-        ])
-        .args(cargo_profile_args(&target_profile().1))
-        .arg("--")
-        .arg(d.join("data/spirals"))
+    // the template's own data generator writes the CSV files. `--workspace --examples` selects what
+    // `cargo test --workspace` built (features unified the same way), so nothing is rebuilt; a `cargo run -p`
+    // of the example alone would rebuild candle and gemm with another feature set (minutes in CI).
+    let (target, profile) = target_profile();
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--workspace", "--examples"])
+        .args(cargo_profile_args(&profile))
         .current_dir(distill_tests::root())
         .output()
         .unwrap();
+    assert!(build.status.success(), "{}", stderr(&build));
+    let out = Command::new(
+        target
+            .join(&profile)
+            .join("examples")
+            .join(format!("make_spirals{}", std::env::consts::EXE_SUFFIX)),
+    )
+    .arg(d.join("data/spirals"))
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 
     let reg_s = reg.to_str().unwrap();
