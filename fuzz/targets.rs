@@ -17,6 +17,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("idx", idx),
     ("wav", wav),
     ("graph_tsv", graph_tsv),
+    ("coco_json", coco_json),
+    ("text_tsv", text_tsv),
 ];
 
 /// Recipe TOML (distill_core::recipe), with and without its `[quick]` overrides.
@@ -104,4 +106,74 @@ pub fn graph_tsv(data: &[u8]) {
         &candle_core::Device::Cpu,
         &mut read,
     );
+}
+
+/// COCO detection JSON (distill-detection): parsed and checked; a file that passes is evaluated against
+/// itself with the COCO metric (every box as a detection, scores from the input's bytes) and with no
+/// detections, as the detection task does with its ground truth.
+pub fn coco_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(file) = distill_detection::coco::parse_coco(text, Path::new("fuzz.json")) else {
+        return;
+    };
+    let gt = file.ground_truth();
+    let dets: Vec<distill_detection::metrics::Detection> = gt
+        .iter()
+        .enumerate()
+        .map(|(i, g)| distill_detection::metrics::Detection {
+            image_id: g.image_id,
+            category_id: g.category_id,
+            bbox: g.bbox,
+            score: data.get(i).map_or(0.5, |&b| b as f64 / 255.0),
+        })
+        .collect();
+    let (imgs, cats) = (file.image_ids(), file.category_ids());
+    let _ = distill_detection::metrics::coco_eval(&imgs, &cats, &gt, &dets);
+    let _ = distill_detection::metrics::coco_eval(&imgs, &cats, &gt, &[]);
+    let _ = file.by_image();
+}
+
+/// The text plugin's TSV readers (distill-text): input = selector byte, then the file. Bit 0 of the
+/// selector picks `score<TAB>sentence1<TAB>sentence2` (STS-B) over `sentence<TAB>label` (SST-2; the upper
+/// bits + 1 are the number of classes). When `$DISTILL_MODELS/all-MiniLM-L6-v2/tokenizer.json` exists,
+/// the sentences of a file that parses are also tokenised and truncated to 2-17 tokens (selector bits 3-6).
+pub fn text_tsv(data: &[u8]) {
+    let Some((&sel, file)) = data.split_first() else {
+        return;
+    };
+    let path = Path::new("fuzz.tsv");
+    let sentences: Vec<String> = if sel & 1 == 1 {
+        match distill_text::data::parse_pairs_tsv(file, path) {
+            Ok(p) => p.into_iter().flat_map(|l| [l.a, l.b]).collect(),
+            Err(_) => return,
+        }
+    } else {
+        match distill_text::data::parse_labelled_tsv(file, path, (sel >> 1) as usize + 1) {
+            Ok(l) => l.into_iter().map(|l| l.text).collect(),
+            Err(_) => return,
+        }
+    };
+    if let Some(tok) = tokenizer((sel as usize >> 3 & 15) + 2) {
+        let _ = tok.encode_all(sentences.iter().map(|s| s.as_str()));
+    }
+}
+
+/// The MiniLM tokenizer from `$DISTILL_MODELS`, loaded once per max length (None without the model dir).
+fn tokenizer(max_len: usize) -> Option<&'static distill_text::data::TextTokenizer> {
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<Vec<(usize, &'static distill_text::data::TextTokenizer)>>> =
+        OnceLock::new();
+    let dir = std::env::var_os("DISTILL_MODELS")?;
+    let path = Path::new(&dir).join("all-MiniLM-L6-v2/tokenizer.json");
+    let mut cache = CACHE.get_or_init(Default::default).lock().ok()?;
+    if let Some((_, t)) = cache.iter().find(|(n, _)| *n == max_len) {
+        return Some(t);
+    }
+    let t: &'static _ = Box::leak(Box::new(
+        distill_text::data::TextTokenizer::from_file(&path, max_len).ok()?,
+    ));
+    cache.push((max_len, t));
+    Some(t)
 }

@@ -42,10 +42,13 @@ pub struct PairLine {
     pub score: f32,
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+fn decode_text<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let upto = &bytes[..e.valid_up_to()];
         let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;
         Error::data(path, format!("line {line}: not valid UTF-8"))
     })
@@ -61,8 +64,8 @@ fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
 /// The data lines of a TSV file after its header (which must equal `header`, shown to users as `shown`): each
 /// with its 1-based line number and without a trailing `\r`. An empty file, a wrong header or an empty line is
 /// an error naming the file and line.
-fn tsv_lines(path: &Path, header: &str, shown: &str) -> Result<Vec<(usize, String)>> {
-    let text = read_text(path)?;
+fn tsv_lines(bytes: &[u8], path: &Path, header: &str, shown: &str) -> Result<Vec<(usize, String)>> {
+    let text = decode_text(bytes, path)?;
     let mut lines = text.lines().enumerate();
     match lines.next() {
         None => {
@@ -95,8 +98,17 @@ fn tsv_lines(path: &Path, header: &str, shown: &str) -> Result<Vec<(usize, Strin
 /// below `num_classes`; an empty line, a line without a tab, an empty sentence or a bad label is an error
 /// naming its line.
 pub fn read_labelled_tsv(path: &Path, num_classes: usize) -> Result<Vec<LabelledLine>> {
+    parse_labelled_tsv(&read_bytes(path)?, path, num_classes)
+}
+
+/// [`read_labelled_tsv`] on a file's bytes (`path` is named in errors).
+pub fn parse_labelled_tsv(
+    bytes: &[u8],
+    path: &Path,
+    num_classes: usize,
+) -> Result<Vec<LabelledLine>> {
     let mut out = Vec::new();
-    for (line, l) in tsv_lines(path, "sentence\tlabel", "sentence<TAB>label")? {
+    for (line, l) in tsv_lines(bytes, path, "sentence\tlabel", "sentence<TAB>label")? {
         let Some((sentence, label)) = l.rsplit_once('\t') else {
             return Err(at(path, line, "no tab: expected `sentence<TAB>label`"));
         };
@@ -132,9 +144,14 @@ pub fn read_labelled_tsv(path: &Path, num_classes: usize) -> Result<Vec<Labelled
 
 /// Reads an STS-B `score<TAB>sentence1<TAB>sentence2` file with a header line; scores must be in 0-5.
 pub fn read_pairs_tsv(path: &Path) -> Result<Vec<PairLine>> {
+    parse_pairs_tsv(&read_bytes(path)?, path)
+}
+
+/// [`read_pairs_tsv`] on a file's bytes (`path` is named in errors).
+pub fn parse_pairs_tsv(bytes: &[u8], path: &Path) -> Result<Vec<PairLine>> {
     let mut out = Vec::new();
     let shown = "score<TAB>sentence1<TAB>sentence2";
-    for (line, l) in tsv_lines(path, "score\tsentence1\tsentence2", shown)? {
+    for (line, l) in tsv_lines(bytes, path, "score\tsentence1\tsentence2", shown)? {
         let f: Vec<&str> = l.split('\t').collect();
         if f.len() != 3 {
             return Err(at(
