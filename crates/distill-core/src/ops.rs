@@ -176,11 +176,13 @@ impl LinearOp {
         let ws = w.as_slice::<f32>()?;
         let (x_rs, x_cs) = (lx.stride()[0] as isize, lx.stride()[1] as isize);
         let (w_rs, w_cs) = (lw.stride()[0] as isize, lw.stride()[1] as isize);
-        let mut dst = vec![0f32; m * n];
+        // no zero fill: the bias rows, or nothing (the GEMM then writes every element without reading)
+        let mut dst: Vec<f32> = Vec::with_capacity(m * n);
         let read_dst = if let Some((b, lb)) = bias {
             let bs = f32_slice(b, lb, "linear bias")?;
-            dst.par_chunks_mut(n.max(1))
-                .for_each(|row| row.copy_from_slice(bs));
+            for _ in 0..m {
+                dst.extend_from_slice(bs);
+            }
             true
         } else {
             false
@@ -210,6 +212,10 @@ impl LinearOp {
                 false,
                 parallelism(),
             );
+        }
+        if !read_dst {
+            // SAFETY: the GEMM above wrote all m·n elements (read_dst = false, k > 0 rows checked by `linear`).
+            unsafe { dst.set_len(m * n) };
         }
         if self.relu {
             dst.par_chunks_mut(16384)
@@ -399,10 +405,11 @@ impl CustomOp2 for LinearGrad {
         let k = w.len() / n.max(1);
         let len =
             self.want_w as usize * n * k + self.want_b as usize * n + self.want_x as usize * m * k;
-        let mut out = vec![0f32; len];
-        let mut rest: &mut [f32] = &mut out;
+        // written through a raw pointer, region by region, without a zero fill; length set at the end
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let base = out.as_mut_ptr();
+        let mut off = 0;
         if self.want_w {
-            let (gw, r) = rest.split_at_mut(n * k);
             // gw[n, k] = gᵀ[n, m] · x[m, k]
             // SAFETY: the extents follow from the shapes checked when the layer ran forward.
             unsafe {
@@ -410,7 +417,7 @@ impl CustomOp2 for LinearGrad {
                     n,
                     k,
                     m,
-                    gw.as_mut_ptr(),
+                    base.add(off),
                     1,
                     k as isize,
                     false,
@@ -428,16 +435,18 @@ impl CustomOp2 for LinearGrad {
                     parallelism(),
                 );
             }
-            rest = r;
+            off += n * k;
         }
         if self.want_b {
-            let (gb, r) = rest.split_at_mut(n);
+            let mut gb = vec![0f32; n];
             for row in g.chunks(n) {
                 for (b, v) in gb.iter_mut().zip(row) {
                     *b += v;
                 }
             }
-            rest = r;
+            // SAFETY: `off + n <= len`, and the capacity is `len`.
+            unsafe { std::ptr::copy_nonoverlapping(gb.as_ptr(), base.add(off), n) };
+            off += n;
         }
         if self.want_x {
             // gx[m, k] = g[m, n] · w[n, k]
@@ -447,7 +456,7 @@ impl CustomOp2 for LinearGrad {
                     m,
                     k,
                     n,
-                    rest.as_mut_ptr(),
+                    base.add(off),
                     1,
                     k as isize,
                     false,
@@ -465,7 +474,12 @@ impl CustomOp2 for LinearGrad {
                     parallelism(),
                 );
             }
+            off += m * k;
         }
+        debug_assert_eq!(off, len);
+        // SAFETY: every one of the `len` elements was written above (both GEMMs write their whole outputs
+        // with read_dst = false; the bias's sums were copied in).
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
