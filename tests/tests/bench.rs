@@ -527,3 +527,67 @@ fn graph_checks(
         metric(lsp, "scratch")
     );
 }
+
+/// `distill bench --speed` end to end on the real Cora data (two GCN epochs, our side only): one worker
+/// process per round, a table with the workload's row, speed.json with one measurement per round.
+#[test]
+fn speed_bench_runs_a_workload_in_its_own_process_and_writes_the_table() {
+    let Some(data) = std::env::var_os("DISTILL_DATA") else {
+        eprintln!("DISTILL_DATA is not set: skipping the speed bench on Cora");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("speed");
+    let o = distill(
+        tmp.path(),
+        &[
+            "bench",
+            "--speed",
+            "--no-torch",
+            "--workloads",
+            "gcn",
+            "--speed-steps",
+            "2",
+            "--rounds",
+            "2",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("| gcn | "), "{table}");
+    assert!(table.contains("PyTorch was not run"), "{table}");
+    let m = json(&out.join("speed.json"));
+    let runs = m.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        assert_eq!(r["workload"], "gcn");
+        assert_eq!(r["impl"], "distill");
+        // two epochs over Cora's 2708 nodes
+        assert_eq!(r["samples"], 2 * 2708);
+        assert!(r["seconds"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    }
+    // an unknown workload is a one-line error naming the known ones
+    let o = distill(
+        tmp.path(),
+        &[
+            "bench",
+            "--speed",
+            "--no-torch",
+            "--workloads",
+            "nope",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown speed workload `nope`"),
+        "{}",
+        stderr(&o)
+    );
+}
