@@ -305,57 +305,65 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
-impl CustomOp2 for LinearOp {
-    fn name(&self) -> &'static str {
-        "distill-linear"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(s1, l1, s2, l2, None)
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.backward(x, w, res, grad, None)?;
-        Ok((gx, gw))
-    }
+/// Implements candle's `CustomOp2` (no bias) and `CustomOp3` (with bias) for a weighted op from its
+/// `forward(x, lx, w, lw, bias)` and `backward(x, w, res, grad, bias)`, so each op is written once.
+macro_rules! weighted_op {
+    ($op:ty, $name:literal) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                self.forward(s1, l1, s2, l2, None)
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                res: &Tensor,
+                grad: &Tensor,
+            ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+                let (gx, gw, _) = self.backward(x, w, res, grad, None)?;
+                Ok((gx, gw))
+            }
+        }
+
+        impl CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                self.forward(s1, l1, s2, l2, Some((s3, l3)))
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                b: &Tensor,
+                res: &Tensor,
+                grad: &Tensor,
+            ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                self.backward(x, w, res, grad, Some(b))
+            }
+        }
+    };
 }
 
-impl CustomOp3 for LinearOp {
-    fn name(&self) -> &'static str {
-        "distill-linear"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(s1, l1, s2, l2, Some((s3, l3)))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward(x, w, res, grad, Some(b))
-    }
-}
+weighted_op!(LinearOp, "distill-linear");
 
 /// The gradients of a fused linear layer from the output's gradient `g` (and the output, for the ReLU
 /// mask), packed as `[gw (out·in) | gb (out) | gx (rows·in)]`, each present only when wanted.
@@ -384,11 +392,7 @@ impl CustomOp2 for LinearGrad {
         let masked;
         let g: &[f32] = if self.relu {
             let r = f32_slice(s2, l2, "linear output")?;
-            masked = g
-                .par_iter()
-                .zip(r.par_iter())
-                .map(|(&g, &r)| if r > 0.0 { g } else { 0.0 })
-                .collect::<Vec<f32>>();
+            masked = relu_masked(g, r);
             &masked
         } else {
             g
@@ -487,6 +491,14 @@ impl CustomOp2 for LinearGrad {
 /// `grad · [res > 0]` in one pass (the backward of a fused ReLU, from its output).
 struct ReluGrad;
 
+/// `g · [r > 0]` elementwise, in parallel.
+fn relu_masked(g: &[f32], r: &[f32]) -> Vec<f32> {
+    g.par_iter()
+        .zip(r.par_iter())
+        .map(|(&g, &r)| if r > 0.0 { g } else { 0.0 })
+        .collect()
+}
+
 impl CustomOp2 for ReluGrad {
     fn name(&self) -> &'static str {
         "distill-relu-grad"
@@ -500,15 +512,7 @@ impl CustomOp2 for ReluGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = f32_slice(s1, l1, "relu grad")?;
         let r = f32_slice(s2, l2, "relu output")?;
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(16384)
-            .zip(g.par_chunks(16384).zip(r.par_chunks(16384)))
-            .for_each(|(o, (g, r))| {
-                for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
-                    *o = if r > 0.0 { g } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(relu_masked(g, r)), l1.shape().clone()))
     }
 }
 
@@ -978,12 +982,46 @@ pub fn conv2d_relu_pool(
     padding: usize,
     pool: usize,
 ) -> Result<Tensor> {
+    check_pool(pool)?;
+    conv2d_impl(x, w, b, stride, padding, true, pool)
+}
+
+fn check_pool(pool: usize) -> Result<()> {
     if pool == 0 {
         return Err(Error::Shape(
             "conv2d_relu_pool: the pooling window must be at least 1".into(),
         ));
     }
-    conv2d_impl(x, w, b, stride, padding, true, pool)
+    Ok(())
+}
+
+/// A convolution's output through the optional ReLU and `pool × pool` max-pool, as separate ops (the paths
+/// the fused op does not cover).
+fn relu_pool(y: Tensor, relu: bool, pool: usize) -> Result<Tensor> {
+    let y = if relu { y.relu()? } else { y };
+    if pool > 0 {
+        max_pool2d(&y, pool)
+    } else {
+        Ok(y)
+    }
+}
+
+/// A candle-nn `Conv2d` layer through [`conv2d_impl`]; layers with groups or dilation go through the layer's
+/// own forward, then [`relu_pool`].
+fn layer_conv(layer: &candle_nn::Conv2d, x: &Tensor, relu: bool, pool: usize) -> Result<Tensor> {
+    let cfg = layer.config();
+    if cfg.groups != 1 || cfg.dilation != 1 {
+        return relu_pool(candle_core::Module::forward(layer, x)?, relu, pool);
+    }
+    conv2d_impl(
+        x,
+        layer.weight(),
+        layer.bias(),
+        cfg.stride,
+        cfg.padding,
+        relu,
+        pool,
+    )
 }
 
 /// [`conv2d_relu_pool`] with a candle-nn `Conv2d` layer's weights and settings (groups or dilation: the
@@ -993,18 +1031,8 @@ pub fn conv2d_layer_relu_pool(
     x: &Tensor,
     pool: usize,
 ) -> Result<Tensor> {
-    let cfg = layer.config();
-    if cfg.groups != 1 || cfg.dilation != 1 {
-        return max_pool2d(&candle_core::Module::forward(layer, x)?.relu()?, pool);
-    }
-    conv2d_relu_pool(
-        x,
-        layer.weight(),
-        layer.bias(),
-        cfg.stride,
-        cfg.padding,
-        pool,
-    )
+    check_pool(pool)?;
+    layer_conv(layer, x, true, pool)
 }
 
 fn conv2d_impl(
@@ -1052,12 +1080,7 @@ fn conv2d_impl(
             Some(b) => y.broadcast_add(&b.reshape((1, o, 1, 1))?)?,
             None => y,
         };
-        let y = if relu { y.relu()? } else { y };
-        return if pool > 0 {
-            max_pool2d(&y, pool)
-        } else {
-            Ok(y)
-        };
+        return relu_pool(y, relu, pool);
     }
     let geo = ConvGeo {
         c,
@@ -1094,21 +1117,13 @@ fn conv2d_impl(
 /// [`conv2d`] with a candle-nn `Conv2d` layer's weights and settings; layers with groups or dilation go
 /// through the layer's own forward.
 pub fn conv2d_layer(layer: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
-    let cfg = layer.config();
-    if cfg.groups != 1 || cfg.dilation != 1 {
-        return Ok(candle_core::Module::forward(layer, x)?);
-    }
-    conv2d(x, layer.weight(), layer.bias(), cfg.stride, cfg.padding)
+    layer_conv(layer, x, false, 0)
 }
 
 /// [`conv2d_relu`] with a candle-nn `Conv2d` layer's weights and settings (groups or dilation: the layer's own
 /// forward, then ReLU).
 pub fn conv2d_layer_relu(layer: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
-    let cfg = layer.config();
-    if cfg.groups != 1 || cfg.dilation != 1 {
-        return Ok(candle_core::Module::forward(layer, x)?.relu()?);
-    }
-    conv2d_relu(x, layer.weight(), layer.bias(), cfg.stride, cfg.padding)
+    layer_conv(layer, x, true, 0)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1274,6 +1289,23 @@ const NO_GRAD: u16 = u16::MAX;
 
 impl Conv2dOp {
     fn forward(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "conv2d input")?;
+        let w = f32_slice(s2, l2, "conv2d kernel")?;
+        let bias = bias
+            .map(|(s, l)| f32_slice(s, l, "conv2d bias"))
+            .transpose()?;
+        let (out, shape) = self.forward_slices(x, w, bias, l1.dims()[0]);
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn forward_slices(
         &self,
         x: &[f32],
         w: &[f32],
@@ -1453,64 +1485,7 @@ impl Conv2dOp {
     }
 }
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "distill-conv2d"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "conv2d input")?;
-        let w = f32_slice(s2, l2, "conv2d kernel")?;
-        let (out, shape) = self.forward(x, w, None, l1.dims()[0]);
-        Ok((CpuStorage::F32(out), shape))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.backward(x, w, res, grad, None)?;
-        Ok((gx, gw))
-    }
-}
-
-impl CustomOp3 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "distill-conv2d"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "conv2d input")?;
-        let w = f32_slice(s2, l2, "conv2d kernel")?;
-        let b = f32_slice(s3, l3, "conv2d bias")?;
-        let (out, shape) = self.forward(x, w, Some(b), l1.dims()[0]);
-        Ok((CpuStorage::F32(out), shape))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward(x, w, res, grad, Some(b))
-    }
-}
+weighted_op!(Conv2dOp, "distill-conv2d");
 
 /// The gradients of a convolution, packed in one `[O·K + O (+ B·C·H·W)]` vector: the kernel's, the bias's,
 /// then the input's when asked.
@@ -1539,10 +1514,9 @@ impl CustomOp2 for Conv2dGrad {
         let gy = f32_slice(s2, l2, "conv2d gradient")?;
         let (ws, wl) = self.w.storage_and_layout();
         let w = match &*ws {
-            candle_core::Storage::Cpu(s) => f32_slice(s, wl, "conv2d kernel")?.to_vec(),
+            candle_core::Storage::Cpu(s) => f32_slice(s, wl, "conv2d kernel")?,
             _ => candle_core::bail!("conv2d: the kernel is not on the CPU"),
         };
-        drop(ws);
         let batch = l1.dims()[0];
         let (oh, ow) = g.out_hw();
         let n = oh * ow;
@@ -1610,7 +1584,7 @@ impl CustomOp2 for Conv2dGrad {
                     if let Some(gxi) = gxi {
                         // gcols[k, n] = wᵀ[k, o] · gy[o, n], then back into the image
                         gemm1(
-                            k, n, o, &mut cols, false, &w, 1, k as isize, gyi, n as isize, 1,
+                            k, n, o, &mut cols, false, w, 1, k as isize, gyi, n as isize, 1,
                         );
                         g.col2im(&cols, gxi);
                     }
