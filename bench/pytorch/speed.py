@@ -72,6 +72,17 @@ def batches(n, bs, gen):
     return [perm[i : i + bs] for i in range(0, n, bs)]
 
 
+def timed_epoch(n, step, gen):
+    """Five warm-up batches, then one timed epoch of shuffled batches of 128: (samples, seconds)."""
+    for idx in batches(n, 128, gen)[:5]:
+        step(idx)
+    order = batches(n, 128, gen)
+    t0 = time.perf_counter()
+    for idx in order:
+        step(idx)
+    return n, time.perf_counter() - t0
+
+
 def mlp_ce(args):
     x, y = mnist_train()
     x = x.reshape(-1, 784)
@@ -85,13 +96,7 @@ def mlp_ce(args):
         loss.backward()
         opt.step()
 
-    for idx in batches(x.shape[0], 128, gen)[:5]:
-        step(idx)
-    order = batches(x.shape[0], 128, gen)
-    t0 = time.perf_counter()
-    for idx in order:
-        step(idx)
-    return x.shape[0], time.perf_counter() - t0
+    return timed_epoch(x.shape[0], step, gen)
 
 
 def mlp_kd(args):
@@ -116,13 +121,7 @@ def mlp_kd(args):
         loss.backward()
         opt.step()
 
-    for idx in batches(x.shape[0], 128, gen)[:5]:
-        step(idx)
-    order = batches(x.shape[0], 128, gen)
-    t0 = time.perf_counter()
-    for idx in order:
-        step(idx)
-    return x.shape[0], time.perf_counter() - t0
+    return timed_epoch(x.shape[0], step, gen)
 
 
 class SmallCnn(nn.Module):

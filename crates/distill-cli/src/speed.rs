@@ -105,6 +105,35 @@ fn mlp(hidden: &[usize], seed: u64) -> Result<distill_vision::models::mlp::Mlp> 
     )?)
 }
 
+/// MNIST training images and labels with a fixed shuffled order of batches of 128.
+struct Batches {
+    x: Tensor,
+    y: Tensor,
+    order: Vec<Tensor>,
+}
+
+impl Batches {
+    fn new(x: Tensor, y: Tensor) -> Result<Self> {
+        let order = batches(x.dim(0)?, 128, &mut Rng::new(1))?;
+        Ok(Self { x, y, order })
+    }
+    /// Batch `i` (cycling through the order): inputs and labels.
+    fn get(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let idx = &self.order[i % self.order.len()];
+        Ok((self.x.index_select(idx, 0)?, self.y.index_select(idx, 0)?))
+    }
+    fn samples(&self, i: usize) -> usize {
+        self.order[i % self.order.len()].dim(0).unwrap_or(0)
+    }
+}
+
+/// One optimiser step on `loss`, reading its value back as the training loop does.
+fn optimise(opt: &mut dyn Optimizer, loss: &Tensor) -> Result<()> {
+    let _ = loss.to_scalar::<f32>()?;
+    opt.step(&distill_core::ops::backward(loss)?)?;
+    Ok(())
+}
+
 /// A training workload: data, model and optimiser, stepped over batch `i` of its own order.
 pub trait Workload {
     /// One training step over batch `i`.
@@ -116,9 +145,7 @@ pub trait Workload {
 }
 
 struct MlpCe {
-    x: Tensor,
-    y: Tensor,
-    order: Vec<Tensor>,
+    data: Batches,
     net: distill_vision::models::mlp::Mlp,
     opt: Box<dyn Optimizer>,
 }
@@ -127,11 +154,8 @@ impl MlpCe {
     fn new(x: Tensor, y: Tensor) -> Result<Self> {
         let net = mlp(&[1200, 1200], 0)?;
         let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(net.varmap()))?;
-        let order = batches(x.dim(0)?, 128, &mut Rng::new(1))?;
         Ok(Self {
-            x,
-            y,
-            order,
+            data: Batches::new(x, y)?,
             net,
             opt,
         })
@@ -140,26 +164,20 @@ impl MlpCe {
 
 impl Workload for MlpCe {
     fn step(&mut self, i: usize) -> Result<()> {
-        let idx = &self.order[i % self.order.len()];
-        let (xb, yb) = (self.x.index_select(idx, 0)?, self.y.index_select(idx, 0)?);
+        let (xb, yb) = self.data.get(i)?;
         let out = self.net.forward(&xb, Mode::Train { seed: i as u64 })?;
-        let loss = ce_loss(&out.logits, &yb)?;
-        let _ = loss.to_scalar::<f32>()?;
-        self.opt.step(&distill_core::ops::backward(&loss)?)?;
-        Ok(())
+        optimise(self.opt.as_mut(), &ce_loss(&out.logits, &yb)?)
     }
     fn samples(&self, i: usize) -> usize {
-        self.order[i % self.order.len()].dim(0).unwrap_or(0)
+        self.data.samples(i)
     }
     fn schedule(&self) -> (usize, usize) {
-        (self.order.len(), 5)
+        (self.data.order.len(), 5)
     }
 }
 
 struct MlpKd {
-    x: Tensor,
-    y: Tensor,
-    order: Vec<Tensor>,
+    data: Batches,
     teacher: distill_vision::models::mlp::Mlp,
     student: distill_vision::models::mlp::Mlp,
     opt: Box<dyn Optimizer>,
@@ -170,11 +188,8 @@ impl MlpKd {
         let teacher = mlp(&[1200, 1200], 0)?;
         let student = mlp(&[800, 800], 1)?;
         let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(student.varmap()))?;
-        let order = batches(x.dim(0)?, 128, &mut Rng::new(1))?;
         Ok(Self {
-            x,
-            y,
-            order,
+            data: Batches::new(x, y)?,
             teacher,
             student,
             opt,
@@ -184,8 +199,7 @@ impl MlpKd {
 
 impl Workload for MlpKd {
     fn step(&mut self, i: usize) -> Result<()> {
-        let idx = &self.order[i % self.order.len()];
-        let (xb, yb) = (self.x.index_select(idx, 0)?, self.y.index_select(idx, 0)?);
+        let (xb, yb) = self.data.get(i)?;
         let t = self.teacher.forward(&xb, Mode::Eval)?.logits.detach();
         let s = self
             .student
@@ -193,22 +207,18 @@ impl Workload for MlpKd {
             .logits;
         let kd = kd_loss(&s, &t, 4.0)?;
         let loss = (kd.affine(0.9, 0.0)? + ce_loss(&s, &yb)?.affine(0.1, 0.0)?)?;
-        let _ = loss.to_scalar::<f32>()?;
-        self.opt.step(&distill_core::ops::backward(&loss)?)?;
-        Ok(())
+        optimise(self.opt.as_mut(), &loss)
     }
     fn samples(&self, i: usize) -> usize {
-        self.order[i % self.order.len()].dim(0).unwrap_or(0)
+        self.data.samples(i)
     }
     fn schedule(&self) -> (usize, usize) {
-        (self.order.len(), 5)
+        (self.data.order.len(), 5)
     }
 }
 
 struct Cnn {
-    x: Tensor,
-    y: Tensor,
-    order: Vec<Tensor>,
+    data: Batches,
     conv1: candle_nn::Conv2d,
     conv2: candle_nn::Conv2d,
     fc1: candle_nn::Linear,
@@ -237,11 +247,8 @@ impl Cnn {
         };
         let opt = build_optimizer(&sgd, trainable_vars(&varmap))?;
         let n = x.dim(0)?;
-        let order = batches(n, 128, &mut Rng::new(1))?;
         Ok(Self {
-            x: x.reshape((n, 1, 28, 28))?,
-            y,
-            order,
+            data: Batches::new(x.reshape((n, 1, 28, 28))?, y)?,
             conv1,
             conv2,
             fc1,
@@ -254,8 +261,7 @@ impl Cnn {
 
 impl Workload for Cnn {
     fn step(&mut self, i: usize) -> Result<()> {
-        let idx = &self.order[i % self.order.len()];
-        let (xb, yb) = (self.x.index_select(idx, 0)?, self.y.index_select(idx, 0)?);
+        let (xb, yb) = self.data.get(i)?;
         use distill_core::ops::{conv2d_layer_relu_pool, linear};
         let h = conv2d_layer_relu_pool(&self.conv1, &xb, 2)?;
         let h = conv2d_layer_relu_pool(&self.conv2, &h, 2)?;
@@ -266,13 +272,10 @@ impl Workload for Cnn {
             true,
         )?;
         let logits = linear(&h, self.fc2.weight(), self.fc2.bias(), false)?;
-        let loss = ce_loss(&logits, &yb)?;
-        let _ = loss.to_scalar::<f32>()?;
-        self.opt.step(&distill_core::ops::backward(&loss)?)?;
-        Ok(())
+        optimise(self.opt.as_mut(), &ce_loss(&logits, &yb)?)
     }
     fn samples(&self, i: usize) -> usize {
-        self.order[i % self.order.len()].dim(0).unwrap_or(0)
+        self.data.samples(i)
     }
     fn schedule(&self) -> (usize, usize) {
         (50, 3)
@@ -330,9 +333,7 @@ impl Workload for Gcn {
         if let Ok(p) = out.feature("l2_penalty") {
             loss = (loss + p.tensor.sum_all()?)?;
         }
-        let _ = loss.to_scalar::<f32>()?;
-        self.opt.step(&distill_core::ops::backward(&loss)?)?;
-        Ok(())
+        optimise(self.opt.as_mut(), &loss)
     }
     fn samples(&self, _i: usize) -> usize {
         self.nodes
