@@ -1,4 +1,5 @@
-//! Building blocks for networks: seeded parameter creation, seeded dropout and depthwise convolution.
+//! Building blocks for networks: seeded parameter creation, seeded dropout, depthwise convolution and the
+//! ResNet basic block.
 //!
 //! candle's CPU random generator cannot be seeded, so [`seeded_var_builder`] creates every parameter from
 //! [`Rng`] streams derived from the run seed and the parameter's name: the same seed gives the same initial
@@ -138,7 +139,8 @@ pub fn dropout(x: &Tensor, p: f64, mode: Mode, salt: &str) -> Result<Tensor> {
 /// PyTorch `Conv2d(C, C, k, groups=C)` stores it), zero `padding` (rows, columns) and `stride` (rows, columns).
 ///
 /// Computed as a sum of `kh * kw` shifted, per-channel-scaled copies of the input, which on CPU is much faster
-/// than candle's grouped `conv2d` (one small convolution per channel) and has the same autograd.
+/// than candle's grouped `conv2d` (one small convolution per channel) and has the same autograd. Models use
+/// [`crate::ops::depthwise_conv2d`], one fused op on f32 CPU tensors, which falls back to this elsewhere.
 pub fn depthwise_conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -171,7 +173,7 @@ pub fn depthwise_conv2d(
         } else {
             let idx: Vec<u32> = (0..n).map(|i| (start + i * s) as u32).collect();
             let idx = Tensor::new(idx.as_slice(), t.device())?;
-            Ok(t.index_select(&idx, dim)?)
+            Ok(t.contiguous()?.index_select(&idx, dim)?)
         }
     };
     let mut out: Option<Tensor> = None;
@@ -193,6 +195,86 @@ pub fn depthwise_conv2d(
     let out = out.expect("kernel has at least one tap");
     debug_assert_eq!(out.dims(), [b, c, ho, wo]);
     Ok(out)
+}
+
+/// A bias-free `k`x`k` convolution `cin -> cout` with padding `k / 2` (PyTorch's `Conv2d(.., bias=False)`).
+pub fn conv_no_bias(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    vb: VarBuilder,
+) -> Result<candle_nn::Conv2d> {
+    let cfg = candle_nn::Conv2dConfig {
+        padding: k / 2,
+        stride,
+        ..Default::default()
+    };
+    Ok(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?)
+}
+
+/// A batch norm over `c` channels with PyTorch's defaults (eps 1e-5, momentum 0.1, scale and shift).
+pub fn batch_norm(c: usize, vb: VarBuilder) -> Result<candle_nn::BatchNorm> {
+    Ok(candle_nn::batch_norm(
+        c,
+        candle_nn::BatchNormConfig::default(),
+        vb,
+    )?)
+}
+
+/// The ResNet basic block (He et al. 2016): `conv3x3(stride)-bn-relu-conv3x3-bn`, plus the identity or a
+/// `downsample` 1x1 conv + bn when the stride or width changes, then ReLU. Parameter names follow PyTorch's
+/// torchvision state dicts: `conv1`, `bn1`, `conv2`, `bn2`, `downsample.0`, `downsample.1`. Its convolutions
+/// and batch norms are the fused [`crate::ops`].
+pub struct BasicBlock {
+    conv1: candle_nn::Conv2d,
+    bn1: candle_nn::BatchNorm,
+    conv2: candle_nn::Conv2d,
+    bn2: candle_nn::BatchNorm,
+    downsample: Option<(candle_nn::Conv2d, candle_nn::BatchNorm)>,
+}
+
+impl BasicBlock {
+    /// A block `cin -> cout` whose first convolution has `stride`.
+    pub fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let downsample = if stride != 1 || cin != cout {
+            Some((
+                conv_no_bias(cin, cout, 1, stride, vb.pp("downsample.0"))?,
+                batch_norm(cout, vb.pp("downsample.1"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv_no_bias(cin, cout, 3, stride, vb.pp("conv1"))?,
+            bn1: batch_norm(cout, vb.pp("bn1"))?,
+            conv2: conv_no_bias(cout, cout, 3, 1, vb.pp("conv2"))?,
+            bn2: batch_norm(cout, vb.pp("bn2"))?,
+            downsample,
+        })
+    }
+
+    /// FLOPs (2 per multiply-add) of the block's convolutions for `out_pixels` output positions per image.
+    pub fn flops(cin: usize, cout: usize, stride: usize, out_pixels: usize) -> u64 {
+        let conv = |cin: usize, k: usize| 2 * (cin * cout * k * k * out_pixels) as u64;
+        let mut f = conv(cin, 3) + conv(cout, 3);
+        if stride != 1 || cin != cout {
+            f += conv(cin, 1);
+        }
+        f
+    }
+
+    /// The block on `x` `[B, cin, H, W]`; `train` selects batch statistics (and updates the running ones).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        use crate::ops::{batch_norm as bn, conv2d_layer};
+        let out = bn(&self.bn1, &conv2d_layer(&self.conv1, x)?, train, true)?;
+        let out = bn(&self.bn2, &conv2d_layer(&self.conv2, &out)?, train, false)?;
+        let residual = match &self.downsample {
+            Some((c, b)) => bn(b, &conv2d_layer(c, x)?, train, false)?,
+            None => x.clone(),
+        };
+        Ok((out + residual)?.relu()?)
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,13 @@
 //! * [`cross_entropy`] and [`kd_kl`]: the cross-entropy and the temperature-scaled KL divergence of Hinton et
 //!   al. as one node each, with the closed-form gradients `(softmax(s) − onehot)/N` and `T·(q − p)/N`.
 //!
+//! * [`conv2d`] and its ReLU / max-pool variants: im2col + GEMM per image, with the activation and the pooling
+//!   inside the op; [`depthwise_conv2d`]: one filter per channel, a direct loop per channel plane, forward and
+//!   backward (instead of nine shifted, scaled copies of the input and their reductions).
+//!
+//! * [`batch_norm`] (training mode, + ReLU): the channel statistics, the normalisation and the ReLU in one
+//!   node, and one backward pass for the input, scale and shift.
+//!
 //! * [`backward`]: `loss.backward()`, except that the parameter gradients of the ops above skip candle's
 //!   gradient store on the way (where each would start as zeros and be added to: two extra passes over every
 //!   weight's gradient per step) and are put into it once at the end. A plain `loss.backward()` gives the
@@ -1712,6 +1719,626 @@ impl CustomOp2 for MaxPoolGrad {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// depthwise convolution
+// ---------------------------------------------------------------------------------------------------------
+
+/// Depthwise 2-D convolution: `x` `[B, C, H, W]`, `weight` `[C, 1, kh, kw]` (one filter per channel, as
+/// PyTorch's `Conv2d(C, C, k, groups=C)`), zero `padding` `(rows, cols)` and `stride` `(rows, cols)`. On f32
+/// CPU tensors it is one op, forward and backward, each a direct loop over the channel planes in parallel;
+/// elsewhere it is [`crate::nn::depthwise_conv2d`] (shifted slices, the same mathematics).
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: (usize, usize),
+    stride: (usize, usize),
+) -> Result<Tensor> {
+    if !fast(&[x, weight]) {
+        return crate::nn::depthwise_conv2d(x, weight, padding, stride);
+    }
+    let geo = DwGeo::new(x.dims(), weight.dims(), padding, stride)?;
+    Ok(x.contiguous()?
+        .apply_op2(&weight.contiguous()?, DepthwiseOp(geo))?)
+}
+
+/// The shapes of one depthwise convolution.
+#[derive(Clone, Copy)]
+struct DwGeo {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    ph: usize,
+    pw: usize,
+    sh: usize,
+    sw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl DwGeo {
+    fn new(
+        x: &[usize],
+        wt: &[usize],
+        padding: (usize, usize),
+        stride: (usize, usize),
+    ) -> Result<Self> {
+        let (&[b, c, h, w], &[wc, one, kh, kw]) = (x, wt) else {
+            return Err(Error::Shape(format!(
+                "depthwise_conv2d: input must be [B, C, H, W] and weight [C, 1, kh, kw], got {x:?} and {wt:?}"
+            )));
+        };
+        if wc != c || one != 1 {
+            return Err(Error::Shape(format!(
+                "depthwise_conv2d: weight {wt:?} does not fit input {x:?} (expected [{c}, 1, kh, kw])"
+            )));
+        }
+        let (sh, sw) = (stride.0.max(1), stride.1.max(1));
+        let (hp, wp) = (h + 2 * padding.0, w + 2 * padding.1);
+        if kh == 0 || kw == 0 || hp < kh || wp < kw {
+            return Err(Error::Shape(format!(
+                "depthwise_conv2d: kernel {kh}x{kw} does not fit the padded input {hp}x{wp}"
+            )));
+        }
+        Ok(Self {
+            b,
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            ph: padding.0,
+            pw: padding.1,
+            sh,
+            sw,
+            oh: (hp - kh) / sh + 1,
+            ow: (wp - kw) / sw + 1,
+        })
+    }
+
+    /// Calls `f(tap, out_start, in_start, len)` for every kernel tap and output row: the `len` outputs from
+    /// `out_start` (consecutive) read the inputs from `in_start` every `sw`-th element, all inside the image.
+    #[inline]
+    fn spans(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        for j in 0..self.kw {
+            // outputs ox with 0 <= ox*sw + j - pw < w
+            let lo = self.pw.saturating_sub(j).div_ceil(self.sw);
+            let hi = (self.w + self.pw)
+                .saturating_sub(j)
+                .div_ceil(self.sw)
+                .min(self.ow);
+            if lo >= hi {
+                continue;
+            }
+            for i in 0..self.kh {
+                let t = i * self.kw + j;
+                for oy in 0..self.oh {
+                    let y = oy * self.sh + i;
+                    if y < self.ph || y - self.ph >= self.h {
+                        continue;
+                    }
+                    let start = (y - self.ph) * self.w + lo * self.sw + j - self.pw;
+                    f(t, oy * self.ow + lo, start, hi - lo);
+                }
+            }
+        }
+    }
+}
+
+/// `out[..n] += a * x[0], x[s], x[2s], ...` (vectorised when `s == 1`).
+#[inline]
+fn axpy_strided(out: &mut [f32], a: f32, x: &[f32], s: usize) {
+    if s == 1 {
+        out.iter_mut().zip(x).for_each(|(o, v)| *o += a * v);
+    } else {
+        out.iter_mut()
+            .zip(x.iter().step_by(s))
+            .for_each(|(o, v)| *o += a * v);
+    }
+}
+
+/// `Σ y[k] * x[k * s]` over `y`.
+#[inline]
+fn dot_strided(y: &[f32], x: &[f32], s: usize) -> f32 {
+    if s == 1 {
+        y.iter().zip(x).map(|(a, b)| a * b).sum()
+    } else {
+        y.iter().zip(x.iter().step_by(s)).map(|(a, b)| a * b).sum()
+    }
+}
+
+struct DepthwiseOp(DwGeo);
+
+impl CustomOp2 for DepthwiseOp {
+    fn name(&self) -> &'static str {
+        "distill-depthwise-conv2d"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = f32_slice(s1, l1, "depthwise_conv2d input")?;
+        let wt = f32_slice(s2, l2, "depthwise_conv2d weight")?;
+        let (plane, oplane, k) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+        let mut out = vec![0f32; g.b * g.c * oplane];
+        out.par_chunks_mut(oplane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(p, (o, xi))| {
+                let wc = &wt[(p % g.c) * k..][..k];
+                g.spans(|t, o0, i0, n| axpy_strided(&mut o[o0..o0 + n], wc[t], &xi[i0..], g.sw));
+            });
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.oh, g.ow))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.0;
+        let (want_x, want_w) = (x.track_op(), w.track_op());
+        if !want_x && !want_w {
+            return Ok((None, None));
+        }
+        let k = g.c * g.kh * g.kw;
+        let packed = x.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &DepthwiseGrad {
+                geo: g,
+                w: w.clone(),
+                want_x,
+            },
+        )?;
+        let gw = if want_w {
+            param_grad(w, packed.narrow(0, 0, k)?.reshape(w.shape())?)
+        } else {
+            None
+        };
+        let gx = if want_x {
+            Some(packed.narrow(0, k, x.elem_count())?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
+
+/// The gradients of a depthwise convolution from the input and the output's gradient, packed as
+/// `[gw (C·kh·kw) | gx (B·C·H·W, only when wanted)]`.
+struct DepthwiseGrad {
+    geo: DwGeo,
+    w: Tensor,
+    want_x: bool,
+}
+
+impl CustomOp2 for DepthwiseGrad {
+    fn name(&self) -> &'static str {
+        "distill-depthwise-conv2d-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.geo;
+        let x = f32_slice(s1, l1, "depthwise_conv2d input")?;
+        let gy = f32_slice(s2, l2, "depthwise_conv2d gradient")?;
+        let (wst, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(ws) = &*wst else {
+            candle_core::bail!("depthwise_conv2d gradient: the weight is not on the CPU")
+        };
+        let wt = f32_slice(ws, wl, "depthwise_conv2d weight")?;
+        let (plane, oplane, k) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+        let mut out = vec![0f32; g.c * k + if self.want_x { x.len() } else { 0 }];
+        let (gw, gx) = out.split_at_mut(g.c * k);
+        // per-plane weight gradients, then summed over the batch per channel
+        let mut gw_planes = vec![0f32; g.b * g.c * k];
+        let run = |p: usize, gwp: &mut [f32], gxi: Option<&mut [f32]>| {
+            let (xi, gyi) = (&x[p * plane..][..plane], &gy[p * oplane..][..oplane]);
+            g.spans(|t, o0, i0, n| gwp[t] += dot_strided(&gyi[o0..o0 + n], &xi[i0..], g.sw));
+            if let Some(gxi) = gxi {
+                let wc = &wt[(p % g.c) * k..][..k];
+                g.spans(|t, o0, i0, n| {
+                    let a = wc[t];
+                    if g.sw == 1 {
+                        gxi[i0..i0 + n]
+                            .iter_mut()
+                            .zip(&gyi[o0..o0 + n])
+                            .for_each(|(d, v)| *d += a * v);
+                    } else {
+                        gxi[i0..]
+                            .iter_mut()
+                            .step_by(g.sw)
+                            .zip(&gyi[o0..o0 + n])
+                            .for_each(|(d, v)| *d += a * v);
+                    }
+                });
+            }
+        };
+        if self.want_x {
+            gw_planes
+                .par_chunks_mut(k)
+                .zip(gx.par_chunks_mut(plane))
+                .enumerate()
+                .for_each(|(p, (gwp, gxi))| run(p, gwp, Some(gxi)));
+        } else {
+            gw_planes
+                .par_chunks_mut(k)
+                .enumerate()
+                .for_each(|(p, gwp)| run(p, gwp, None));
+        }
+        for (p, gwp) in gw_planes.chunks(k).enumerate() {
+            let dst = &mut gw[(p % g.c) * k..][..k];
+            dst.iter_mut().zip(gwp).for_each(|(d, s)| *d += s);
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// batch normalisation
+// ---------------------------------------------------------------------------------------------------------
+
+/// candle-nn's `BatchNorm` over `x` `[B, C, ...]`, optionally followed by ReLU, in training (`train`, batch
+/// statistics; the running mean and variance are updated as candle-nn does) or evaluation mode (running
+/// statistics). On f32 CPU tensors evaluation mode is one per-channel scale-and-shift op, and training mode
+/// is one op too: the per-channel statistics, the scale and shift and the ReLU in one pass each, and a
+/// backward pass that computes the input's, the scale's and the shift's gradients together (candle-nn
+/// composes about fifteen nodes, each with its own backward). Elsewhere, and for a `BatchNorm` without scale
+/// and shift, it is `bn.forward_t(x, train)`.
+pub fn batch_norm(
+    bn: &candle_nn::BatchNorm,
+    x: &Tensor,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
+    use candle_nn::ModuleT;
+    let c = bn.running_mean().elem_count();
+    if x.rank() < 2 || x.dim(1)? != c {
+        return Err(Error::Shape(format!(
+            "batch_norm: input {:?} does not have the {c} channels (dimension 1) the layer normalises",
+            x.dims()
+        )));
+    }
+    let composed = |x: &Tensor| -> Result<Tensor> {
+        let y = bn.forward_t(x, train)?;
+        Ok(if relu { y.relu()? } else { y })
+    };
+    let Some((gamma, beta)) = bn.weight_and_bias() else {
+        return composed(x);
+    };
+    if !fast(&[x, gamma, beta, bn.running_mean(), bn.running_var()]) {
+        return composed(x);
+    }
+    if !train {
+        let scale = gamma.div(&(bn.running_var() + bn.eps())?.sqrt()?)?;
+        let shift = beta.sub(&bn.running_mean().mul(&scale)?)?;
+        return Ok(x.contiguous()?.apply_op3(
+            &scale.contiguous()?,
+            &shift.contiguous()?,
+            ChannelAffineOp { relu },
+        )?);
+    }
+    let stats = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let op = BatchNormOp {
+        eps: bn.eps(),
+        relu,
+        stats: stats.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    // the running statistics, as candle-nn updates them: the unbiased batch variance, momentum m
+    let (mean, var) = {
+        let s = stats
+            .lock()
+            .map_err(|_| Error::Shape("batch_norm: poisoned".into()))?;
+        (s[..c].to_vec(), s[c..].to_vec())
+    };
+    let n = (x.elem_count() / c) as f64;
+    let m = bn.momentum();
+    let dev = x.device();
+    let update = |running: &Tensor, batch: Vec<f32>, scale: f64| -> Result<()> {
+        let batch = Tensor::from_vec(batch, c, dev)?;
+        let new = ((running * (1.0 - m))? + (batch * (m * scale))?)?;
+        candle_core::Var::from_tensor(running)?.set(&new)?;
+        Ok(())
+    };
+    update(bn.running_mean(), mean, 1.0)?;
+    update(
+        bn.running_var(),
+        var,
+        if n > 1.0 { n / (n - 1.0) } else { 1.0 },
+    )?;
+    Ok(y)
+}
+
+/// Training-mode batch normalisation `(x − μ_c)/√(σ²_c + ε)·γ_c + β_c` (+ ReLU). `stats` receives the batch
+/// means and (biased) variances, `[μ (C) | σ² (C)]`, for the running statistics.
+struct BatchNormOp {
+    eps: f64,
+    relu: bool,
+    stats: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
+}
+
+/// `(batch, channels, elements per channel plane)` of a `[B, C, ...]` shape.
+fn bn_dims(shape: &Shape) -> (usize, usize, usize) {
+    let d = shape.dims();
+    (d[0], d[1], d[2..].iter().product())
+}
+
+/// Per-channel `(mean, biased variance)` of `x` `[B, C, plane]`, in f64 accumulators.
+fn channel_stats(x: &[f32], b: usize, c: usize, plane: usize) -> Vec<(f32, f32)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut s2) = (0f64, 0f64);
+            for bi in 0..b {
+                for &v in &x[(bi * c + ch) * plane..][..plane] {
+                    s += v as f64;
+                    s2 += (v as f64) * (v as f64);
+                }
+            }
+            let n = (b * plane) as f64;
+            let mean = s / n;
+            (mean as f32, (s2 / n - mean * mean).max(0.0) as f32)
+        })
+        .collect()
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "distill-batch-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "batch_norm input")?;
+        let gamma = f32_slice(s2, l2, "batch_norm weight")?;
+        let beta = f32_slice(s3, l3, "batch_norm bias")?;
+        let (b, c, plane) = bn_dims(l1.shape());
+        let st = channel_stats(x, b, c, plane);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane.max(1))
+            .zip(x.par_chunks(plane.max(1)))
+            .enumerate()
+            .for_each(|(p, (o, xi))| {
+                let ch = p % c;
+                let (mean, var) = st[ch];
+                let scale = gamma[ch] / (var + self.eps as f32).sqrt();
+                let shift = beta[ch] - mean * scale;
+                if self.relu {
+                    o.iter_mut()
+                        .zip(xi)
+                        .for_each(|(o, v)| *o = (v * scale + shift).max(0.0));
+                } else {
+                    o.iter_mut()
+                        .zip(xi)
+                        .for_each(|(o, v)| *o = v * scale + shift);
+                }
+            });
+        if let Ok(mut s) = self.stats.lock() {
+            *s = st
+                .iter()
+                .map(|s| s.0)
+                .chain(st.iter().map(|s| s.1))
+                .collect();
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.elem_count();
+        let packed = x.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &BatchNormGrad {
+                eps: self.eps,
+                gamma: gamma.clone(),
+                res: self.relu.then(|| res.clone()),
+                want_x: x.track_op(),
+            },
+        )?;
+        let gg = gamma
+            .track_op()
+            .then(|| packed.narrow(0, 0, c))
+            .transpose()?
+            .and_then(|g| param_grad(gamma, g));
+        let gb = beta
+            .track_op()
+            .then(|| packed.narrow(0, c, c))
+            .transpose()?
+            .and_then(|g| param_grad(beta, g));
+        let gx = x
+            .track_op()
+            .then(|| packed.narrow(0, 2 * c, x.elem_count())?.reshape(x.shape()))
+            .transpose()?;
+        Ok((gx, gg, gb))
+    }
+}
+
+/// Evaluation-mode batch norm as a per-channel affine map `x·s_c + t_c` (+ ReLU), `s` and `t` `[C]`
+/// computed from the running statistics by the caller (so their gradients reach γ and β through candle).
+struct ChannelAffineOp {
+    relu: bool,
+}
+
+impl CustomOp3 for ChannelAffineOp {
+    fn name(&self) -> &'static str {
+        "distill-channel-affine"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "batch_norm input")?;
+        let scale = f32_slice(s2, l2, "batch_norm scale")?;
+        let shift = f32_slice(s3, l3, "batch_norm shift")?;
+        let (_, c, plane) = bn_dims(l1.shape());
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane.max(1))
+            .zip(x.par_chunks(plane.max(1)))
+            .enumerate()
+            .for_each(|(p, (o, xi))| {
+                let (s, t) = (scale[p % c], shift[p % c]);
+                if self.relu {
+                    o.iter_mut()
+                        .zip(xi)
+                        .for_each(|(o, v)| *o = (v * s + t).max(0.0));
+                } else {
+                    o.iter_mut().zip(xi).for_each(|(o, v)| *o = v * s + t);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // composed: rarely needed (evaluation-mode layers are not usually trained through)
+        let c = scale.elem_count();
+        let mut bshape = vec![1; x.rank()];
+        bshape[1] = c;
+        let g = if self.relu {
+            grad.apply_op2_no_bwd(res, &ReluGrad)?
+        } else {
+            grad.clone()
+        };
+        let sum_but_channel = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.transpose(0, 1)?.flatten_from(1)?.sum(1)
+        };
+        let gx = x
+            .track_op()
+            .then(|| g.broadcast_mul(&scale.reshape(bshape.as_slice())?))
+            .transpose()?;
+        let gs = scale
+            .track_op()
+            .then(|| sum_but_channel(&(&g * x)?))
+            .transpose()?;
+        let gt = shift.track_op().then(|| sum_but_channel(&g)).transpose()?;
+        Ok((gx, gs, gt))
+    }
+}
+
+/// The gradients of training-mode batch normalisation from the input and the output's gradient, packed as
+/// `[gγ (C) | gβ (C) | gx (only when wanted)]`:
+/// `gx = γ/σ · (g − mean(g) − x̂·mean(g·x̂))` per channel, with `g` masked by the ReLU when there is one.
+struct BatchNormGrad {
+    eps: f64,
+    gamma: Tensor,
+    res: Option<Tensor>,
+    want_x: bool,
+}
+
+impl CustomOp2 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "distill-batch-norm-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "batch_norm input")?;
+        let g = f32_slice(s2, l2, "batch_norm gradient")?;
+        let masked;
+        let g: &[f32] = match &self.res {
+            Some(res) => {
+                let (rs, rl) = res.storage_and_layout();
+                let candle_core::Storage::Cpu(rs) = &*rs else {
+                    candle_core::bail!("batch_norm gradient: the output is not on the CPU")
+                };
+                masked = relu_masked(g, f32_slice(rs, rl, "batch_norm output")?);
+                &masked
+            }
+            None => g,
+        };
+        let (gs, gl) = self.gamma.storage_and_layout();
+        let candle_core::Storage::Cpu(gs) = &*gs else {
+            candle_core::bail!("batch_norm gradient: the weight is not on the CPU")
+        };
+        let gamma = f32_slice(gs, gl, "batch_norm weight")?;
+        let (b, c, plane) = bn_dims(l1.shape());
+        let n = (b * plane) as f32;
+        let st = channel_stats(x, b, c, plane);
+        let rstd: Vec<f32> = st
+            .iter()
+            .map(|s| 1.0 / (s.1 + self.eps as f32).sqrt())
+            .collect();
+        // per channel: Σg and Σg·x̂
+        let sums: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, r) = (st[ch].0, rstd[ch]);
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for bi in 0..b {
+                    let at = (bi * c + ch) * plane;
+                    for (gv, xv) in g[at..at + plane].iter().zip(&x[at..at + plane]) {
+                        sg += *gv as f64;
+                        sgx += (*gv * (xv - mean) * r) as f64;
+                    }
+                }
+                (sg as f32, sgx as f32)
+            })
+            .collect();
+        let mut out = vec![0f32; 2 * c + if self.want_x { x.len() } else { 0 }];
+        let (head, gx) = out.split_at_mut(2 * c);
+        for (ch, s) in sums.iter().enumerate() {
+            head[ch] = s.1;
+            head[c + ch] = s.0;
+        }
+        if self.want_x {
+            gx.par_chunks_mut(plane.max(1))
+                .enumerate()
+                .for_each(|(p, o)| {
+                    let ch = p % c;
+                    let (mean, r) = (st[ch].0, rstd[ch]);
+                    let (mg, mgx) = (sums[ch].0 / n, sums[ch].1 / n);
+                    let k = gamma[ch] * r;
+                    let at = p * plane;
+                    for ((o, gv), xv) in o.iter_mut().zip(&g[at..]).zip(&x[at..]) {
+                        *o = k * (gv - mg - (xv - mean) * r * mgx);
+                    }
+                });
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1895,6 +2522,134 @@ mod tests {
         let gf = (&fused * &r)?.sum_all()?.backward()?;
         let gp = (&plain * &r)?.sum_all()?.backward()?;
         close(gf.get(&x).unwrap(), gp.get(&x).unwrap(), 1e-5);
+        Ok(())
+    }
+
+    /// The fused training-mode batch norm (with and without ReLU, input tracked or not) equals candle-nn's
+    /// `BatchNorm::forward_t` on values, on the input's, scale's and shift's gradients and on the running
+    /// statistics after two steps; evaluation mode (running statistics) matches it on values and gradients.
+    #[test]
+    fn fused_batch_norm_matches_candle_nn() -> Result<()> {
+        use candle_nn::{BatchNorm, ModuleT};
+        let dev = Device::Cpu;
+        for (relu, track_x, dims) in [
+            (false, true, vec![4, 3, 5, 6]),
+            (true, true, vec![2, 3, 7, 1]),
+            (true, false, vec![5, 3]),
+        ] {
+            let gamma = Var::from_tensor(&Tensor::randn(1f32, 0.5, 3, &dev)?)?;
+            let beta = Var::from_tensor(&Tensor::randn(0f32, 0.5, 3, &dev)?)?;
+            let make = || -> Result<BatchNorm> {
+                Ok(BatchNorm::new_with_momentum(
+                    3,
+                    Tensor::new(&[0.1f32, -0.2, 0.3], &dev)?,
+                    Tensor::new(&[1.0f32, 2.0, 0.5], &dev)?,
+                    gamma.as_tensor().clone(),
+                    beta.as_tensor().clone(),
+                    1e-5,
+                    0.2,
+                )?)
+            };
+            let (fused_bn, plain_bn) = (make()?, make()?);
+            for step in 0..2 {
+                let xs = (Tensor::randn(0f32, 2.0, dims.as_slice(), &dev)? + step as f64)?;
+                let xv = Var::from_tensor(&xs)?;
+                let x = if track_x {
+                    xv.as_tensor().clone()
+                } else {
+                    xs.clone()
+                };
+                let fused = batch_norm(&fused_bn, &x, true, relu)?;
+                let mut plain = plain_bn.forward_t(&x, true)?;
+                if relu {
+                    plain = plain.relu()?;
+                }
+                close(&fused, &plain, 1e-4);
+                let r = Tensor::randn(0f32, 1.0, plain.dims(), &dev)?;
+                let gf = backward(&(&fused * &r)?.sum_all()?)?;
+                let gp = (&plain * &r)?.sum_all()?.backward()?;
+                close(gf.get(&gamma).unwrap(), gp.get(&gamma).unwrap(), 1e-3);
+                close(gf.get(&beta).unwrap(), gp.get(&beta).unwrap(), 1e-4);
+                if track_x {
+                    close(gf.get(&xv).unwrap(), gp.get(&xv).unwrap(), 1e-3);
+                } else {
+                    assert!(gf.get(&xv).is_none());
+                }
+                close(fused_bn.running_mean(), plain_bn.running_mean(), 1e-5);
+                close(fused_bn.running_var(), plain_bn.running_var(), 1e-5);
+            }
+            let xv = Var::from_tensor(&Tensor::randn(0f32, 1.0, dims.as_slice(), &dev)?)?;
+            let x = xv.as_tensor();
+            let plain = plain_bn.forward_t(x, false)?;
+            let plain = if relu { plain.relu()? } else { plain };
+            let fused = batch_norm(&fused_bn, x, false, relu)?;
+            close(&fused, &plain, 1e-5);
+            let r = Tensor::randn(0f32, 1.0, plain.dims(), &dev)?;
+            let gf = backward(&(&fused * &r)?.sum_all()?)?;
+            let gp = (&plain * &r)?.sum_all()?.backward()?;
+            for v in [&gamma, &beta, &xv] {
+                close(gf.get(v).unwrap(), gp.get(v).unwrap(), 1e-4);
+            }
+        }
+        let bn = candle_nn::batch_norm(
+            4,
+            candle_nn::BatchNormConfig::default(),
+            candle_nn::VarBuilder::zeros(DType::F32, &dev),
+        )?;
+        let err = batch_norm(
+            &bn,
+            &Tensor::zeros((2, 3, 2, 2), DType::F32, &dev)?,
+            true,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("4 channels"), "{err}");
+        Ok(())
+    }
+
+    /// The fused depthwise convolution equals candle's grouped conv2d (`groups = C`) on values, and the
+    /// composed shifted-slice version on the weight's and the input's gradients, for strides, asymmetric
+    /// padding, a 5x3 kernel and an untracked input; through [`backward`] as through `loss.backward()`.
+    #[test]
+    fn fused_depthwise_conv2d_matches_grouped_conv_values_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, padding, stride, track_x) in [
+            ((3, 3), (1, 1), (1, 1), true),
+            ((3, 3), (1, 1), (2, 2), true),
+            ((5, 3), (2, 0), (1, 2), false),
+            ((3, 3), (0, 0), (1, 1), true),
+        ] {
+            let xs = Tensor::randn(0f32, 1.0, (3, 4, 9, 8), &dev)?;
+            let xv = Var::from_tensor(&xs)?;
+            let x = if track_x {
+                xv.as_tensor().clone()
+            } else {
+                xs.clone()
+            };
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (4, 1, k.0, k.1), &dev)?)?;
+            let fused = depthwise_conv2d(&x, w.as_tensor(), padding, stride)?;
+            let composed = crate::nn::depthwise_conv2d(&x, w.as_tensor(), padding, stride)?;
+            if padding.0 == padding.1 && stride.0 == stride.1 {
+                let grouped = xs.conv2d(w.as_tensor(), padding.0, stride.0, 1, 4)?;
+                assert_eq!(fused.dims(), grouped.dims());
+                close(&fused, &grouped, 1e-5);
+            }
+            assert_eq!(fused.dims(), composed.dims());
+            close(&fused, &composed, 1e-5);
+            let r = Tensor::randn(0f32, 1.0, fused.dims(), &dev)?;
+            let gf = backward(&(&fused * &r)?.sum_all()?)?;
+            let gc = (&composed * &r)?.sum_all()?.backward()?;
+            close(gf.get(&w).unwrap(), gc.get(&w).unwrap(), 1e-4);
+            if track_x {
+                close(gf.get(&xv).unwrap(), gc.get(&xv).unwrap(), 1e-4);
+            } else {
+                assert!(gf.get(&xv).is_none());
+            }
+        }
+        let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev)?;
+        let w = Tensor::zeros((2, 1, 3, 3), DType::F32, &dev)?;
+        assert!(depthwise_conv2d(&x, &w, (1, 1), (1, 1)).is_err());
         Ok(())
     }
 

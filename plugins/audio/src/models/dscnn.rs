@@ -2,13 +2,14 @@
 //!
 //! `conv1` 3x3 stride 2 (1 -> width) + `bn1` + ReLU, then `blocks` depthwise-separable blocks
 //! `blocks.N.{dw,bn_dw,pw,bn_pw}`: depthwise 3x3 (`groups = width`, computed with
-//! [`distill_core::nn::depthwise_conv2d`]) + BN + ReLU, pointwise 1x1 + BN + ReLU; global average pooling,
+//! [`distill_core::ops::depthwise_conv2d`]) + BN + ReLU, pointwise 1x1 + BN + ReLU; global average pooling,
 //! optional dropout, `fc`.
 
 use candle_core::{Device, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Linear, Module, ModuleT, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, Conv2d, Linear, Module, VarBuilder, VarMap};
 use distill_core::{
-    nn::{depthwise_conv2d, dropout, seeded_var_builder},
+    nn::{dropout, seeded_var_builder},
+    ops::depthwise_conv2d,
     FeatureKind, Mode, Network, Outputs, Result,
 };
 
@@ -43,11 +44,13 @@ impl DsBlock {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = depthwise_conv2d(x, &self.dw, (1, 1), (1, 1))?;
-        let y = self.bn_dw.forward_t(&y, train)?.relu()?;
-        Ok(self
-            .bn_pw
-            .forward_t(&distill_core::ops::conv2d_layer(&self.pw, &y)?, train)?
-            .relu()?)
+        let y = distill_core::ops::batch_norm(&self.bn_dw, &y, train, true)?;
+        distill_core::ops::batch_norm(
+            &self.bn_pw,
+            &distill_core::ops::conv2d_layer(&self.pw, &y)?,
+            train,
+            true,
+        )
     }
 }
 
@@ -102,10 +105,12 @@ impl DsCnn {
 impl Network for DsCnn {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         let train = mode.is_train();
-        let mut x = self
-            .bn1
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, input)?, train)?
-            .relu()?;
+        let mut x = distill_core::ops::batch_norm(
+            &self.bn1,
+            &distill_core::ops::conv2d_layer(&self.conv1, input)?,
+            train,
+            true,
+        )?;
         let mut maps = vec![("stem".to_string(), x.clone())];
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(&x, train)?;

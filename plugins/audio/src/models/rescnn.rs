@@ -7,55 +7,13 @@
 //! (`layer1.0.conv1.weight`, `layer1.0.downsample.0.weight`, …).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Linear, Module, ModuleT, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, Conv2d, Linear, Module, VarMap};
 use distill_core::{
-    nn::dropout, nn::seeded_var_builder, FeatureKind, Mode, Network, Outputs, Result,
+    nn::dropout, nn::seeded_var_builder, nn::BasicBlock, FeatureKind, Mode, Network, Outputs,
+    Result,
 };
 
 use super::{bn, conv, out_size};
-
-struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    downsample: Option<(Conv2d, BatchNorm)>,
-}
-
-impl BasicBlock {
-    fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        let downsample = if stride != 1 || cin != cout {
-            Some((
-                conv(cin, cout, 1, stride, vb.pp("downsample.0"))?,
-                bn(cout, vb.pp("downsample.1"))?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            conv1: conv(cin, cout, 3, stride, vb.pp("conv1"))?,
-            bn1: bn(cout, vb.pp("bn1"))?,
-            conv2: conv(cout, cout, 3, 1, vb.pp("conv2"))?,
-            bn2: bn(cout, vb.pp("bn2"))?,
-            downsample,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self
-            .bn1
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, x)?, train)?
-            .relu()?;
-        let out = self
-            .bn2
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv2, &out)?, train)?;
-        let residual = match &self.downsample {
-            Some((c, b)) => b.forward_t(&distill_core::ops::conv2d_layer(c, x)?, train)?,
-            None => x.clone(),
-        };
-        Ok((out + residual)?.relu()?)
-    }
-}
 
 /// The `res-cnn` teacher.
 pub struct ResCnn {
@@ -91,12 +49,7 @@ impl ResCnn {
             let stride = if i == 0 { 1 } else { 2 };
             let block = BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.0", i + 1)))?;
             (h, w) = (out_size(h, stride), out_size(w, stride));
-            let shortcut = if block.downsample.is_some() {
-                cin * cout
-            } else {
-                0
-            };
-            flops += 2 * ((9 * cin * cout + 9 * cout * cout + shortcut) * h * w) as u64;
+            flops += BasicBlock::flops(cin, cout, stride, h * w);
             layers.push(block);
         }
         let fc = candle_nn::linear(widths[3], classes, vb.pp("fc"))?;
@@ -117,10 +70,12 @@ impl ResCnn {
 impl Network for ResCnn {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         let train = mode.is_train();
-        let mut x = self
-            .bn1
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, input)?, train)?
-            .relu()?;
+        let mut x = distill_core::ops::batch_norm(
+            &self.bn1,
+            &distill_core::ops::conv2d_layer(&self.conv1, input)?,
+            train,
+            true,
+        )?;
         let mut maps = Vec::new();
         for l in &self.layers {
             x = l.forward(&x, train)?;

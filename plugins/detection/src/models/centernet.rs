@@ -1,8 +1,10 @@
 //! The CenterNet-style detector (see the module above for its shape).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ModuleT, VarBuilder, VarMap};
-use distill_core::{nn::seeded_var_builder, Error, FeatureKind, Mode, Network, Outputs, Result};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder, VarMap};
+use distill_core::{
+    nn::seeded_var_builder, nn::BasicBlock, Error, FeatureKind, Mode, Network, Outputs, Result,
+};
 
 /// Sizes of a CenterNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,61 +69,12 @@ impl ConvBn {
         })
     }
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self
-            .bn
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv, x)?, train)?
-            .relu()?)
-    }
-}
-
-struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    downsample: Option<(Conv2d, BatchNorm)>,
-}
-
-impl BasicBlock {
-    fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        let downsample = if stride != 1 || cin != cout {
-            Some((
-                conv(cin, cout, 1, stride, false, vb.pp("downsample.0"))?,
-                bn(cout, vb.pp("downsample.1"))?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            conv1: conv(cin, cout, 3, stride, false, vb.pp("conv1"))?,
-            bn1: bn(cout, vb.pp("bn1"))?,
-            conv2: conv(cout, cout, 3, 1, false, vb.pp("conv2"))?,
-            bn2: bn(cout, vb.pp("bn2"))?,
-            downsample,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self
-            .bn1
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, x)?, train)?
-            .relu()?;
-        let out = self
-            .bn2
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv2, &out)?, train)?;
-        let residual = match &self.downsample {
-            Some((c, b)) => b.forward_t(&distill_core::ops::conv2d_layer(c, x)?, train)?,
-            None => x.clone(),
-        };
-        Ok((out + residual)?.relu()?)
-    }
-
-    fn flops(cin: usize, cout: usize, stride: usize, hw_out: usize) -> u64 {
-        let mut f = conv_flops(cin, cout, 3, hw_out) + conv_flops(cout, cout, 3, hw_out);
-        if stride != 1 || cin != cout {
-            f += conv_flops(cin, cout, 1, hw_out);
-        }
-        f
+        distill_core::ops::batch_norm(
+            &self.bn,
+            &distill_core::ops::conv2d_layer(&self.conv, x)?,
+            train,
+            true,
+        )
     }
 }
 

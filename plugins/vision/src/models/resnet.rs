@@ -28,9 +28,9 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{
-    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Module, ModuleT, VarBuilder, VarMap,
+    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Module, VarBuilder, VarMap,
 };
-use distill_core::{FeatureKind, Mode, Network, Outputs, Result};
+use distill_core::{nn::BasicBlock, FeatureKind, Mode, Network, Outputs, Result};
 
 /// Output size of a 3x3/pad-1 or 1x1/pad-0 convolution with `stride`.
 fn out_size(h: usize, stride: usize) -> usize {
@@ -98,49 +98,6 @@ impl ResNetConfig {
     }
 }
 
-struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    downsample: Option<(Conv2d, BatchNorm)>,
-}
-
-impl BasicBlock {
-    fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        let downsample = if stride != 1 || cin != cout {
-            Some((
-                conv(cin, cout, 1, stride, vb.pp("downsample.0"))?,
-                bn(cout, vb.pp("downsample.1"))?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self {
-            conv1: conv(cin, cout, 3, stride, vb.pp("conv1"))?,
-            bn1: bn(cout, vb.pp("bn1"))?,
-            conv2: conv(cout, cout, 3, 1, vb.pp("conv2"))?,
-            bn2: bn(cout, vb.pp("bn2"))?,
-            downsample,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self
-            .bn1
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, x)?, train)?
-            .relu()?;
-        let out = self
-            .bn2
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv2, &out)?, train)?;
-        let residual = match &self.downsample {
-            Some((c, b)) => b.forward_t(&distill_core::ops::conv2d_layer(c, x)?, train)?,
-            None => x.clone(),
-        };
-        Ok((out + residual)?.relu()?)
-    }
-}
-
 /// A CIFAR ResNet (BasicBlocks, three stages).
 pub struct ResNet {
     cfg: ResNetConfig,
@@ -179,10 +136,7 @@ impl ResNet {
                 let stride = if s > 0 && i == 0 { 2 } else { 1 };
                 let block = BasicBlock::new(cin, cout, stride, vbs.pp(i.to_string()))?;
                 let (ho, wo) = (out_size(h, stride), out_size(w, stride));
-                flops += conv_flops(cin, cout, 3, ho, wo) + conv_flops(cout, cout, 3, ho, wo);
-                if block.downsample.is_some() {
-                    flops += conv_flops(cin, cout, 1, ho, wo);
-                }
+                flops += BasicBlock::flops(cin, cout, stride, ho * wo);
                 (h, w, cin) = (ho, wo, cout);
                 blocks.push(block);
             }
@@ -208,10 +162,12 @@ impl Network for ResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         super::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
-        let mut x = self
-            .bn1
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, input)?, train)?
-            .relu()?;
+        let mut x = distill_core::ops::batch_norm(
+            &self.bn1,
+            &distill_core::ops::conv2d_layer(&self.conv1, input)?,
+            train,
+            true,
+        )?;
         let mut maps = Vec::with_capacity(3);
         for stage in &self.stages {
             for block in stage {
@@ -315,11 +271,13 @@ impl WideBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let pre = self.bn1.forward_t(x, train)?.relu()?;
-        let out = self
-            .bn2
-            .forward_t(&distill_core::ops::conv2d_layer(&self.conv1, &pre)?, train)?
-            .relu()?;
+        let pre = distill_core::ops::batch_norm(&self.bn1, x, train, true)?;
+        let out = distill_core::ops::batch_norm(
+            &self.bn2,
+            &distill_core::ops::conv2d_layer(&self.conv1, &pre)?,
+            train,
+            true,
+        )?;
         let out = distill_core::ops::conv2d_layer(&self.conv2, &out)?;
         let residual = match &self.shortcut {
             Some(c) => distill_core::ops::conv2d_layer(c, &pre)?,
@@ -404,7 +362,7 @@ impl Network for WideResNet {
             }
             maps.push(x.clone());
         }
-        let x = self.bn1.forward_t(&x, train)?.relu()?;
+        let x = distill_core::ops::batch_norm(&self.bn1, &x, train, true)?;
         let pen = global_avg_pool(&x)?;
         let mut out = Outputs::logits(self.fc.forward(&pen)?);
         for (i, m) in maps.into_iter().enumerate() {
