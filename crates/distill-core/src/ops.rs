@@ -1494,6 +1494,9 @@ impl Conv2dOp {
 
 weighted_op!(Conv2dOp, "distill-conv2d");
 
+/// Images per group in the convolution's backward pass (see `Conv2dGrad`).
+const CONV_GRAD_GROUP: usize = 4;
+
 /// The gradients of a convolution, packed in one `[O·K + O (+ B·C·H·W)]` vector: the kernel's, the bias's,
 /// then the input's when asked.
 struct Conv2dGrad {
@@ -1533,7 +1536,7 @@ impl CustomOp2 for Conv2dGrad {
         let xlen = if self.input_grad { batch * img } else { 0 };
         let mut out = vec![0f32; ok + o + xlen];
         let (head, gx_all) = out.split_at_mut(ok + o);
-        // kernel and bias gradients: per-thread accumulators over images, reduced after; the input's
+        // kernel and bias gradients: per-group accumulators over images, summed after; the input's
         // gradient image by image
         let mut gx_chunks: Vec<&mut [f32]> = if self.input_grad {
             gx_all.chunks_mut(img).collect()
@@ -1549,64 +1552,65 @@ impl CustomOp2 for Conv2dGrad {
         } else {
             (0..batch).map(|i| (i, None)).collect()
         };
-        let acc = items
+        // Images in fixed groups, each accumulated in order and the groups summed in order: the sums do not
+        // depend on how rayon schedules the work, so a run is reproducible (a fold/reduce is not).
+        let init = || {
+            let full = if self.pooled.is_some() { o * n } else { 0 };
+            (vec![0f32; ok + o], vec![0f32; k * n], vec![0f32; full])
+        };
+        let partial: Vec<Vec<f32>> = items
             .into_par_iter()
-            .fold(
-                || {
-                    let full = if self.pooled.is_some() { o * n } else { 0 };
-                    (vec![0f32; ok + o], vec![0f32; k * n], vec![0f32; full])
-                },
-                |(mut acc, mut cols, mut full), (i, gxi)| {
-                    let xi = &x[i * img..][..img];
-                    let gyi: &[f32] = match &self.pooled {
-                        None => &gy[i * o * n..][..o * n],
-                        Some((p, arg)) => {
-                            let (ph, pw) = (oh / p, ow / p);
-                            let per = o * ph * pw;
-                            let (gp, ap) = (&gy[i * per..][..per], &arg[i * per..][..per]);
-                            full.fill(0.0);
-                            for oc in 0..o {
-                                for py in 0..ph {
-                                    for px in 0..pw {
-                                        let at = (oc * ph + py) * pw + px;
-                                        if ap[at] != NO_GRAD {
-                                            let (dy, dx) =
-                                                (ap[at] as usize / p, ap[at] as usize % p);
-                                            full[oc * n + (py * p + dy) * ow + px * p + dx] =
-                                                gp[at];
+            .chunks(CONV_GRAD_GROUP)
+            .map(|group| {
+                group
+                    .into_iter()
+                    .fold(init(), |(mut acc, mut cols, mut full), (i, gxi)| {
+                        let xi = &x[i * img..][..img];
+                        let gyi: &[f32] = match &self.pooled {
+                            None => &gy[i * o * n..][..o * n],
+                            Some((p, arg)) => {
+                                let (ph, pw) = (oh / p, ow / p);
+                                let per = o * ph * pw;
+                                let (gp, ap) = (&gy[i * per..][..per], &arg[i * per..][..per]);
+                                full.fill(0.0);
+                                for oc in 0..o {
+                                    for py in 0..ph {
+                                        for px in 0..pw {
+                                            let at = (oc * ph + py) * pw + px;
+                                            if ap[at] != NO_GRAD {
+                                                let (dy, dx) =
+                                                    (ap[at] as usize / p, ap[at] as usize % p);
+                                                full[oc * n + (py * p + dy) * ow + px * p + dx] =
+                                                    gp[at];
+                                            }
                                         }
                                     }
                                 }
+                                &full
                             }
-                            &full
+                        };
+                        g.im2col(xi, &mut cols);
+                        // gw[o, k] += gy[o, n] · colsᵀ[n, k]
+                        let (gw, gb) = acc.split_at_mut(ok);
+                        gemm1(o, k, n, gw, true, gyi, n as isize, 1, &cols, 1, n as isize);
+                        for (b, row) in gb.iter_mut().zip(gyi.chunks(n)) {
+                            *b += row.iter().sum::<f32>();
                         }
-                    };
-                    g.im2col(xi, &mut cols);
-                    // gw[o, k] += gy[o, n] · colsᵀ[n, k]
-                    let (gw, gb) = acc.split_at_mut(ok);
-                    gemm1(o, k, n, gw, true, gyi, n as isize, 1, &cols, 1, n as isize);
-                    for (b, row) in gb.iter_mut().zip(gyi.chunks(n)) {
-                        *b += row.iter().sum::<f32>();
-                    }
-                    if let Some(gxi) = gxi {
-                        // gcols[k, n] = wᵀ[k, o] · gy[o, n], then back into the image
-                        gemm1(
-                            k, n, o, &mut cols, false, w, 1, k as isize, gyi, n as isize, 1,
-                        );
-                        g.col2im(&cols, gxi);
-                    }
-                    (acc, cols, full)
-                },
-            )
-            .map(|(acc, _, _)| acc)
-            .reduce(
-                || vec![0f32; ok + o],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
-        head.copy_from_slice(&acc);
+                        if let Some(gxi) = gxi {
+                            // gcols[k, n] = wᵀ[k, o] · gy[o, n], then back into the image
+                            gemm1(
+                                k, n, o, &mut cols, false, w, 1, k as isize, gyi, n as isize, 1,
+                            );
+                            g.col2im(&cols, gxi);
+                        }
+                        (acc, cols, full)
+                    })
+                    .0
+            })
+            .collect();
+        for p in &partial {
+            head.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -2605,6 +2609,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("4 channels"), "{err}");
+        Ok(())
+    }
+
+    /// The convolution's backward pass sums its images' kernel gradients in a fixed order: repeated on the
+    /// same batch it gives bit-identical gradients however rayon schedules the images.
+    #[test]
+    fn conv2d_gradients_are_bitwise_reproducible() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (37, 3, 9, 9), &dev)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (8, 3, 3, 3), &dev)?)?;
+        let r = Tensor::randn(0f32, 1.0, (37, 8, 9, 9), &dev)?;
+        let grad = || -> Result<Vec<f32>> {
+            let y = conv2d_relu(&x, w.as_tensor(), None, 1, 1)?;
+            let g = (&y * &r)?.sum_all()?.backward()?;
+            Ok(g.get(&w).unwrap().flatten_all()?.to_vec1()?)
+        };
+        let first = grad()?;
+        for _ in 0..20 {
+            let again = grad()?;
+            assert!(
+                first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "kernel gradient changed between identical passes"
+            );
+        }
         Ok(())
     }
 
