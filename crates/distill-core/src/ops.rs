@@ -2629,7 +2629,10 @@ mod tests {
         for _ in 0..20 {
             let again = grad()?;
             assert!(
-                first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
+                first
+                    .iter()
+                    .zip(&again)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "kernel gradient changed between identical passes"
             );
         }
