@@ -457,12 +457,53 @@ pub fn preload(
             ));
         }
     }
+    // A narrower feed-forward than the source's keeps, per layer, the neurons with the largest
+    // ‖w_in‖·‖w_out‖ (magnitude width pruning, in their original order).
+    let mut kept: BTreeMap<usize, Tensor> = BTreeMap::new();
+    for &src in layers {
+        let w_in = format!("encoder.layer.{src}.intermediate.dense.weight");
+        let w_out = format!("encoder.layer.{src}.output.dense.weight");
+        let (Some(a), Some(b)) = (tensors.get(&w_in), tensors.get(&w_out)) else {
+            continue;
+        };
+        let width = a.dim(0)?;
+        if cfg.intermediate_size < width {
+            kept.insert(src, ffn_keep(a, b, cfg.intermediate_size)?);
+        }
+    }
     let mut data = varmap.data().lock().expect("varmap lock");
     for (src, dst) in &wanted {
-        let t = tensors[src].to_dtype(DType::F32)?.to_device(device)?;
-        data.insert(dst.clone(), Var::from_tensor(&t)?);
+        let mut t = tensors[src].to_dtype(DType::F32)?;
+        let layer = src
+            .strip_prefix("encoder.layer.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(idx) = layer.and_then(|l| kept.get(&l)) {
+            let rest = src.splitn(4, '.').nth(3).unwrap_or("");
+            t = match rest {
+                "intermediate.dense.weight" | "intermediate.dense.bias" => {
+                    t.index_select(idx, 0)?
+                }
+                "output.dense.weight" => t.index_select(idx, 1)?,
+                _ => t,
+            };
+        }
+        data.insert(dst.clone(), Var::from_tensor(&t.to_device(device)?)?);
     }
     Ok(wanted.len())
+}
+
+/// The `k` feed-forward neurons of a layer with the largest `‖w_in[j, :]‖ · ‖w_out[:, j]‖` (`w_in`
+/// `[I, H]`, `w_out` `[H, I]`), as ascending indices (`[k]`, u32).
+pub fn ffn_keep(w_in: &Tensor, w_out: &Tensor, k: usize) -> Result<Tensor> {
+    let a = w_in.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt()?;
+    let b = w_out.to_dtype(DType::F32)?.sqr()?.sum(0)?.sqrt()?;
+    let score: Vec<f32> = (a * b)?.to_vec1()?;
+    let mut order: Vec<usize> = (0..score.len()).collect();
+    order.sort_by(|&i, &j| score[j].total_cmp(&score[i]).then(i.cmp(&j)));
+    let mut keep: Vec<u32> = order.into_iter().take(k).map(|i| i as u32).collect();
+    keep.sort_unstable();
+    Ok(Tensor::new(keep, &Device::Cpu)?)
 }
 
 /// Checks, after building, that every preloaded tensor had the shape the model asked for: the builder

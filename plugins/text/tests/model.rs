@@ -222,6 +222,81 @@ fn pretrained_students_take_the_named_teacher_layers_and_frozen_ones_get_no_grad
     );
 }
 
+#[test]
+fn a_narrower_pretrained_feed_forward_keeps_the_largest_norm_neurons() {
+    let m = tiny_models();
+    let teacher = build_model(&spec(""), Head::Embed, m.path(), 7, &Device::Cpu).unwrap();
+    distill_core::network::save_network(&teacher, &m.path().join("tiny/model.safetensors"))
+        .unwrap();
+    let tw = distill_core::network::varmap_tensors(teacher.varmap()).unwrap();
+    let t: toml::Table = toml::from_str(
+        "arch = \"bert\"\nbase = \"tiny\"\nlayers = 2\ninit_layers = [0, 2]\nintermediate = 20",
+    )
+    .unwrap();
+    let student = build_model(
+        &ModelSpec::parse(&t).unwrap(),
+        Head::Classify(2),
+        m.path(),
+        5,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let sw = distill_core::network::varmap_tensors(student.varmap()).unwrap();
+    let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
+    for (s, src) in [(0usize, 0usize), (1, 2)] {
+        let w_in = rows(&tw[&format!("encoder.layer.{src}.intermediate.dense.weight")]); // [32, 16]
+        let b_in = tw[&format!("encoder.layer.{src}.intermediate.dense.bias")]
+            .to_vec1::<f32>()
+            .unwrap();
+        let w_out = rows(&tw[&format!("encoder.layer.{src}.output.dense.weight")]); // [16, 32]
+                                                                                    // the reference selection, by plain loops: the 20 largest ‖w_in[j]‖·‖w_out[:, j]‖, in order
+        let score: Vec<f32> = (0..32)
+            .map(|j| {
+                let a: f32 = w_in[j].iter().map(|x| x * x).sum::<f32>().sqrt();
+                let b: f32 = w_out.iter().map(|r| r[j] * r[j]).sum::<f32>().sqrt();
+                a * b
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..32).collect();
+        order.sort_by(|&i, &j| score[j].partial_cmp(&score[i]).unwrap());
+        let mut keep = order[..20].to_vec();
+        keep.sort();
+        let s_in = rows(&sw[&format!("encoder.layer.{s}.intermediate.dense.weight")]);
+        let s_b = sw[&format!("encoder.layer.{s}.intermediate.dense.bias")]
+            .to_vec1::<f32>()
+            .unwrap();
+        let s_out = rows(&sw[&format!("encoder.layer.{s}.output.dense.weight")]);
+        assert_eq!(
+            (s_in.len(), s_in[0].len(), s_out.len(), s_out[0].len()),
+            (20, 16, 16, 20)
+        );
+        for (k, &j) in keep.iter().enumerate() {
+            assert_eq!(s_in[k], w_in[j]);
+            assert_eq!(s_b[k], b_in[j]);
+            for r in 0..16 {
+                assert_eq!(s_out[r][k], w_out[r][j]);
+            }
+        }
+        // the rest of the layer is the teacher's, untouched
+        assert_eq!(
+            rows(&sw[&format!("encoder.layer.{s}.attention.output.dense.weight")]),
+            rows(&tw[&format!("encoder.layer.{src}.attention.output.dense.weight")])
+        );
+    }
+    // wider than the source, or another hidden size, cannot come from it
+    for bad in ["intermediate = 40", "hidden = 8"] {
+        let t: toml::Table =
+            toml::from_str(&format!("arch = \"bert\"\nbase = \"tiny\"\n{bad}")).unwrap();
+        let e = ModelSpec::parse(&t)
+            .unwrap()
+            .config(m.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("init = \"random\""), "{bad}: {e}");
+    }
+}
+
 fn t3(v: &[f32], d: (usize, usize, usize)) -> Tensor {
     Tensor::from_vec(v.to_vec(), d, &Device::Cpu).unwrap()
 }
