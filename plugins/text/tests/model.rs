@@ -248,8 +248,9 @@ fn a_narrower_pretrained_feed_forward_keeps_the_largest_norm_neurons() {
         let b_in = tw[&format!("encoder.layer.{src}.intermediate.dense.bias")]
             .to_vec1::<f32>()
             .unwrap();
-        let w_out = rows(&tw[&format!("encoder.layer.{src}.output.dense.weight")]); // [16, 32]
-                                                                                    // the reference selection, by plain loops: the 20 largest ‖w_in[j]‖·‖w_out[:, j]‖, in order
+        // [16, 32]
+        let w_out = rows(&tw[&format!("encoder.layer.{src}.output.dense.weight")]);
+        // the reference selection, by plain loops: the 20 largest ‖w_in[j]‖·‖w_out[:, j]‖, in order
         let score: Vec<f32> = (0..32)
             .map(|j| {
                 let a: f32 = w_in[j].iter().map(|x| x * x).sum::<f32>().sqrt();
