@@ -7,7 +7,7 @@
 //! | `arch` | `"bert"` | required |
 //! | `base` | pretrained model folder under the models dir: its `config.json` gives the shape, its `model.safetensors` the weights | `"all-MiniLM-L6-v2"` |
 //! | `init` | `"pretrained"` (weights from `base`) or `"random"` (BERT's N(0, 0.02)) | `"pretrained"` |
-//! | `layers`, `hidden`, `heads`, `intermediate` | override `base`'s shape (a pretrained init needs `base`'s hidden size and heads; a smaller `intermediate` keeps each layer's feed-forward neurons with the largest `‖w_in‖·‖w_out‖`, magnitude width pruning) | `base`'s |
+//! | `layers`, `hidden`, `heads`, `intermediate` | override `base`'s shape (a pretrained init needs `base`'s number of heads; a smaller `intermediate` or `hidden` keeps the largest-norm units, magnitude width pruning: see [`crate::bert::preload`]) | `base`'s |
 //! | `init_layers` | which of `base`'s layers a pretrained student takes, e.g. `[0, 2, 4]` | evenly spaced: `⌊i·L/l⌋` |
 //! | `pooling` | `"mean"` (over real tokens) or `"cls"` | `"mean"` |
 //! | `dropout` | hidden and attention dropout | `base`'s (0.1) |
@@ -153,19 +153,19 @@ impl ModelSpec {
         }
         cfg.validate("model")?;
         if self.init == "pretrained"
-            && ((cfg.hidden_size, cfg.num_attention_heads)
-                != (pretrained_widths.0, pretrained_widths.1)
+            && (cfg.num_attention_heads != pretrained_widths.1
+                || cfg.hidden_size > pretrained_widths.0
                 || cfg.intermediate_size > pretrained_widths.2)
         {
             return Err(Error::config(
                 "model",
                 format!(
-                    "init = \"pretrained\" needs {}'s hidden size and heads (hidden {}, heads {}) and at most its \
-                     intermediate size ({}; a smaller one keeps the largest-norm neurons); use init = \"random\" \
+                    "init = \"pretrained\" needs {}'s number of heads ({}) and at most its hidden size ({}) and \
+                     intermediate size ({}); a smaller width keeps its largest-norm units. Use init = \"random\" \
                      for another shape",
                     self.base.display(),
-                    pretrained_widths.0,
                     pretrained_widths.1,
+                    pretrained_widths.0,
                     pretrained_widths.2
                 ),
             ));

@@ -1,6 +1,8 @@
 //! The BERT encoder and the text losses on small random networks, against values computed independently
 //! (by hand or by plain loops over the same numbers). Needs no files except a config written here.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Tensor};
 use distill_core::{losses::LossSpec, Batch, FeatureKind, Mode, Network, Outputs};
 use distill_text::{
@@ -222,17 +224,30 @@ fn pretrained_students_take_the_named_teacher_layers_and_frozen_ones_get_no_grad
     );
 }
 
-#[test]
-fn a_narrower_pretrained_feed_forward_keeps_the_largest_norm_neurons() {
+/// A tiny random model saved as `tiny/model.safetensors` (the "pretrained" base) with its LayerNorm
+/// weights and all biases made distinct (BERT initialises them to ones and zeros, which would tie every
+/// importance score), and its tensors.
+fn saved_tiny_base(seed: u64) -> (tempfile::TempDir, BTreeMap<String, Tensor>) {
     let m = tiny_models();
-    let teacher = build_model(&spec(""), Head::Embed, m.path(), 7, &Device::Cpu).unwrap();
-    distill_core::network::save_network(&teacher, &m.path().join("tiny/model.safetensors"))
-        .unwrap();
-    let tw = distill_core::network::varmap_tensors(teacher.varmap()).unwrap();
-    let t: toml::Table = toml::from_str(
-        "arch = \"bert\"\nbase = \"tiny\"\nlayers = 2\ninit_layers = [0, 2]\nintermediate = 20",
-    )
-    .unwrap();
+    let base = build_model(&spec(""), Head::Embed, m.path(), seed, &Device::Cpu).unwrap();
+    {
+        let data = base.varmap().data().lock().unwrap();
+        for (name, var) in data.iter() {
+            if name.ends_with(".bias") || name.contains("LayerNorm") {
+                let v = Tensor::rand(0.5f32, 1.5, var.dims(), &Device::Cpu).unwrap();
+                var.set(&v).unwrap();
+            }
+        }
+    }
+    distill_core::network::save_network(&base, &m.path().join("tiny/model.safetensors")).unwrap();
+    let tw = distill_core::network::varmap_tensors(base.varmap()).unwrap();
+    (m, tw)
+}
+
+/// The tensors of a pretrained student of `tiny` built from the model-table lines `extra`.
+fn pretrained_student(m: &tempfile::TempDir, extra: &str) -> BTreeMap<String, Tensor> {
+    let t: toml::Table =
+        toml::from_str(&format!("arch = \"bert\"\nbase = \"tiny\"\n{extra}")).unwrap();
     let student = build_model(
         &ModelSpec::parse(&t).unwrap(),
         Head::Classify(2),
@@ -241,51 +256,84 @@ fn a_narrower_pretrained_feed_forward_keeps_the_largest_norm_neurons() {
         &Device::Cpu,
     )
     .unwrap();
-    let sw = distill_core::network::varmap_tensors(student.varmap()).unwrap();
-    let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
-    for (s, src) in [(0usize, 0usize), (1, 2)] {
-        let w_in = rows(&tw[&format!("encoder.layer.{src}.intermediate.dense.weight")]); // [32, 16]
-        let b_in = tw[&format!("encoder.layer.{src}.intermediate.dense.bias")]
+    // it runs: a forward pass at the new widths
+    let out = student.forward(&ids(&[&[1, 4, 2]]), Mode::Eval).unwrap();
+    assert_eq!(out.logits.dims(), &[1, 2]);
+    distill_core::network::varmap_tensors(student.varmap()).unwrap()
+}
+
+/// `t`'s rows `rows` and columns `cols` (all where `None`), by plain loops; a vector is one row.
+fn pick(t: &Tensor, rows: Option<&[usize]>, cols: Option<&[usize]>) -> Vec<Vec<f32>> {
+    let m: Vec<Vec<f32>> = match t.rank() {
+        1 => t
             .to_vec1::<f32>()
-            .unwrap();
-        // [16, 32]
-        let w_out = rows(&tw[&format!("encoder.layer.{src}.output.dense.weight")]);
-        // the reference selection, by plain loops: the 20 largest ‖w_in[j]‖·‖w_out[:, j]‖, in order
-        let score: Vec<f32> = (0..32)
-            .map(|j| {
-                let a: f32 = w_in[j].iter().map(|x| x * x).sum::<f32>().sqrt();
-                let b: f32 = w_out.iter().map(|r| r[j] * r[j]).sum::<f32>().sqrt();
-                a * b
-            })
-            .collect();
-        let mut order: Vec<usize> = (0..32).collect();
+            .unwrap()
+            .into_iter()
+            .map(|x| vec![x])
+            .collect(),
+        _ => t.to_vec2::<f32>().unwrap(),
+    };
+    let all_rows: Vec<usize> = (0..m.len()).collect();
+    let all_cols: Vec<usize> = (0..m[0].len()).collect();
+    rows.unwrap_or(&all_rows)
+        .iter()
+        .map(|&i| cols.unwrap_or(&all_cols).iter().map(|&j| m[i][j]).collect())
+        .collect()
+}
+
+/// Ascending indices of the `k` largest of each consecutive block of `size` scores.
+fn top_per_block(score: &[f32], size: usize, k: usize) -> Vec<usize> {
+    let mut keep = Vec::new();
+    for block in 0..score.len() / size {
+        let mut order: Vec<usize> = (block * size..(block + 1) * size).collect();
         order.sort_by(|&i, &j| score[j].partial_cmp(&score[i]).unwrap());
-        let mut keep = order[..20].to_vec();
-        keep.sort();
-        let s_in = rows(&sw[&format!("encoder.layer.{s}.intermediate.dense.weight")]);
-        let s_b = sw[&format!("encoder.layer.{s}.intermediate.dense.bias")]
-            .to_vec1::<f32>()
-            .unwrap();
-        let s_out = rows(&sw[&format!("encoder.layer.{s}.output.dense.weight")]);
-        assert_eq!(
-            (s_in.len(), s_in[0].len(), s_out.len(), s_out[0].len()),
-            (20, 16, 16, 20)
-        );
-        for (k, &j) in keep.iter().enumerate() {
-            assert_eq!(s_in[k], w_in[j]);
-            assert_eq!(s_b[k], b_in[j]);
-            for r in 0..16 {
-                assert_eq!(s_out[r][k], w_out[r][j]);
-            }
-        }
-        // the rest of the layer is the teacher's, untouched
-        assert_eq!(
-            rows(&sw[&format!("encoder.layer.{s}.attention.output.dense.weight")]),
-            rows(&tw[&format!("encoder.layer.{src}.attention.output.dense.weight")])
-        );
+        keep.extend_from_slice(&order[..k]);
     }
-    // wider than the source, or another hidden size, cannot come from it
-    for bad in ["intermediate = 40", "hidden = 8"] {
+    keep.sort();
+    keep
+}
+
+/// `‖a[j, :]‖ · ‖b[:, j]‖` for every `j`, by plain loops (`a` `[n, _]`, `b` `[_, n]`).
+fn pair_norms(a: &Tensor, b: &Tensor) -> Vec<f32> {
+    let (a, b) = (pick(a, None, None), pick(b, None, None));
+    (0..a.len())
+        .map(|j| {
+            let x: f32 = a[j].iter().map(|v| v * v).sum::<f32>().sqrt();
+            let y: f32 = b.iter().map(|r| r[j] * r[j]).sum::<f32>().sqrt();
+            x * y
+        })
+        .collect()
+}
+
+#[test]
+fn a_narrower_pretrained_feed_forward_keeps_the_largest_norm_neurons() {
+    let (m, tw) = saved_tiny_base(7);
+    let sw = pretrained_student(&m, "layers = 2\ninit_layers = [0, 2]\nintermediate = 20");
+    for (s, src) in [(0usize, 0usize), (1, 2)] {
+        let t = |n: &str| &tw[&format!("encoder.layer.{src}.{n}")];
+        let st = |n: &str| pick(&sw[&format!("encoder.layer.{s}.{n}")], None, None);
+        // the reference selection: the 20 largest ‖w_in[j]‖·‖w_out[:, j]‖ of 32, in order
+        let w_in = t("intermediate.dense.weight"); // [32, 16]
+        let keep = top_per_block(&pair_norms(w_in, t("output.dense.weight")), 32, 20);
+        assert_eq!(
+            st("intermediate.dense.weight"),
+            pick(w_in, Some(&keep), None)
+        );
+        assert_eq!(
+            st("intermediate.dense.bias"),
+            pick(t("intermediate.dense.bias"), Some(&keep), None)
+        );
+        assert_eq!(
+            st("output.dense.weight"),
+            pick(t("output.dense.weight"), None, Some(&keep))
+        );
+        // the rest of the layer is the base's, untouched
+        for n in ["attention.output.dense.weight", "output.LayerNorm.bias"] {
+            assert_eq!(st(n), pick(t(n), None, None), "{n}");
+        }
+    }
+    // wider than the source, or another number of heads, cannot come from it
+    for bad in ["intermediate = 40", "hidden = 20", "hidden = 12\nheads = 3"] {
         let t: toml::Table =
             toml::from_str(&format!("arch = \"bert\"\nbase = \"tiny\"\n{bad}")).unwrap();
         let e = ModelSpec::parse(&t)
@@ -295,6 +343,95 @@ fn a_narrower_pretrained_feed_forward_keeps_the_largest_norm_neurons() {
             .unwrap()
             .to_string();
         assert!(e.contains("init = \"random\""), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_narrower_pretrained_hidden_size_keeps_the_largest_residual_dims_and_head_dims() {
+    // base: hidden 16, 4 heads of 4 dims, feed-forward 32; student: hidden 12 (4 heads of 3), feed-forward 20
+    let (m, tw) = saved_tiny_base(11);
+    let sw = pretrained_student(
+        &m,
+        "layers = 2\ninit_layers = [0, 2]\nhidden = 12\nintermediate = 20",
+    );
+    let abs = |n: &str| {
+        pick(&tw[n], None, None)
+            .concat()
+            .iter()
+            .map(|x| x.abs())
+            .collect::<Vec<f32>>()
+    };
+    // residual dims: the 12 largest summed |γ| over the embedding LayerNorm and the taken layers' LayerNorms
+    let mut score = abs("embeddings.LayerNorm.weight");
+    for src in [0, 2] {
+        for ln in [
+            "attention.output.LayerNorm.weight",
+            "output.LayerNorm.weight",
+        ] {
+            let g = abs(&format!("encoder.layer.{src}.{ln}"));
+            score.iter_mut().zip(g).for_each(|(s, g)| *s += g);
+        }
+    }
+    let r = top_per_block(&score, 16, 12);
+    let r = Some(r.as_slice());
+    for n in [
+        "word_embeddings.weight",
+        "position_embeddings.weight",
+        "token_type_embeddings.weight",
+    ] {
+        let n = format!("embeddings.{n}");
+        assert_eq!(pick(&sw[&n], None, None), pick(&tw[&n], None, r), "{n}");
+    }
+    for n in ["LayerNorm.weight", "LayerNorm.bias"] {
+        let n = format!("embeddings.{n}");
+        assert_eq!(pick(&sw[&n], None, None), pick(&tw[&n], r, None), "{n}");
+    }
+    for (s, src) in [(0usize, 0usize), (1, 2)] {
+        let t = |n: &str| &tw[&format!("encoder.layer.{src}.{n}")];
+        let st = |n: &str| pick(&sw[&format!("encoder.layer.{s}.{n}")], None, None);
+        let wk_t = t("attention.self.key.weight").t().unwrap();
+        // per head (blocks of 4 rows), the 3 query/key dims with the largest ‖w_q[j]‖·‖w_k[j]‖, and the 3
+        // value dims with the largest ‖w_v[j]‖·‖w_o[:, j]‖
+        let qk = top_per_block(&pair_norms(t("attention.self.query.weight"), &wk_t), 4, 3);
+        let vo = top_per_block(
+            &pair_norms(
+                t("attention.self.value.weight"),
+                t("attention.output.dense.weight"),
+            ),
+            4,
+            3,
+        );
+        let ffn = top_per_block(
+            &pair_norms(t("intermediate.dense.weight"), t("output.dense.weight")),
+            32,
+            20,
+        );
+        let (qk, vo, ffn) = (
+            Some(qk.as_slice()),
+            Some(vo.as_slice()),
+            Some(ffn.as_slice()),
+        );
+        let expect: [(&str, _, _); 16] = [
+            ("attention.self.query.weight", qk, r),
+            ("attention.self.query.bias", qk, None),
+            ("attention.self.key.weight", qk, r),
+            ("attention.self.key.bias", qk, None),
+            ("attention.self.value.weight", vo, r),
+            ("attention.self.value.bias", vo, None),
+            ("attention.output.dense.weight", r, vo),
+            ("attention.output.dense.bias", r, None),
+            ("attention.output.LayerNorm.weight", r, None),
+            ("attention.output.LayerNorm.bias", r, None),
+            ("intermediate.dense.weight", ffn, r),
+            ("intermediate.dense.bias", ffn, None),
+            ("output.dense.weight", r, ffn),
+            ("output.dense.bias", r, None),
+            ("output.LayerNorm.weight", r, None),
+            ("output.LayerNorm.bias", r, None),
+        ];
+        for (n, rows, cols) in expect {
+            assert_eq!(st(n), pick(t(n), rows, cols), "layer {s} {n}");
+        }
     }
 }
 
