@@ -354,22 +354,25 @@ fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
     // A teacher cache, as a user's bench has: recipes with the same teacher section (the SST-2 ones, the
     // Cora ones) train it once.
     let cache: PathBuf = tmp.path().join("cache");
+    let quick_bench = || {
+        distill(
+            &root(),
+            &[
+                "bench",
+                "--suite",
+                "quick",
+                "--quiet",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
     let t0 = Instant::now();
-    let o = distill(
-        &root(),
-        &[
-            "bench",
-            "--suite",
-            "quick",
-            "--quiet",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = quick_bench();
     assert!(o.status.success(), "{}", stderr(&o));
     eprintln!("bench --suite quick: {:.0} s", t0.elapsed().as_secs_f64());
     let r = json(&out.join("report.json"));
@@ -405,6 +408,15 @@ fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
         let name = run["recipe"].as_str().unwrap();
         assert_eq!(r["bench"]["status"][name], "ran");
         assert!(out.join(format!("plots/curves-{name}.png")).is_file());
+    }
+    // the same bench again recognises every finished run (leave-one-speaker-out's combined one included) and
+    // redoes none
+    let again = quick_bench();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let r2 = json(&out.join("report.json"));
+    for run in runs {
+        let name = run["recipe"].as_str().unwrap();
+        assert_eq!(r2["bench"]["status"][name], "skipped", "{name}");
     }
     // the vision recipe's own checks (this run replaces a separate `distill run --quick` of it)
     let hinton = runs

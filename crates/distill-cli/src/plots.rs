@@ -606,7 +606,9 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<Plot>, String> {
         });
     }
     let stem = "kd-gain".to_string();
-    draw_both!(dir, stem, (900, 520), kd_gain(report));
+    // room for each run's name under its bar
+    let width = 900.max(110 * report.runs.len() as u32 + 200);
+    draw_both!(dir, stem, (width, 520), kd_gain(report));
     plots.push(Plot {
         title: "KD gain per run".into(),
         stem,

@@ -440,8 +440,11 @@ impl Comparison {
 // ---------------------------------------------------------------------------------------------------------
 // Markdown
 
+/// `n/a` for a figure that is undefined (retention against a teacher that scored 0).
 fn fmt_stat(s: &Stat) -> String {
-    if s.values.len() > 1 {
+    if !s.mean.is_finite() {
+        "n/a".into()
+    } else if s.values.len() > 1 {
         format!("{:.4} ± {:.4}", s.mean, s.std)
     } else {
         format!("{:.4}", s.mean)
@@ -449,7 +452,9 @@ fn fmt_stat(s: &Stat) -> String {
 }
 
 fn fmt_gain(s: &Stat) -> String {
-    if s.values.len() > 1 {
+    if !s.mean.is_finite() {
+        "n/a".into()
+    } else if s.values.len() > 1 {
         format!("{:+.4} ± {:.4}", s.mean, s.std)
     } else {
         format!("{:+.4}", s.mean)
@@ -518,6 +523,16 @@ fn date(unix: u64) -> String {
     )
 }
 
+/// The wall time of every run's phases, summed (earlier invocations' runs included; a teacher that several runs
+/// share through the cache counts in each).
+fn runs_wall_s(report: &Report) -> f64 {
+    report
+        .runs
+        .iter()
+        .map(|r| r.teacher.wall_s + r.scratch.wall_s + r.distilled.wall_s)
+        .sum()
+}
+
 /// report.md of a bench: header (command, machine, date), cross-domain summary, one table per domain, plots.
 pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>) -> String {
     let mut s = String::new();
@@ -537,7 +552,7 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
     let _ =
         writeln!(
         s,
-        "{} · {} core(s){} · device {} · distill {} · git {} · schema {} · this invocation {}\n",
+        "{} · {} core(s){} · device {} · distill {} · git {} · schema {} · this invocation {} · all runs {}\n",
         date(report.created_unix),
         b.cores,
         b.cpu.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
@@ -545,7 +560,8 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
         report.distill_version,
         report.git_revision.as_deref().unwrap_or("unknown"),
         report.schema_version,
-        fmt_secs(b.wall_s)
+        fmt_secs(b.wall_s),
+        fmt_secs(runs_wall_s(report))
     );
     let _ = writeln!(
         s,
@@ -553,7 +569,9 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
          phase is the one its kept weights give: the last epoch's, or the best validation epoch's when the phase \
          uses early stopping; the domain tables show both and name the headline. KD gain = distilled − scratch \
          (sign flipped when lower is better), retention = distilled / teacher, compression = 1 − student / \
-         teacher parameters, speed-up = teacher / student latency at batch 256.\n"
+         teacher parameters, speed-up = teacher / student latency at batch 256. \"All runs\" is the wall time of \
+         every run's phases summed, those of earlier invocations included (a teacher shared through the cache \
+         counts in each run that uses it).\n"
     );
     let _ = writeln!(s, "## Cross-domain summary (headline figures)\n");
     s.push_str(&summary_table(report));
@@ -741,6 +759,30 @@ mod tests {
         let b = Report::new(vec![run("other", "accuracy", &[0.90], None)], None);
         let c = compare(&a, &b, 3.0);
         assert_eq!((c.only_in_a.len(), c.only_in_b.len(), c.flagged), (1, 1, 2));
+    }
+
+    #[test]
+    fn an_undefined_retention_reads_n_a() {
+        // a teacher at 0 mAP (a smoke run): distilled / teacher is undefined, not "NaN"
+        let mut r = run("smoke", "mAP", &[0.0], None);
+        r.teacher.metric = Stat::of(&[0.0]);
+        let table = summary_table(&Report::new(vec![r], None));
+        let row = table.lines().last().unwrap();
+        assert!(row.contains("| n/a |") && !row.contains("NaN"), "{row}");
+    }
+
+    #[test]
+    fn the_header_sums_every_run_s_phases() {
+        // two runs of three phases of 3 s each
+        let r = Report::new(
+            vec![
+                run("a", "accuracy", &[0.9], None),
+                run("b", "accuracy", &[0.9], None),
+            ],
+            None,
+        );
+        let md = bench_markdown(&r, &Err("no plots".into()));
+        assert!(md.contains("· all runs 18.0s\n"), "{md}");
     }
 
     #[test]

@@ -2,9 +2,23 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::task::MetricInfo;
+
+/// Reads `null` as NaN: serde_json writes a NaN (an undefined figure, such as the retention against a
+/// teacher that scored 0) as `null`, and a report must read back what it wrote.
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`f64_or_nan`] for every element.
+fn vec_f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    Ok(Vec::<Option<f64>>::deserialize(d)?
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
+}
 
 /// Version of the report schema; bumped whenever a key is renamed or removed.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -13,10 +27,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     /// Mean.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mean: f64,
     /// Sample standard deviation (0 for one value).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub std: f64,
     /// One value per seed.
+    #[serde(deserialize_with = "vec_f64_or_nan")]
     pub values: Vec<f64>,
 }
 
@@ -183,18 +200,23 @@ impl PhaseSummary {
     }
 }
 
-/// Figures derived from the three phases.
+/// Figures derived from the three phases. A ratio whose denominator is 0 is NaN (`null` in report.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Derived {
     /// 1 - student params / teacher params.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub compression: f64,
     /// Teacher latency / student latency at batch 256.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub speedup: f64,
     /// Teacher latency / student latency at batch 1.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub speedup_batch1: f64,
     /// Distilled metric / teacher metric.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub retention: f64,
     /// Distilled metric - scratch metric (sign flipped when lower is better).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub kd_gain: f64,
 }
 
@@ -371,11 +393,16 @@ impl Report {
             let d = &r.derived;
             let _ = writeln!(
                 s,
-                "\ncompression {:.1}% · speed-up {:.2}x (batch 256), {:.2}x (batch 1) · retention {:.4} · KD gain {:+.4}\n",
+                "\ncompression {:.1}% · speed-up {:.2}x (batch 256), {:.2}x (batch 1) · retention {} · KD gain {:+.4}\n",
                 d.compression * 100.0,
                 d.speedup,
                 d.speedup_batch1,
-                d.retention,
+                // undefined against a teacher that scored 0
+                if d.retention.is_finite() {
+                    format!("{:.4}", d.retention)
+                } else {
+                    "n/a".into()
+                },
                 d.kd_gain
             );
             for (k, v) in &r.notes {
@@ -439,6 +466,25 @@ mod tests {
         assert_eq!(s.metric.values, vec![0.9, 0.7]);
         let s = PhaseSummary::of(&[phase(0.9, &[])]);
         assert!(s.last_epoch_metric.is_none());
+    }
+
+    #[test]
+    fn undefined_figures_survive_a_round_trip_through_json() {
+        // a teacher at 0: retention is 0 / 0; serde_json writes NaN as null, which must read back as NaN
+        let d = Derived {
+            compression: 0.5,
+            speedup: 2.0,
+            speedup_batch1: 1.5,
+            retention: f64::NAN,
+            kd_gain: 0.0,
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(text.contains("\"retention\":null"), "{text}");
+        let back: Derived = serde_json::from_str(&text).unwrap();
+        assert!(back.retention.is_nan() && back.speedup == 2.0);
+        let st = Stat::of(&[f64::NAN, 1.0]);
+        let back: Stat = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert!(back.mean.is_nan() && back.values[0].is_nan() && back.values[1] == 1.0);
     }
 
     #[test]
