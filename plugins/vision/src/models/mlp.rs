@@ -327,33 +327,4 @@ mod linear_op_tests {
         assert!(gb.get(&x).is_none());
         Ok(())
     }
-
-    /// Times forward + backward of the Hinton teacher on batch 128:
-    /// `cargo test -p distill-vision mlp_step_timing -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn mlp_step_timing() -> Result<()> {
-        let dev = Device::Cpu;
-        let net = Mlp::new(784, &[1200, 1200], 10, 0.5, 0.2, 0, &dev)?;
-        let x = Tensor::rand(0f32, 1f32, (128, 1, 28, 28), &dev)?;
-        let time = |name: &str, f: &dyn Fn(u64) -> Result<()>| -> Result<()> {
-            f(0)?;
-            let mut ts: Vec<f64> = (1..=30)
-                .map(|s| {
-                    let t = std::time::Instant::now();
-                    f(s).map(|_| t.elapsed().as_secs_f64() * 1e3)
-                })
-                .collect::<Result<_>>()?;
-            ts.sort_by(f64::total_cmp);
-            eprintln!("{name}: min {:.2} ms, median {:.2} ms", ts[0], ts[15]);
-            Ok(())
-        };
-        time("eval forward", &|_| net.forward(&x, Mode::Eval).map(|_| ()))?;
-        time("train forward + backward", &|seed| {
-            let out = net.forward(&x, Mode::Train { seed })?;
-            out.logits.sqr()?.mean_all()?.backward()?;
-            Ok(())
-        })?;
-        Ok(())
-    }
 }
