@@ -331,8 +331,6 @@ pub fn run_recipe<P: Plugin + ?Sized>(
     s.headline = headline(&recipe.student);
     d.headline = headline(&recipe.distilled_phase());
     let derived = RunReport::derive(&info.metric, &t, &s, &d);
-    let mut shown = recipe.clone();
-    shown.quick = None;
     Ok(RunReport {
         plugin: recipe.plugin.clone(),
         recipe: recipe.name.clone(),
@@ -344,7 +342,7 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         scratch: s,
         distilled: d,
         derived,
-        recipe_toml: toml::to_string(&shown).unwrap_or_default(),
+        recipe_toml: recipe.report_toml().unwrap_or_default(),
         notes: task.notes(),
         domain: Some(plugin.manifest().domain),
         test_samples: Some(task.len(Split::Test)),

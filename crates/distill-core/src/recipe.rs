@@ -407,6 +407,14 @@ impl Recipe {
         Ok(())
     }
 
+    /// The recipe as a run report records it (`RunReport::recipe_toml`): this TOML without its `[quick]`
+    /// table, whose overrides are already applied. `distill bench` recognises a finished run by it.
+    pub fn report_toml(&self) -> std::result::Result<String, toml::ser::Error> {
+        let mut shown = self.clone();
+        shown.quick = None;
+        toml::to_string(&shown)
+    }
+
     /// The phase config of the distilled student.
     pub fn distilled_phase(&self) -> PhaseConfig {
         self.distill.phase(&self.student)

@@ -162,9 +162,9 @@ impl AudioPlugin {
         let mut out = combine_loso(&reports, FSDD_SPEAKERS);
         // the recipe as asked for (every speaker), not the first fold's: `distill bench` recognises a finished
         // run by it
-        let mut shown = recipe.clone();
-        shown.quick = None;
-        out.recipe_toml = toml::to_string(&shown).map_err(|e| Error::msg(e.to_string()))?;
+        out.recipe_toml = recipe
+            .report_toml()
+            .map_err(|e| Error::msg(e.to_string()))?;
         Ok(out)
     }
 }
