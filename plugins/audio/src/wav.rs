@@ -100,7 +100,7 @@ pub fn decode_wav(bytes: &[u8], path: &Path) -> Result<Audio> {
         }
     };
     let ch = spec.channels as usize;
-    if interleaved.len() % ch != 0 {
+    if !interleaved.len().is_multiple_of(ch) {
         return Err(bad(format!(
             "truncated: {} samples is not a whole number of {ch}-channel frames",
             interleaved.len()

@@ -151,7 +151,7 @@ impl DetectionPlugin {
             return Err(Error::config("data.options.classes", "must be > 0"));
         }
         let size = o.size.unwrap_or(64);
-        if size == 0 || size % 16 != 0 {
+        if size == 0 || !size.is_multiple_of(16) {
             return Err(Error::config(
                 "data.options.size",
                 format!("must be a positive multiple of 16 (the detectors' stride), got {size}"),

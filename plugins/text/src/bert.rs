@@ -93,7 +93,7 @@ impl BertConfig {
                 "vocab, hidden, heads, intermediate and max positions must all be positive".into(),
             );
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden size {} is not a multiple of the {} attention heads",
                 self.hidden_size, self.num_attention_heads

@@ -64,7 +64,7 @@ pub fn build_model(
                     return Err(Error::config(format!("model.{k}"), "must be > 0"));
                 }
             }
-            if size % 16 != 0 || size == 0 {
+            if !size.is_multiple_of(16) || size == 0 {
                 return Err(Error::config(
                     "data.options.size",
                     format!("the input side must be a multiple of 16 (the backbone's stride), got {size}"),
