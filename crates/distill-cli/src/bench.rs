@@ -536,14 +536,24 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
             quiet: true,
             recipe_path: Some(planned.recipe_path.clone()),
             git_revision: git_revision.clone(),
+            allow_changed: Vec::new(),
         };
         let resumed = dir.exists();
         let t0 = Instant::now();
-        match plugin.run(&planned.recipe, &ctx) {
-            Ok(mut run) => {
+        let ran = distill_core::run_record::RunLock::acquire(&dir).and_then(|lock| {
+            let run = plugin.run(&planned.recipe, &ctx)?;
+            Ok((lock, run))
+        });
+        match ran
+            .map_err(anyhow::Error::from)
+            .and_then(|(lock, mut run)| {
                 complete(&mut run, &plugin.manifest().domain);
                 crate::write_cards(&run, &planned.recipe, &dir)?;
                 write_report(&Report::new(vec![run.clone()], git_revision.clone()), &dir)?;
+                drop(lock);
+                Ok(run)
+            }) {
+            Ok(run) => {
                 say(format!(
                     "{tag}: {}{}",
                     if resumed { "resumed, " } else { "" },

@@ -88,9 +88,13 @@ enum Command {
         /// Output dir (default: runs/RECIPE or runs/RECIPE-quick).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Continue the run found in the output dir.
+        /// Continue the run found in the output dir (its recipe must be the one the run started with).
         #[arg(long)]
         resume: bool,
+        /// Recipe keys that may differ from the run's recorded recipe, comma-separated: a key
+        /// (`teacher.epochs`) or a table above keys (`teacher`). Extends epochs of a finished phase.
+        #[arg(long, value_delimiter = ',', value_name = "KEYS")]
+        allow_changed: Vec<String>,
         /// Trained-teacher cache (default: $DISTILL_CACHE, else .distill-cache).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
@@ -250,6 +254,7 @@ fn cmd_run(
     seeds: Vec<u64>,
     out: Option<PathBuf>,
     resume: bool,
+    allow_changed: Vec<String>,
     cache_dir: Option<PathBuf>,
     no_cache: bool,
     quiet: bool,
@@ -258,6 +263,10 @@ fn cmd_run(
     let mut recipe = Recipe::load(recipe_path, quick)?;
     if !seeds.is_empty() {
         recipe.seeds = seeds;
+        recipe.validate("--seed")?;
+    }
+    if !allow_changed.is_empty() && !resume {
+        bail!("--allow-changed only applies with --resume");
     }
     let plugin = find_plugin(reg, &recipe.plugin)
         .with_context(|| format!("{}: `plugin`", recipe_path.display()))?;
@@ -285,7 +294,10 @@ fn cmd_run(
         quiet,
         recipe_path: Some(recipe_path.to_path_buf()),
         git_revision: git_revision(),
+        allow_changed,
     };
+    // held until the report is written: a second run or resume of this dir exits 2 naming this process
+    let _lock = distill_core::run_record::RunLock::acquire(&out_dir)?;
     let run = plugin.run(&recipe, &ctx)?;
     write_cards(&run, &recipe, &out_dir)?;
     let report = Report::new(vec![run], ctx.git_revision.clone());
@@ -516,12 +528,23 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             seeds,
             out,
             resume,
+            allow_changed,
             cache_dir,
             no_cache,
             quiet,
             dirs,
         } => cmd_run(
-            reg, &recipe, quick, seeds, out, resume, cache_dir, no_cache, quiet, &dirs,
+            reg,
+            &recipe,
+            quick,
+            seeds,
+            out,
+            resume,
+            allow_changed,
+            cache_dir,
+            no_cache,
+            quiet,
+            &dirs,
         ),
         Command::Check { recipe, quick } => (|| {
             let r = Recipe::load(&recipe, quick)?;

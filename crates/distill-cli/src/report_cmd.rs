@@ -503,26 +503,6 @@ pub fn summary_table(report: &Report) -> String {
     s
 }
 
-fn date(unix: u64) -> String {
-    // civil-from-days (Howard Hinnant), UTC
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        secs / 3600,
-        (secs % 3600) / 60
-    )
-}
-
 /// The wall time of every run's phases, summed (earlier invocations' runs included; a teacher that several runs
 /// share through the cache counts in each).
 fn runs_wall_s(report: &Report) -> f64 {
@@ -553,7 +533,7 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
         writeln!(
         s,
         "{} · {} core(s){} · device {} · distill {} · git {} · schema {} · this invocation {} · all runs {}\n",
-        date(report.created_unix),
+        distill_core::report::utc_date(report.created_unix),
         b.cores,
         b.cpu.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
         if b.device.is_empty() { "cpu" } else { &b.device },
@@ -787,8 +767,11 @@ mod tests {
 
     #[test]
     fn dates_are_utc() {
-        assert_eq!(date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(distill_core::report::utc_date(0), "1970-01-01 00:00 UTC");
         // python: datetime.utcfromtimestamp(1795000000) = 2026-11-18 11:06:40
-        assert_eq!(date(1_795_000_000), "2026-11-18 11:06 UTC");
+        assert_eq!(
+            distill_core::report::utc_date(1_795_000_000),
+            "2026-11-18 11:06 UTC"
+        );
     }
 }

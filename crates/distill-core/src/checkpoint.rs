@@ -1,4 +1,6 @@
 //! Crash-safe files: safetensors and JSON written atomically (temp file, fsync, rename, fsync of the directory).
+//! Every safetensors file carries a SHA-256 of its tensors in its metadata, checked on every read, so a
+//! file whose bytes changed on disk is refused instead of loaded.
 
 use std::{
     collections::BTreeMap,
@@ -7,7 +9,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use candle_core::{Device, Tensor};
+use candle_core::{safetensors::Load, Device, Tensor};
+use safetensors::tensor as st;
+use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
@@ -45,17 +49,35 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
 }
 
 /// Writes `bytes` to `path` atomically: a reader (or a crash) sees either the old file or the new one, never half.
+/// On an error (a full disk, say) the temp file is removed and the error names the file once.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    create_parent(path)?;
+    let tmp = tmp_path(path);
+    let written = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    commit(&tmp, path)
+}
+
+fn create_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let tmp = tmp_path(path);
-    {
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    Ok(())
+}
+
+/// Renames a finished temp file into place and syncs the directory; the temp file is removed on failure.
+fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    if let Err(e) = fs::rename(tmp, path) {
+        let _ = fs::remove_file(tmp);
+        return Err(Error::io(path, e));
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = fs::File::open(dir) {
             let _ = d.sync_all();
@@ -64,43 +86,202 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Writes tensors as a safetensors file, atomically. Returns the file size in bytes.
-pub fn write_safetensors_atomic(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<u64> {
-    let tmp = tmp_path(path);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// The safetensors metadata key under which every file distill writes carries the SHA-256 of its contents
+/// (see [`content_digest`]); [`read_safetensors`] checks it.
+pub const CHECKSUM_KEY: &str = "distill.sha256";
+
+/// One tensor's bytes, ready to be hashed and written.
+struct OwnedView {
+    dtype: st::Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl st::View for &OwnedView {
+    fn dtype(&self) -> st::Dtype {
+        self.dtype
     }
-    let map: std::collections::HashMap<String, Tensor> = tensors
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// SHA-256 (hex) over every tensor in name order: its name, dtype, shape and raw little-endian bytes, each
+/// length-prefixed. Independent of the file's layout, so a reader recomputes it from the parsed tensors.
+pub fn content_digest<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, st::Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h = Sha256::new();
+    for (name, dtype, shape, data) in tensors {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        let dt = dtype.to_string();
+        h.update((dt.len() as u64).to_le_bytes());
+        h.update(dt.as_bytes());
+        h.update((shape.len() as u64).to_le_bytes());
+        for d in shape {
+            h.update((*d as u64).to_le_bytes());
+        }
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes tensors as a safetensors file, atomically, with their [`content_digest`] in the metadata. Returns
+/// the file size in bytes.
+pub fn write_safetensors_atomic(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<u64> {
+    write_safetensors_with_metadata(tensors, &BTreeMap::new(), path)
+}
+
+/// [`write_safetensors_atomic`] with extra string metadata (e.g. a checkpoint's training state) stored in
+/// the file's header beside the checksum.
+pub fn write_safetensors_with_metadata(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<u64> {
+    create_parent(path)?;
+    let views = tensors
+        .iter()
+        .map(|(k, t)| {
+            let data = st::View::data(&t).into_owned();
+            Ok((
+                k.as_str(),
+                OwnedView {
+                    dtype: st::View::dtype(t),
+                    shape: t.dims().to_vec(),
+                    data,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let digest = content_digest(
+        views
+            .iter()
+            .map(|(k, v)| (*k, v.dtype, v.shape.as_slice(), v.data.as_slice())),
+    );
+    let mut meta: std::collections::HashMap<String, String> = metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    candle_core::safetensors::save(&map, &tmp)?;
-    {
-        let f = fs::File::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    meta.insert("format".into(), "pt".into());
+    meta.insert(CHECKSUM_KEY.into(), digest);
+    let tmp = tmp_path(path);
+    let written = st::serialize_to_file(views.iter().map(|(k, v)| (*k, v)), Some(meta), &tmp)
+        .map_err(|e| match e {
+            st::SafeTensorError::IoError(e) => Error::io(path, e),
+            e => Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("cannot serialise: {e}"),
+            },
+        })
+        .and_then(|()| {
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(path, e))
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    commit(&tmp, path)?;
     Ok(fs::metadata(path).map_err(|e| Error::io(path, e))?.len())
 }
 
-/// Reads a safetensors file; a missing or corrupt file is an error naming it.
+/// Reads a safetensors file; a missing or corrupt file is an error naming it. A file that carries a
+/// [`CHECKSUM_KEY`] (every file distill writes) must match it: flipped bytes are an error, never loaded.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
-    if !path.exists() {
-        return Err(Error::Checkpoint {
-            path: path.to_path_buf(),
-            msg: "file not found".into(),
-        });
-    }
-    let map = candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint {
+    Ok(read_safetensors_with_metadata(path, device)?.0)
+}
+
+/// [`read_safetensors`] that also returns the file's string metadata.
+pub fn read_safetensors_with_metadata(
+    path: &Path,
+    device: &Device,
+) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
+    let bad = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
-        msg: format!("not a valid safetensors file: {e}"),
-    })?;
-    Ok(map.into_iter().collect())
+        msg,
+    };
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("file not found".into()))
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let file = st::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let (_, header) = st::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let meta: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut views = file.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(expected) = meta.get(CHECKSUM_KEY) {
+        let found = content_digest(
+            views
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
+        );
+        if &found != expected {
+            return Err(bad(format!(
+                "checksum mismatch: the contents changed after the file was written (sha256 {found}, \
+                 recorded {expected})"
+            )));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (name, view) in views {
+        let t = view
+            .load(device)
+            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        out.insert(name, t);
+    }
+    Ok((out, meta))
+}
+
+/// Checks a safetensors file written by distill against its recorded checksum without building tensors: the
+/// file must parse and carry a [`CHECKSUM_KEY`] that matches its contents.
+pub fn verify_safetensors(path: &Path) -> Result<()> {
+    let bad = |msg: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = st::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let (_, header) = st::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let expected = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CHECKSUM_KEY).cloned())
+        .ok_or_else(|| bad(format!("carries no `{CHECKSUM_KEY}` checksum")))?;
+    let mut views = file.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let found = content_digest(
+        views
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
+    );
+    if found != expected {
+        return Err(bad(format!(
+            "checksum mismatch right after writing (sha256 {found}, recorded {expected})"
+        )));
+    }
+    Ok(())
 }
 
 /// Writes a value as pretty JSON, atomically.

@@ -10,13 +10,14 @@ pub enum Error {
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    /// An I/O error on a named file. The OS error is part of the message and deliberately not the error's
+    /// `source()`, so a chain printer (`{:#}`) says it once.
+    #[error("{path}: {err}")]
     Io {
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A recipe, registry or other config file is invalid.
     #[error("{path}: {msg}")]
@@ -58,6 +59,16 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A run directory whose lock another live process holds.
+    #[error(
+        "{path} is in use by another distill process ({holder}); wait for it to finish or choose another --out"
+    )]
+    Busy {
+        /// The run directory.
+        path: PathBuf,
+        /// Who holds it: pid, host, start time and command, as its lock file says.
+        holder: String,
+    },
     /// Any other error with a message.
     #[error("{0}")]
     Msg(String),
@@ -71,7 +82,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
     /// A data error on `path`.

@@ -41,6 +41,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod recipe;
 pub mod report;
+pub mod run_record;
 pub mod runtime;
 pub mod task;
 pub mod train;

@@ -154,7 +154,14 @@ fn build_losses<P: Plugin + ?Sized>(
     Ok(terms)
 }
 
-fn phase_spec(recipe: &Recipe, ctx: &RunContext, seed: u64, name: &str, dir: &Path) -> PhaseSpec {
+fn phase_spec(
+    recipe: &Recipe,
+    ctx: &RunContext,
+    seed: u64,
+    name: &str,
+    dir: &Path,
+    recipe_hash: &str,
+) -> PhaseSpec {
     let config = match name {
         "teacher" => recipe.teacher.clone(),
         "scratch" => recipe.student.clone(),
@@ -174,6 +181,7 @@ fn phase_spec(recipe: &Recipe, ctx: &RunContext, seed: u64, name: &str, dir: &Pa
         resume: ctx.resume,
         quiet: ctx.quiet,
         label: format!("{name} s{seed}"),
+        recipe_hash: recipe_hash.to_string(),
     }
 }
 
@@ -184,6 +192,7 @@ fn teacher_phase<P: Plugin + ?Sized>(
     ctx: &RunContext,
     seed: u64,
     seed_dir: &Path,
+    recipe_hash: &str,
 ) -> Result<(Box<dyn Network>, PhaseResult)> {
     let info = task.info();
     let net = plugin.build_network(
@@ -192,7 +201,7 @@ fn teacher_phase<P: Plugin + ?Sized>(
         init_seed(seed, "teacher"),
         &ctx.device,
     )?;
-    let spec = phase_spec(recipe, ctx, seed, "teacher", seed_dir);
+    let spec = phase_spec(recipe, ctx, seed, "teacher", seed_dir, recipe_hash);
     if let Some(p) = &recipe.teacher.pretrained {
         let path = if p.is_absolute() {
             p.clone()
@@ -208,24 +217,34 @@ fn teacher_phase<P: Plugin + ?Sized>(
         .as_ref()
         .map(|c| c.join("teachers").join(teacher_cache_key(recipe, seed)));
     if let Some(c) = &cache {
-        if c.join(files::RESULT).exists()
+        let cached = c.join(files::RESULT).exists()
             && c.join(files::FINAL).exists()
             && !spec.dir.join(files::STATE).exists()
-        {
-            load_network(net.as_ref(), &c.join(files::FINAL), &ctx.device)?;
-            let mut r: PhaseResult = read_json(&c.join(files::RESULT))?;
-            r.reused = true;
-            if !ctx.quiet {
-                eprintln!(
-                    "[{}] reusing the cached teacher {} ({:.4})",
-                    spec.label,
-                    c.display(),
-                    r.metric
-                );
+            && !spec.dir.join(files::RESULT).exists();
+        if cached {
+            let loaded = load_network(net.as_ref(), &c.join(files::FINAL), &ctx.device)
+                .and_then(|()| read_json::<PhaseResult>(&c.join(files::RESULT)));
+            match loaded {
+                Ok(mut r) => {
+                    r.reused = true;
+                    if !ctx.quiet {
+                        eprintln!(
+                            "[{}] reusing the cached teacher {} ({:.4})",
+                            spec.label,
+                            c.display(),
+                            r.metric
+                        );
+                    }
+                    save_network(net.as_ref(), &spec.dir.join(files::FINAL))?;
+                    write_json_atomic(&r, &spec.dir.join(files::RESULT))?;
+                    return Ok((net, r));
+                }
+                // a damaged entry is never used: train the teacher again, which rewrites the entry
+                Err(e) => eprintln!(
+                    "warning: [{}] the cached teacher is not usable ({e}); training it again",
+                    spec.label
+                ),
             }
-            save_network(net.as_ref(), &spec.dir.join(files::FINAL))?;
-            write_json_atomic(&r, &spec.dir.join(files::RESULT))?;
-            return Ok((net, r));
         }
     }
     let r = train_phase(task, net.as_ref(), Objective::Task, &spec)?;
@@ -236,16 +255,51 @@ fn teacher_phase<P: Plugin + ?Sized>(
     Ok((net, r))
 }
 
+/// Refuses an accepted recipe change that would alter a phase that has already finished: only its own epochs
+/// may grow (the phase then trains on from its last checkpoint).
+fn check_finished_phases(
+    recipe: &Recipe,
+    ctx: &RunContext,
+    changes: &[crate::run_record::RecipeChange],
+) -> Result<()> {
+    for seed in &recipe.seeds {
+        for c in changes {
+            for phase in crate::run_record::phases_fed_by(&c.key) {
+                let own_epochs = match *phase {
+                    "teacher" => c.key == "teacher.epochs",
+                    "scratch" => c.key == "student.epochs",
+                    _ => {
+                        c.key == "distill.epochs"
+                            || (c.key == "student.epochs" && recipe.distill.epochs.is_none())
+                    }
+                };
+                let dir = ctx.out_dir.join(format!("seed-{seed}")).join(phase);
+                if !own_epochs && dir.join(files::RESULT).exists() {
+                    return Err(Error::msg(format!(
+                        "--allow-changed {}: {} has finished with the old value, and {c} changes what it \
+                         trained on; remove that directory to train it again, or choose another --out",
+                        c.key,
+                        dir.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs a recipe end to end with `plugin` and writes each phase's files under `ctx.out_dir/seed-N/`.
+///
+/// The recipe is checked against the one `ctx.out_dir` records (see [`crate::run_record`]): a fresh run in a
+/// used directory, or a `--resume` with a changed recipe, is refused unless `ctx.allow_changed` covers every
+/// difference. Callers hold the directory's [`crate::run_record::RunLock`] for the whole run (the CLI does).
 pub fn run_recipe<P: Plugin + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
     ctx: &RunContext,
 ) -> Result<RunReport> {
     check_recipe(plugin, recipe)?;
-    if ctx.resume {
-        crate::checkpoint::remove_stale_temps(&ctx.out_dir);
-    }
+    crate::checkpoint::remove_stale_temps(&ctx.out_dir);
     if !ctx.resume {
         for seed in &recipe.seeds {
             let d = ctx.out_dir.join(format!("seed-{seed}"));
@@ -261,12 +315,17 @@ pub fn run_recipe<P: Plugin + ?Sized>(
             }
         }
     }
+    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| Error::io(&ctx.out_dir, e))?;
+    let (hash, changes) =
+        crate::run_record::check_and_record(&ctx.out_dir, recipe, &ctx.allow_changed)?;
+    check_finished_phases(recipe, ctx, &changes)?;
     let task = plugin.load_task(recipe, ctx)?;
     let info = task.info().clone();
     let (mut tr, mut sr, mut dr) = (Vec::new(), Vec::new(), Vec::new());
     for &seed in &recipe.seeds {
         let seed_dir = ctx.out_dir.join(format!("seed-{seed}"));
-        let (t_net, t_res) = teacher_phase(plugin, task.as_ref(), recipe, ctx, seed, &seed_dir)?;
+        let (t_net, t_res) =
+            teacher_phase(plugin, task.as_ref(), recipe, ctx, seed, &seed_dir, &hash)?;
         let teacher = Teacher::new(t_net);
 
         let student_seed = init_seed(seed, "student");
@@ -276,7 +335,7 @@ pub fn run_recipe<P: Plugin + ?Sized>(
             task.as_ref(),
             scratch.as_ref(),
             Objective::Task,
-            &phase_spec(recipe, ctx, seed, "scratch", &seed_dir),
+            &phase_spec(recipe, ctx, seed, "scratch", &seed_dir, &hash),
         )?;
         drop(scratch);
 
@@ -298,7 +357,7 @@ pub fn run_recipe<P: Plugin + ?Sized>(
                 teacher: &teacher,
                 terms,
             },
-            &phase_spec(recipe, ctx, seed, "distilled", &seed_dir),
+            &phase_spec(recipe, ctx, seed, "distilled", &seed_dir, &hash),
         )?;
         if !ctx.quiet {
             eprintln!(
@@ -331,6 +390,19 @@ pub fn run_recipe<P: Plugin + ?Sized>(
     s.headline = headline(&recipe.student);
     d.headline = headline(&recipe.distilled_phase());
     let derived = RunReport::derive(&info.metric, &t, &s, &d);
+    let mut notes = task.notes();
+    let record: Option<crate::run_record::RunRecord> =
+        read_json(&ctx.out_dir.join(crate::run_record::RUN_FILE)).ok();
+    if let Some(rec) = record.filter(|r| !r.changes.is_empty()) {
+        notes.insert(
+            "recipe_changes".into(),
+            serde_json::json!(rec
+                .changes
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()),
+        );
+    }
     Ok(RunReport {
         plugin: recipe.plugin.clone(),
         recipe: recipe.name.clone(),
@@ -343,7 +415,7 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         distilled: d,
         derived,
         recipe_toml: recipe.report_toml().unwrap_or_default(),
-        notes: task.notes(),
+        notes,
         domain: Some(plugin.manifest().domain),
         test_samples: Some(task.len(Split::Test)),
     })

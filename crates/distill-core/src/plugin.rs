@@ -67,6 +67,9 @@ pub struct RunContext {
     pub recipe_path: Option<PathBuf>,
     /// The project's git revision (for the report).
     pub git_revision: Option<String>,
+    /// Recipe keys that may differ from the recipe recorded in `out_dir` (`--allow-changed`): a key, or a
+    /// table above keys (`teacher`). See [`crate::run_record`].
+    pub allow_changed: Vec<String>,
 }
 
 impl RunContext {
@@ -83,6 +86,7 @@ impl RunContext {
             quiet: true,
             recipe_path: None,
             git_revision: None,
+            allow_changed: Vec::new(),
         }
     }
 }

@@ -207,6 +207,21 @@ impl DistillConfig {
     }
 }
 
+/// Checks a recipe (or run) name: it names a directory under `runs/`, so it is 1-100 characters of
+/// `[A-Za-z0-9._-]`, and not `.` or `..`.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 100 || !ok_chars || name == "." || name == ".." {
+        return Err(format!(
+            "= {name:?} is not a valid name: use 1-100 characters of letters, digits, `.`, `_` and `-` (it names \
+             the run's directory), not `.` or `..`"
+        ));
+    }
+    Ok(())
+}
+
 /// `file:line:column: message` for a TOML error.
 pub fn toml_error(text: &str, path: &str, err: &toml::de::Error) -> Error {
     let msg = err.message().trim().replace('\n', " ");
@@ -320,8 +335,18 @@ impl Recipe {
     /// Checks values that serde cannot (ranges, non-empty lists); errors name the key.
     pub fn validate(&self, path: &str) -> Result<()> {
         let err = |key: &str, msg: String| Error::config(path, format!("`{key}` {msg}"));
+        check_name(&self.name).map_err(|m| err("name", m))?;
         if self.seeds.is_empty() {
             return Err(err("seeds", "must list at least one seed".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = self.seeds.iter().find(|s| !seen.insert(**s)) {
+            return Err(err(
+                "seeds",
+                format!(
+                    "lists seed {dup} twice (each seed is one independent run; list each once)"
+                ),
+            ));
         }
         if self.data.batch_size == 0 || self.data.eval_batch_size == 0 {
             return Err(err("data.batch_size", "must be > 0".into()));
@@ -509,6 +534,29 @@ losses = [{ name = "kd", temperature = 4.0 }]
             e.starts_with("s.toml:3:1") && e.contains("student.epochs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn names_that_leave_the_runs_dir_and_duplicate_seeds_are_refused() {
+        for bad in ["../x", "/abs", "a/b", ".", "..", "", "a b", "x\\y"] {
+            let text = BASE.replace("name = \"t\"", &format!("name = {bad:?}"));
+            let e = Recipe::parse(&text, "t.toml", false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("t.toml: `name`") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["hinton-mnist", "sst2_tinybert.v2", "..x"] {
+            let text = BASE.replace("name = \"t\"", &format!("name = {good:?}"));
+            assert!(Recipe::parse(&text, "t.toml", false).is_ok(), "{good}");
+        }
+        let text = BASE.replace("dataset = \"d\"", "dataset = \"d\"\nseeds = [0, 1, 0]");
+        let e = Recipe::parse(&text, "t.toml", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`seeds`") && e.contains("seed 0 twice"), "{e}");
     }
 
     #[test]

@@ -424,9 +424,75 @@ fn fmt_stat(s: &Stat) -> String {
     }
 }
 
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time (civil-from-days, Howard Hinnant's algorithm).
+pub fn utc_date(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
+}
+
+/// The current time as [`utc_date`] writes it.
+pub fn utc_now() -> String {
+    utc_date(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_read_back_from_report_json_are_bit_identical() {
+        // values of every magnitude, including ones the default (fast) parser reads one ulp off
+        let mut rng = crate::Rng::new(7);
+        let mut values: Vec<f64> = (0..20_000)
+            .map(|i| {
+                let mant = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                mant * 10f64.powi((i % 40) - 20)
+            })
+            .collect();
+        values.extend([
+            0.1 + 0.2,
+            1.0 / 3.0,
+            2.2250738585072014e-308,
+            5e-324,
+            0.9908,
+            1e23,
+        ]);
+        let stat = Stat {
+            mean: values[0],
+            std: values[1],
+            values: values.clone(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("report.json");
+        crate::checkpoint::write_json_atomic(&stat, &p).unwrap();
+        let back: Stat = crate::checkpoint::read_json(&p).unwrap();
+        let diff = values
+            .iter()
+            .zip(&back.values)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(diff, 0, "{diff} of {} values changed", values.len());
+        assert_eq!(back.mean.to_bits(), stat.mean.to_bits());
+    }
 
     fn phase(metric: f64, curve: &[f64]) -> PhaseResult {
         PhaseResult {

@@ -6,16 +6,10 @@
 //! (shuffling, augmentation, dropout) is derived from the seed, the phase, the epoch and the step, so the
 //! replay is identical to an uninterrupted run.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Instant};
 
 use candle_core::{Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use crate::{
     checkpoint::{read_json, read_safetensors, write_json_atomic, write_safetensors_atomic},
@@ -79,55 +73,17 @@ pub struct PhaseSpec {
     pub quiet: bool,
     /// Label for progress output, e.g. `teacher s0`.
     pub label: String,
+    /// Hash of the run's effective recipe ([`crate::run_record::recipe_hash`]), recorded in the phase's state.
+    pub recipe_hash: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PhaseState {
-    epochs_done: usize,
-    history: Vec<EpochRecord>,
-    best_epoch: Option<usize>,
-    best_val: Option<f64>,
-    bad_epochs: usize,
-    elapsed_s: f64,
-    stopped_early: bool,
-    /// Learning-rate factor after divergence back-offs (1 without).
-    #[serde(default = "one")]
-    lr_scale: f64,
-    /// One line per divergence back-off.
-    #[serde(default)]
-    backoffs: Vec<String>,
-    /// The checkpoint file this state belongs to (absent in older state files: `checkpoint.safetensors`).
-    #[serde(default)]
-    checkpoint: Option<String>,
-}
+mod phase_files;
 
-/// The checkpoint file written after `epochs_done` epochs. Each epoch writes a new file, then state.json
-/// naming it (the commit point), then removes the previous one: a kill between the two writes leaves
-/// state.json and the checkpoint it names consistent.
-pub fn checkpoint_name(epochs_done: usize) -> String {
-    format!("checkpoint-e{epochs_done}.safetensors")
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-/// File names inside a phase directory.
-pub mod files {
-    /// Rolling checkpoint (weights, adapters, optimiser state) of checkpoints written before state.json named
-    /// its checkpoint; today's are `checkpoint-eN.safetensors` (see [`checkpoint_name`](super::checkpoint_name)).
-    pub const CHECKPOINT: &str = "checkpoint.safetensors";
-    /// Rolling training state (epoch, history, early-stopping state).
-    pub const STATE: &str = "state.json";
-    /// Best-validation weights (with early stopping).
-    pub const BEST: &str = "best.safetensors";
-    /// Final weights of a finished phase.
-    pub const FINAL: &str = "model.safetensors";
-    /// Result of a finished phase.
-    pub const RESULT: &str = "result.json";
-    /// Per-epoch metrics, one JSON object a line.
-    pub const METRICS: &str = "metrics.jsonl";
-}
+pub use phase_files::{checkpoint_name, files};
+use phase_files::{
+    checkpoint_tensors, extends_finished_phase, load_final_weights, load_resume_point,
+    remove_other_checkpoints, restore, save_checkpoint, PhaseState,
+};
 
 /// The optimiser's view of a varmap (buffers dropped, sorted) with `prefix` on every name.
 fn prefixed_vars(prefix: &str, varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
@@ -211,80 +167,6 @@ fn progress(spec: &PhaseSpec, len: usize) -> ProgressBar {
     pb
 }
 
-/// Everything a checkpoint holds, under `model.`, `loss{i}.` and `optim.` prefixes.
-fn checkpoint_tensors(
-    net: &dyn Network,
-    adapters: &[(usize, &candle_nn::VarMap)],
-    optim: &BTreeMap<String, Tensor>,
-) -> Result<BTreeMap<String, Tensor>> {
-    let mut all = BTreeMap::new();
-    for (k, v) in varmap_tensors(net.varmap())? {
-        all.insert(format!("model.{k}"), v);
-    }
-    for (i, vm) in adapters {
-        for (k, v) in varmap_tensors(vm)? {
-            all.insert(format!("loss{i}.{k}"), v);
-        }
-    }
-    for (k, v) in optim {
-        all.insert(format!("optim.{k}"), v.clone());
-    }
-    Ok(all)
-}
-
-/// Loads what [`checkpoint_tensors`] made back into the network, its loss adapters and the optimiser.
-fn restore(
-    all: &BTreeMap<String, Tensor>,
-    source: &Path,
-    net: &dyn Network,
-    adapters: &[(usize, &candle_nn::VarMap)],
-    optim: &mut dyn crate::optim::Optimizer,
-) -> Result<()> {
-    load_into_varmap(net.varmap(), &split_prefix(all, "model."), source)?;
-    for (i, vm) in adapters {
-        load_into_varmap(vm, &split_prefix(all, &format!("loss{i}.")), source)?;
-    }
-    optim.load_state(&split_prefix(all, "optim."))
-}
-
-fn save_checkpoint(
-    dir: &Path,
-    net: &dyn Network,
-    adapters: &[(usize, &candle_nn::VarMap)],
-    optim: &BTreeMap<String, Tensor>,
-    state: &mut PhaseState,
-) -> Result<()> {
-    let all = checkpoint_tensors(net, adapters, optim)?;
-    let name = checkpoint_name(state.epochs_done);
-    write_safetensors_atomic(&all, &dir.join(&name))?;
-    state.checkpoint = Some(name);
-    write_json_atomic(state, &dir.join(files::STATE))?;
-    remove_other_checkpoints(dir, state.checkpoint.as_deref());
-    Ok(())
-}
-
-/// Removes every checkpoint file in `dir` except `keep` (older epochs, or one written after the last state.json
-/// by a run that was then killed).
-fn remove_other_checkpoints(dir: &Path, keep: Option<&str>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_ckpt = name == files::CHECKPOINT
-            || (name.starts_with("checkpoint-e") && name.ends_with(".safetensors"));
-        if is_ckpt && Some(name.as_str()) != keep {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-fn split_prefix(all: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
-    all.iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
-        .collect()
-}
-
 /// Teacher logits for every training sample, computed once (valid when the inputs are not augmented and
 /// no loss reads features).
 struct LogitCache {
@@ -328,12 +210,19 @@ pub fn train_phase(
     }
     if spec.resume && dir.join(files::RESULT).exists() {
         let result: PhaseResult = read_json(&dir.join(files::RESULT))?;
-        let weights = read_safetensors(&dir.join(files::FINAL), &device)?;
-        load_into_varmap(net.varmap(), &weights, &dir.join(files::FINAL))?;
-        if !spec.quiet {
-            eprintln!("[{}] finished earlier: {:.4}", spec.label, result.metric);
+        if !extends_finished_phase(dir, spec, &result)? {
+            load_final_weights(dir, net, spec, &device)?;
+            if !spec.quiet {
+                eprintln!("[{}] finished earlier: {:.4}", spec.label, result.metric);
+            }
+            return Ok(result);
         }
-        return Ok(result);
+        if !spec.quiet {
+            eprintln!(
+                "[{}] finished after {} epochs; continuing to {} (epochs changed with --allow-changed)",
+                spec.label, result.epochs, spec.config.epochs
+            );
+        }
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     reset_peak_rss();
@@ -366,16 +255,30 @@ pub fn train_phase(
         lr_scale: 1.0,
         backoffs: Vec::new(),
         checkpoint: None,
+        previous: None,
+        recipe_hash: Some(spec.recipe_hash.clone()).filter(|h| !h.is_empty()),
     };
     if spec.resume && dir.join(files::STATE).exists() {
-        state = read_json(&dir.join(files::STATE))?;
-        let ckpt_path = dir.join(state.checkpoint.as_deref().unwrap_or(files::CHECKPOINT));
-        let all = read_safetensors(&ckpt_path, &device)?;
+        let (loaded, all, ckpt_path) = load_resume_point(dir, &device, &spec.label)?;
+        state = loaded;
+        if state.epochs_done > cfg.epochs {
+            return Err(Error::msg(format!(
+                "[{}] {} holds {} trained epochs; the recipe now asks for {}: a phase cannot be shortened \
+                 (choose another --out)",
+                spec.label,
+                dir.display(),
+                state.epochs_done,
+                cfg.epochs
+            )));
+        }
         restore(&all, &ckpt_path, net, &adapters, optim.as_mut())?;
+        if !spec.recipe_hash.is_empty() {
+            state.recipe_hash = Some(spec.recipe_hash.clone());
+        }
         // a checkpoint written after this state.json (the run was killed before committing it) is not ours
         remove_other_checkpoints(
             dir,
-            Some(state.checkpoint.as_deref().unwrap_or(files::CHECKPOINT)),
+            &[state.checkpoint.as_deref(), state.previous.as_deref()],
         );
         // metrics.jsonl is appended after each checkpoint: rewrite it from the checkpointed history so a kill
         // between the two leaves no gap
