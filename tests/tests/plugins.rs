@@ -214,6 +214,55 @@ fn the_template_plugin_runs_from_a_user_registry() {
     assert_eq!(params("scratch"), 371);
     assert_eq!(params("distilled"), 371);
     assert!(d.join("out/seed-0/distilled/model.safetensors").exists());
+
+    // the teacher cache's key covers the library's contents: the same library reuses its teacher, a rebuilt
+    // one (here: the same file with one byte appended, which the loader ignores) trains it again
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    let copy = d.join(format!("{DLL_PREFIX}copy{DLL_SUFFIX}"));
+    std::fs::copy(lib("distill-plugin-template"), &copy).unwrap();
+    let reg2 = registry(
+        d,
+        &[("tabular", copy.file_name().unwrap().to_str().unwrap())],
+    );
+    let cached_run = |out: &str| {
+        let o = distill(
+            d,
+            &[
+                "run",
+                recipe_s,
+                "--quick",
+                "--data-dir",
+                "data",
+                "--out",
+                out,
+                "--quiet",
+                "--cache-dir",
+                "cache",
+                "--registry",
+                reg2.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let log = std::fs::read_to_string(d.join("cache/log.jsonl")).unwrap();
+        let events: Vec<String> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+            .collect();
+        events
+    };
+    assert_eq!(cached_run("c1"), ["\"trained\""]);
+    assert_eq!(cached_run("c2"), ["\"trained\"", "\"reused\""]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\0").unwrap();
+    drop(f);
+    assert_eq!(
+        cached_run("c3"),
+        ["\"trained\"", "\"reused\"", "\"trained\""],
+        "a changed library misses the cache"
+    );
 }
 
 #[test]

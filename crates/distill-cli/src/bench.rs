@@ -537,13 +537,18 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
             recipe_path: Some(planned.recipe_path.clone()),
             git_revision: git_revision.clone(),
             allow_changed: Vec::new(),
+            plugin_identity: distill_registry::identity(
+                reg.get(&planned.recipe.plugin)?,
+                plugin.as_ref(),
+            )?,
         };
         let resumed = dir.exists();
         let t0 = Instant::now();
-        let ran = distill_core::run_record::RunLock::acquire(&dir).and_then(|lock| {
-            let run = plugin.run(&planned.recipe, &ctx)?;
-            Ok((lock, run))
-        });
+        let ran =
+            distill_core::run_record::lock_seeds(&dir, &planned.recipe.seeds).and_then(|lock| {
+                let run = plugin.run(&planned.recipe, &ctx)?;
+                Ok((lock, run))
+            });
         match ran
             .map_err(anyhow::Error::from)
             .and_then(|(lock, mut run)| {

@@ -140,6 +140,14 @@ enum Command {
         #[command(subcommand)]
         what: data::DataCmd,
     },
+    /// The trained-teacher cache: list its entries, verify them, or clear it.
+    Cache {
+        #[command(subcommand)]
+        what: CacheCmd,
+        /// The cache (default: $DISTILL_CACHE, else .distill-cache).
+        #[arg(long, global = true)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Export a trained student (safetensors + JSON model card) from a run dir.
     Export {
         /// The run's output dir.
@@ -154,6 +162,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// One line per entry: key, plugin, data set, recipe, seed, teacher metric, size, date.
+    List,
+    /// Check every entry's weights against their checksum; exits 2 naming each damaged entry.
+    Verify,
+    /// Remove every entry.
+    Clear,
 }
 
 #[derive(Subcommand)]
@@ -295,9 +313,10 @@ fn cmd_run(
         recipe_path: Some(recipe_path.to_path_buf()),
         git_revision: git_revision(),
         allow_changed,
+        plugin_identity: distill_registry::identity(reg.get(&recipe.plugin)?, plugin.as_ref())?,
     };
-    // held until the report is written: a second run or resume of this dir exits 2 naming this process
-    let _lock = distill_core::run_record::RunLock::acquire(&out_dir)?;
+    // held until the report is written: a second run or resume of these seeds exits 2 naming this process
+    let _locks = distill_core::run_record::lock_seeds(&out_dir, &recipe.seeds)?;
     let run = plugin.run(&recipe, &ctx)?;
     write_cards(&run, &recipe, &out_dir)?;
     let report = Report::new(vec![run], ctx.git_revision.clone());
@@ -398,6 +417,63 @@ fn cmd_export(run: &Path, to: &Path, phase: &str, seed: u64) -> Result<()> {
         bytes.len(),
         to.display()
     );
+    Ok(())
+}
+
+fn cmd_cache(what: CacheCmd, cache_dir: &Option<PathBuf>) -> Result<()> {
+    let dir = dir_from(cache_dir, "DISTILL_CACHE", ".distill-cache");
+    let cache = distill_core::teacher_cache::TeacherCache::new(&dir);
+    match what {
+        CacheCmd::List => {
+            let entries = cache.list()?;
+            for (key, info, size) in &entries {
+                match info {
+                    Some(i) => println!(
+                        "{key}  {}  {}  {}  seed {}  {:.4}  {:.1} MB  {}",
+                        i.plugin,
+                        i.dataset,
+                        i.recipe,
+                        i.seed,
+                        i.metric,
+                        *size as f64 / 1e6,
+                        distill_core::report::utc_date(i.created_unix)
+                    ),
+                    None => println!("{key}  (no entry.json)  {:.1} MB", *size as f64 / 1e6),
+                }
+            }
+            println!("{} entries in {}", entries.len(), cache.root().display());
+        }
+        CacheCmd::Verify => {
+            let entries = cache.list()?;
+            let mut bad = Vec::new();
+            for (key, _, _) in &entries {
+                match cache.verify(key) {
+                    Ok(()) => println!("{key}  ok"),
+                    Err(e) => {
+                        println!("{key}  DAMAGED: {e}");
+                        bad.push(key.clone());
+                    }
+                }
+            }
+            if !bad.is_empty() {
+                bail!(
+                    "{} of {} cache entries are damaged ({}); a run retrains them, or `distill cache clear`",
+                    bad.len(),
+                    entries.len(),
+                    bad.join(", ")
+                );
+            }
+            println!(
+                "{} entries verified in {}",
+                entries.len(),
+                cache.root().display()
+            );
+        }
+        CacheCmd::Clear => {
+            let n = cache.clear()?;
+            println!("removed {n} entries from {}", cache.root().display());
+        }
+    }
     Ok(())
 }
 
@@ -560,6 +636,7 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             Ok(())
         })(),
         Command::Plugins { what } => cmd_plugins(reg, what),
+        Command::Cache { what, cache_dir } => cmd_cache(what, &cache_dir),
         Command::Eval { checkpoint, dirs } => cmd_eval(reg, &checkpoint, &dirs),
         Command::Export {
             run,

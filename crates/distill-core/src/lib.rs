@@ -44,6 +44,7 @@ pub mod report;
 pub mod run_record;
 pub mod runtime;
 pub mod task;
+pub mod teacher_cache;
 pub mod train;
 
 pub use plugin::{Manifest, Plugin, RunContext};

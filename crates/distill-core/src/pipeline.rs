@@ -1,9 +1,7 @@
 //! The generic pipeline behind `distill run`: for each seed, the teacher (trained, cached or pretrained),
 //! the student from scratch and the distilled student, then one [`RunReport`].
 
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::path::Path;
 
 use crate::{
     checkpoint::{read_json, write_json_atomic},
@@ -13,31 +11,14 @@ use crate::{
     recipe::Recipe,
     report::{PhaseResult, PhaseSummary, Report, RunReport},
     task::{Split, Task, TaskInfo},
+    teacher_cache::{data_fingerprint, teacher_cache_key, EntryInfo, Lookup, TeacherCache},
     train::{files, finish_phase, train_phase, Objective, PhaseSpec, Term},
     Error, Mode, Network, Result, Rng, Teacher,
 };
 
-/// Bumped when a change to training code makes cached teachers invalid.
-const TEACHER_CACHE_VERSION: u32 = 1;
-
 /// The seed each role's weights are initialised from: scratch and distilled students share theirs.
 pub fn init_seed(seed: u64, role: &str) -> u64 {
     Rng::derive(seed, &[&"init", &role]).next_u64()
-}
-
-/// Hash of everything that determines a trained teacher: plugin, data set, data options, the teacher section
-/// and the seed.
-pub fn teacher_cache_key(recipe: &Recipe, seed: u64) -> String {
-    let key = serde_json::json!({
-        "v": TEACHER_CACHE_VERSION,
-        "plugin": recipe.plugin,
-        "dataset": recipe.dataset,
-        "data": recipe.data,
-        "teacher": recipe.teacher,
-        "seed": seed,
-    });
-    let digest = Sha256::digest(key.to_string().as_bytes());
-    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks a recipe against a plugin without reading data or training: model specs build, augmentation and
@@ -212,45 +193,63 @@ fn teacher_phase<P: Plugin + ?Sized>(
         let r = finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?;
         return Ok((net, r));
     }
-    let cache: Option<PathBuf> = ctx
-        .cache_dir
-        .as_ref()
-        .map(|c| c.join("teachers").join(teacher_cache_key(recipe, seed)));
-    if let Some(c) = &cache {
-        let cached = c.join(files::RESULT).exists()
-            && c.join(files::FINAL).exists()
-            && !spec.dir.join(files::STATE).exists()
-            && !spec.dir.join(files::RESULT).exists();
-        if cached {
-            let loaded = load_network(net.as_ref(), &c.join(files::FINAL), &ctx.device)
-                .and_then(|()| read_json::<PhaseResult>(&c.join(files::RESULT)));
-            match loaded {
-                Ok(mut r) => {
-                    r.reused = true;
-                    if !ctx.quiet {
-                        eprintln!(
-                            "[{}] reusing the cached teacher {} ({:.4})",
-                            spec.label,
-                            c.display(),
-                            r.metric
-                        );
-                    }
-                    save_network(net.as_ref(), &spec.dir.join(files::FINAL))?;
-                    write_json_atomic(&r, &spec.dir.join(files::RESULT))?;
-                    return Ok((net, r));
+    let Some(cache_dir) = &ctx.cache_dir else {
+        let r = train_phase(task, net.as_ref(), Objective::Task, &spec)?;
+        return Ok((net, r));
+    };
+    let cache = TeacherCache::new(cache_dir);
+    let fingerprint = data_fingerprint(&ctx.data_dir, recipe);
+    let key = teacher_cache_key(recipe, seed, &ctx.plugin_identity, &fingerprint);
+    // held from the lookup until the trained teacher is stored: a second process needing it waits, then reuses it
+    let _lock = cache.lock(&key, &spec.label)?;
+    let fresh = !spec.dir.join(files::STATE).exists() && !spec.dir.join(files::RESULT).exists();
+    if fresh {
+        match cache.load(&key, net.as_ref(), &ctx.device) {
+            Lookup::Hit(r) => {
+                let mut r = *r;
+                r.reused = true;
+                cache.log(&key, "reused", &spec.label);
+                if !ctx.quiet {
+                    eprintln!(
+                        "[{}] reusing the cached teacher {} ({:.4})",
+                        spec.label,
+                        cache.entry_dir(&key).display(),
+                        r.metric
+                    );
                 }
-                // a damaged entry is never used: train the teacher again, which rewrites the entry
-                Err(e) => eprintln!(
-                    "warning: [{}] the cached teacher is not usable ({e}); training it again",
-                    spec.label
-                ),
+                save_network(net.as_ref(), &spec.dir.join(files::FINAL))?;
+                write_json_atomic(&r, &spec.dir.join(files::RESULT))?;
+                return Ok((net, r));
             }
+            // a damaged entry is never used: the teacher is trained again and the entry replaced
+            Lookup::Damaged(why) => {
+                cache.log(&key, "damaged", &why);
+                eprintln!(
+                    "warning: [{}] the cached teacher is not usable ({why}); training it again",
+                    spec.label
+                );
+            }
+            Lookup::Miss => {}
         }
     }
     let r = train_phase(task, net.as_ref(), Objective::Task, &spec)?;
-    if let Some(c) = &cache {
-        save_network(net.as_ref(), &c.join(files::FINAL))?;
-        write_json_atomic(&r, &c.join(files::RESULT))?;
+    if !r.reused && cache.verify(&key).is_err() {
+        let info = EntryInfo {
+            key: key.clone(),
+            plugin: recipe.plugin.clone(),
+            plugin_identity: ctx.plugin_identity.clone(),
+            dataset: recipe.dataset.clone(),
+            recipe: recipe.name.clone(),
+            seed,
+            data_fingerprint: fingerprint,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            metric: r.metric,
+        };
+        cache.store(&key, net.as_ref(), &r, &info)?;
+        cache.log(&key, "trained", &spec.label);
     }
     Ok((net, r))
 }
@@ -292,7 +291,8 @@ fn check_finished_phases(
 ///
 /// The recipe is checked against the one `ctx.out_dir` records (see [`crate::run_record`]): a fresh run in a
 /// used directory, or a `--resume` with a changed recipe, is refused unless `ctx.allow_changed` covers every
-/// difference. Callers hold the directory's [`crate::run_record::RunLock`] for the whole run (the CLI does).
+/// difference. Callers hold the seed directories' locks ([`crate::run_record::lock_seeds`]) for the whole run
+/// (the CLI does).
 pub fn run_recipe<P: Plugin + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
@@ -303,11 +303,10 @@ pub fn run_recipe<P: Plugin + ?Sized>(
     if !ctx.resume {
         for seed in &recipe.seeds {
             let d = ctx.out_dir.join(format!("seed-{seed}"));
-            if d.exists()
-                && std::fs::read_dir(&d)
-                    .map(|mut r| r.next().is_some())
-                    .unwrap_or(false)
-            {
+            let used = std::fs::read_dir(&d).is_ok_and(|mut r| {
+                r.any(|e| e.is_ok_and(|e| e.file_name() != crate::run_record::LOCK_FILE))
+            });
+            if used {
                 return Err(Error::msg(format!(
                     "{} already holds a run; pass --resume to continue it or choose another --out",
                     d.display()

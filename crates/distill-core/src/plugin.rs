@@ -70,6 +70,9 @@ pub struct RunContext {
     /// Recipe keys that may differ from the recipe recorded in `out_dir` (`--allow-changed`): a key, or a
     /// table above keys (`teacher`). See [`crate::run_record`].
     pub allow_changed: Vec<String>,
+    /// What identifies the plugin's code in the teacher cache's key: a builtin's crate and version, a plugin
+    /// library's content hash (set by the CLI from the registry).
+    pub plugin_identity: String,
 }
 
 impl RunContext {
@@ -87,6 +90,7 @@ impl RunContext {
             recipe_path: None,
             git_revision: None,
             allow_changed: Vec::new(),
+            plugin_identity: String::new(),
         }
     }
 }

@@ -171,6 +171,8 @@ pub fn check_and_record(
 ) -> Result<(String, Vec<RecipeChange>)> {
     let table = effective_recipe(recipe)?;
     let hash = recipe_hash(&table);
+    // runs of other seeds may record the same dir at the same moment (a sweep's array tasks): one at a time
+    let _guard = RunLock::wait(out_dir)?;
     let text = toml::to_string(&table).map_err(|e| Error::msg(format!("recipe: {e}")))?;
     let path = out_dir.join(RUN_FILE);
     if !path.exists() || !has_trained(out_dir) {
@@ -286,6 +288,21 @@ impl RunLock {
         Ok(RunLock { file, path })
     }
 
+    /// Locks `dir` (created if missing), waiting for the holder to release it: for short critical sections.
+    pub fn wait(dir: &Path) -> Result<RunLock> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(RunLock { file, path })
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -297,6 +314,16 @@ impl Drop for RunLock {
         let _ = self.file.set_len(0);
         let _ = self.file.unlock();
     }
+}
+
+/// Locks the directory of every seed a run will write (`OUT/seed-N/`), in seed order, failing at the first
+/// one in use: runs of different seeds may share a run dir (a sweep runs one task per seed), runs of one seed
+/// may not. Hold the locks until the run's report is written.
+pub fn lock_seeds(out_dir: &Path, seeds: &[u64]) -> Result<Vec<RunLock>> {
+    seeds
+        .iter()
+        .map(|s| RunLock::acquire(&out_dir.join(format!("seed-{s}"))))
+        .collect()
 }
 
 /// This machine's host name (`/proc/sys/kernel/hostname`, `$HOSTNAME`), or `unknown`.

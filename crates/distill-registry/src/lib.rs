@@ -313,6 +313,29 @@ impl Registry {
     }
 }
 
+/// What identifies a plugin's code, for the teacher cache's key: a builtin's crate, its manifest version and
+/// distill-core's version; a library's SHA-256 (so a rebuilt plugin never reuses a teacher its old code trained).
+pub fn identity(e: &Entry, plugin: &dyn Plugin) -> Result<String> {
+    match e.source {
+        Source::Builtin => Ok(format!(
+            "builtin {} {} (distill-core {})",
+            e.crate_name.as_deref().unwrap_or(&e.name),
+            plugin.manifest().version,
+            distill_core::abi::CORE_VERSION
+        )),
+        Source::Dylib => {
+            use sha2::{Digest, Sha256};
+            let path = e.path.clone().unwrap_or_default();
+            let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, err))?;
+            let hash: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Ok(format!("dylib sha256:{hash}"))
+        }
+    }
+}
+
 /// Makes the plugin an entry names: a builtin's constructor or a library's, after the library's checks. The
 /// plugin's manifest must carry the entry's name.
 pub fn load_entry(e: &Entry, builtins: &[Builtin]) -> Result<Box<dyn Plugin>> {
