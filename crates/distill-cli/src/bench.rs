@@ -256,7 +256,7 @@ pub struct BenchArgs {
     /// `quick` (every selected plugin's recipes with their [quick] overrides), `full` (the same recipes as
     /// they are) or a suite file (TOML with [[run]] entries).
     #[arg(long, default_value = "quick")]
-    suite: String,
+    pub suite: String,
     /// Only these plugins (comma-separated registry names).
     #[arg(long, value_delimiter = ',')]
     plugins: Option<Vec<String>>,
@@ -294,6 +294,23 @@ pub struct BenchArgs {
     /// `--speed`: do not run PyTorch's side.
     #[arg(long)]
     pub no_torch: bool,
+    /// Where the runs execute: `local` (this process) or `slurm` (an sbatch job array, one task per recipe ×
+    /// seed, and a merge job that writes the report once the array has ended; see docs/cluster.md).
+    #[arg(long, default_value = "local")]
+    pub executor: String,
+    /// `--executor slurm`: sbatch options for every job, e.g. "--partition=gpu --gres=gpu:1 --time=2:00:00".
+    #[arg(long, allow_hyphen_values = true)]
+    pub slurm_args: Option<String>,
+    /// `--executor slurm`: write and print the scripts, submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the report from the runs already finished in OUT, training nothing; unfinished runs are listed
+    /// (with their Slurm logs after a sweep) and the command exits 2 (a sweep's merge job runs this).
+    #[arg(long)]
+    pub collect: bool,
+    /// Show a sweep's progress from its out dir alone: each task done, running, failed or pending.
+    #[arg(long, value_name = "OUT")]
+    pub status: Option<PathBuf>,
     /// Internal: run one speed workload in this process and print its JSON measurement.
     #[arg(long, hide = true)]
     pub speed_worker: Option<String>,
@@ -325,7 +342,15 @@ impl BenchArgs {
     pub fn into_options(self) -> Result<BenchOptions> {
         let data_dir = crate::dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
         crate::check_data_dir(&data_dir)?;
+        if !["local", "slurm"].contains(&self.executor.as_str()) {
+            bail!("--executor {}: expected local or slurm", self.executor);
+        }
+        if self.executor != "slurm" && (self.slurm_args.is_some() || self.dry_run) {
+            bail!("--slurm-args and --dry-run apply to --executor slurm");
+        }
         Ok(BenchOptions {
+            collect: self.collect,
+            device_name: self.dirs.device.clone(),
             suite: SuiteKind::parse(&self.suite),
             plugins: self.plugins,
             seeds: self.seeds,
@@ -349,6 +374,10 @@ impl BenchArgs {
 
 /// Options of `distill bench`.
 pub struct BenchOptions {
+    /// `--collect`: report the finished runs, train nothing.
+    pub collect: bool,
+    /// `--device` as given.
+    pub device_name: String,
     /// The suite.
     pub suite: SuiteKind,
     /// `--plugins`.
@@ -369,20 +398,53 @@ pub struct BenchOptions {
     pub device: (String, candle_core::Device),
 }
 
-/// Whether a stored run report is the finished run of `recipe` (same recipe after overrides, same seeds).
-fn is_finished_run_of(report: &Report, planned: &PlannedRun) -> bool {
+/// What a stored run report is to a planned run.
+#[derive(Debug, PartialEq)]
+enum Stored {
+    /// The finished run of the same recipe (after overrides) and seeds.
+    Finished,
+    /// A run of the same recipe over some of its seeds (a sweep task's own report): not finished yet.
+    Partial,
+    /// Another recipe.
+    Different,
+}
+
+fn stored_run(report: &Report, planned: &PlannedRun) -> Stored {
     let [run] = report.runs.as_slice() else {
-        return false;
+        return Stored::Different;
     };
     let mut want = planned.recipe.clone();
     want.quick = None;
     match Recipe::parse(&run.recipe_toml, "report.json", false) {
         Ok(mut got) => {
             got.quick = None;
-            got == want && run.quick == planned.quick
+            let seeds = std::mem::take(&mut got.seeds);
+            let want_seeds = std::mem::take(&mut want.seeds);
+            if got != want || run.quick != planned.quick {
+                Stored::Different
+            } else if seeds == want_seeds {
+                Stored::Finished
+            } else if seeds.iter().all(|s| want_seeds.contains(s)) {
+                Stored::Partial
+            } else {
+                Stored::Different
+            }
         }
-        Err(_) => false,
+        Err(_) => Stored::Different,
     }
+}
+
+/// Whether every phase of every seed of a run has finished (its result.json written).
+pub fn seeds_finished(dir: &Path, seeds: &[u64]) -> Vec<(u64, bool)> {
+    seeds
+        .iter()
+        .map(|s| {
+            let done = ["teacher", "scratch", "distilled"]
+                .iter()
+                .all(|p| dir.join(format!("seed-{s}/{p}/result.json")).is_file());
+            (*s, done)
+        })
+        .collect()
 }
 
 fn status_line(run: &RunReport, secs: Option<f64>) -> String {
@@ -446,12 +508,9 @@ fn cpu_model() -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-/// Runs a bench: every planned run in `OUT/<recipe name>/` (a finished one is read back, an unfinished one
-/// resumed), then `OUT/report.json`, `OUT/report.md` and `OUT/plots/`.
-pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String>) -> Result<()> {
-    let started = Instant::now();
-    let runs = plan(reg, &opts.suite, opts.plugins.as_deref(), opts.seeds)?;
-    let out = opts.out.clone().unwrap_or_else(|| {
+/// The bench's out dir: `--out`, else `runs/bench-SUITE`.
+pub fn default_out(opts: &BenchOptions) -> PathBuf {
+    opts.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(match &opts.suite {
             SuiteKind::File(p) => format!(
                 "bench-{}",
@@ -461,7 +520,15 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
             ),
             k => format!("bench-{}", k.label()),
         })
-    });
+    })
+}
+
+/// Runs a bench: every planned run in `OUT/<recipe name>/` (a finished one is read back, an unfinished one
+/// resumed), then `OUT/report.json`, `OUT/report.md` and `OUT/plots/`.
+pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String>) -> Result<()> {
+    let started = Instant::now();
+    let runs = plan(reg, &opts.suite, opts.plugins.as_deref(), opts.seeds)?;
+    let out = default_out(&opts);
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
 
     let pb = if opts.quiet {
@@ -495,9 +562,16 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
         let dir = out.join(&name);
         let finished = dir.join("report.json");
         let tag = format!("[{}/{}] {name}", i + 1, runs.len());
-        if finished.is_file() {
-            let r: Report = read_json(&finished)?;
-            if !is_finished_run_of(&r, planned) {
+        let stored = match finished.is_file() {
+            true => {
+                let r: Report = read_json(&finished)?;
+                let kind = stored_run(&r, planned);
+                Some((r, kind))
+            }
+            false => None,
+        };
+        if let Some((r, kind)) = stored.filter(|(_, k)| *k != Stored::Partial) {
+            if kind == Stored::Different {
                 bail!(
                     "{} holds a finished run of a different recipe or seeds than {} asks for now; remove {} or \
                      choose another --out",
@@ -541,6 +615,7 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
                 reg.get(&planned.recipe.plugin)?,
                 plugin.as_ref(),
             )?,
+            no_training: opts.collect,
         };
         let resumed = dir.exists();
         let t0 = Instant::now();
@@ -568,7 +643,13 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
                 done.push(run);
             }
             Err(e) => {
-                let msg = format!("{e}").replace('\n', " ");
+                let mut msg = format!("{e}").replace('\n', " ");
+                if opts.collect {
+                    let logs = crate::sweep::unsuccessful_task_logs(&out, &name);
+                    if !logs.is_empty() {
+                        msg.push_str(&format!(" (sweep task logs: {})", logs.join(", ")));
+                    }
+                }
                 say(format!("{tag}: FAILED: {msg}"));
                 status.insert(name.clone(), format!("failed: {msg}"));
                 failures.push(format!("{name}: {msg}"));

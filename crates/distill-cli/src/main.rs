@@ -7,6 +7,7 @@ mod data;
 mod plots;
 mod report_cmd;
 mod speed;
+mod sweep;
 
 use std::{
     path::{Path, PathBuf},
@@ -314,6 +315,7 @@ fn cmd_run(
         git_revision: git_revision(),
         allow_changed,
         plugin_identity: distill_registry::identity(reg.get(&recipe.plugin)?, plugin.as_ref())?,
+        no_training: false,
     };
     // held until the report is written: a second run or resume of these seeds exits 2 naming this process
     let _locks = distill_core::run_record::lock_seeds(&out_dir, &recipe.seeds)?;
@@ -652,6 +654,15 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) if args.speed => speed::cmd_speed(&args.speed_options()?),
+        Command::Bench(args) if args.status.is_some() => {
+            sweep::cmd_status(args.status.as_deref().unwrap_or(Path::new(".")))
+        }
+        Command::Bench(args) if args.executor == "slurm" => {
+            let (suite, slurm_args, dry_run) =
+                (args.suite.clone(), args.slurm_args.clone(), args.dry_run);
+            let opts = args.into_options()?;
+            sweep::cmd_sweep(reg, &opts, &suite, slurm_args.as_deref(), dry_run)
+        }
         Command::Bench(args) => bench::cmd_bench(reg, args.into_options()?, git_revision()),
         Command::Report { what } => report_cmd::cmd_report(what),
         Command::Data { what } => data::cmd_data(what),

@@ -163,6 +163,7 @@ fn phase_spec(
         quiet: ctx.quiet,
         label: format!("{name} s{seed}"),
         recipe_hash: recipe_hash.to_string(),
+        no_training: ctx.no_training,
     }
 }
 

@@ -73,6 +73,9 @@ pub struct RunContext {
     /// What identifies the plugin's code in the teacher cache's key: a builtin's crate and version, a plugin
     /// library's content hash (set by the CLI from the registry).
     pub plugin_identity: String,
+    /// Train nothing: every phase must have finished already (its results are read back), else the run fails
+    /// naming the phase (`distill bench --collect`).
+    pub no_training: bool,
 }
 
 impl RunContext {
@@ -91,6 +94,7 @@ impl RunContext {
             git_revision: None,
             allow_changed: Vec::new(),
             plugin_identity: String::new(),
+            no_training: false,
         }
     }
 }

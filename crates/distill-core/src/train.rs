@@ -75,6 +75,8 @@ pub struct PhaseSpec {
     pub label: String,
     /// Hash of the run's effective recipe ([`crate::run_record::recipe_hash`]), recorded in the phase's state.
     pub recipe_hash: String,
+    /// Only read a finished phase back; an unfinished one is an error (`distill bench --collect`).
+    pub no_training: bool,
 }
 
 mod phase_files;
@@ -223,6 +225,13 @@ pub fn train_phase(
                 spec.label, result.epochs, spec.config.epochs
             );
         }
+    }
+    if spec.no_training {
+        return Err(Error::msg(format!(
+            "[{}] {} has not finished (collecting results trains nothing)",
+            spec.label,
+            dir.display()
+        )));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     reset_peak_rss();
