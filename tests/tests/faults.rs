@@ -368,6 +368,31 @@ fn a_flipped_finished_teacher_is_restored_before_the_student_learns_from_it() {
 }
 
 #[test]
+fn an_edited_result_file_is_refused_not_reported() {
+    let tmp = setup();
+    let o = run(tmp.path(), "out", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let result = tmp.path().join("out/seed-0/teacher/result.json");
+    let text = std::fs::read_to_string(&result).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let metric = v["metric"].to_string();
+    // the teacher's test metric raised by 0.1 in the file
+    let raised = format!("{}", v["metric"].as_f64().unwrap() + 0.1);
+    std::fs::write(
+        &result,
+        text.replacen(
+            &format!("\"metric\": {metric}"),
+            &format!("\"metric\": {raised}"),
+            1,
+        ),
+    )
+    .unwrap();
+    let o = run(tmp.path(), "out", &["--resume"]);
+    assert_refused(&o, &["teacher/result.json", "checksum mismatch"]);
+    println!("{}", stderr(&o).trim());
+}
+
+#[test]
 fn concurrent_runs_on_one_dir_exactly_one_proceeds() {
     let tmp = setup();
     let pairs = trials(3);

@@ -284,20 +284,60 @@ pub fn verify_safetensors(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a value as pretty JSON, atomically.
+/// The key of the checksum line that [`write_json_atomic`] puts first in every JSON object it writes.
+pub const JSON_CHECKSUM_KEY: &str = "_sha256";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a value as pretty JSON, atomically. An object gets a first line `"_sha256": "<hex>"`: the SHA-256
+/// of the file's text without that line, which [`read_json`] checks, so an edited or damaged file (a flipped
+/// digit in a metric, say) is refused instead of read.
 pub fn write_json_atomic<T: serde::Serialize>(value: &T, path: &Path) -> Result<()> {
-    let s = serde_json::to_string_pretty(value)
+    let mut s = serde_json::to_string_pretty(value)
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    if s.starts_with("{\n") {
+        let line = format!(
+            "  \"{JSON_CHECKSUM_KEY}\": \"{}\",\n",
+            sha256_hex(s.as_bytes())
+        );
+        s.insert_str(2, &line);
+    }
     write_atomic(path, s.as_bytes())
 }
 
-/// Reads JSON written by [`write_json_atomic`].
+/// Reads JSON written by [`write_json_atomic`], checking its checksum line when it has one (files written
+/// before checksums were, and files written by other tools, have none and are read as they are).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let s = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&s).map_err(|e| Error::Checkpoint {
+    let bad = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
-        msg: format!("corrupt JSON: {e}"),
-    })
+        msg,
+    };
+    let prefix = format!("{{\n  \"{JSON_CHECKSUM_KEY}\": \"");
+    if let Some(rest) = s.strip_prefix(&prefix) {
+        let (recorded, body) = rest
+            .split_once("\",\n")
+            .ok_or_else(|| bad("a malformed checksum line".into()))?;
+        let text = format!("{{\n{body}");
+        let found = sha256_hex(text.as_bytes());
+        if found != recorded {
+            return Err(bad(format!(
+                "checksum mismatch: the file was edited or damaged after it was written (sha256 {found}, \
+                 recorded {recorded})"
+            )));
+        }
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&s).map_err(|e| bad(format!("corrupt JSON: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove(JSON_CHECKSUM_KEY);
+    }
+    serde_json::from_value(v).map_err(|e| bad(format!("corrupt JSON: {e}")))
 }
 
 #[cfg(test)]
@@ -330,6 +370,28 @@ mod tests {
             "{err}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn json_carries_a_checksum_and_an_edit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("result.json");
+        let v = serde_json::json!({ "metric": 0.774, "curve": [1.5, 0.25], "name": "teacher" });
+        write_json_atomic(&v, &p).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("{\n  \"_sha256\": \""), "{text}");
+        let back: serde_json::Value = read_json(&p).unwrap();
+        assert_eq!(back, v, "the checksum line is not part of the value");
+        // one digit of a metric changed: refused, naming the file
+        fs::write(&p, text.replace("0.774", "0.794")).unwrap();
+        let e = read_json::<serde_json::Value>(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("result.json") && e.contains("checksum mismatch"),
+            "{e}"
+        );
+        // a file without a checksum line (older, or another tool's) is read as it is
+        fs::write(&p, "{\"metric\": 0.5}").unwrap();
+        assert_eq!(read_json::<serde_json::Value>(&p).unwrap()["metric"], 0.5);
     }
 
     #[test]
