@@ -139,3 +139,22 @@ fn corrupt_checkpoint_for_eval() {
         &["card.json"],
     );
 }
+
+#[test]
+fn mistakes_in_the_quick_tables_fail_check_without_quick() {
+    // a misspelt key inside [quick.student]
+    let tmp = setup(&format!("{}\n[quick.student]\nepoch = 1\n", tiny_recipe(1)));
+    expect_error(
+        &distill(tmp.path(), &["check", "r.toml"]),
+        &["r.toml [quick]", "unknown field `epoch`"],
+    );
+    // a model the plugin does not know, only in the quick overrides
+    let tmp = setup(&format!(
+        "{}\n[quick.student]\nmodel = {{ arch = \"mlpx\" }}\n",
+        tiny_recipe(1)
+    ));
+    expect_error(
+        &distill(tmp.path(), &["check", "r.toml"]),
+        &["r.toml [quick]", "student.model", "mlpx"],
+    );
+}

@@ -631,6 +631,12 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             let s = plugin
                 .check(&r)
                 .with_context(|| recipe.display().to_string())?;
+            if !quick && r.quick.is_some() {
+                // the [quick] overrides build too (model specs, losses, feature shapes)
+                plugin
+                    .check(&Recipe::load(&recipe, true)?)
+                    .with_context(|| format!("{} [quick]", recipe.display()))?;
+            }
             println!("{}: ok", recipe.display());
             println!("  teacher  {} ({} params)", s.teacher, s.teacher_params);
             println!("  student  {} ({} params)", s.student, s.student_params);

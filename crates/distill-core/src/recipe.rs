@@ -295,6 +295,10 @@ impl Recipe {
                 None => recipe,
             }
         } else {
+            // the [quick] tables are checked too, so a typo there fails `distill check`, not only `--quick`
+            if recipe.quick.is_some() {
+                Self::parse(text, path, true)?;
+            }
             recipe
         };
         recipe.validate(path)?;
@@ -507,6 +511,16 @@ losses = [{ name = "kd", temperature = 4.0 }]
         let bad = format!("{BASE}[quick.teacher]\nepoch = 1\n");
         let e = Recipe::parse(&bad, "t.toml", true).unwrap_err().to_string();
         assert!(e.contains("[quick]") && e.contains("epoch"), "{e}");
+        // also when the recipe is read without --quick (`distill check`)
+        let e = Recipe::parse(&bad, "t.toml", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[quick]") && e.contains("epoch"), "{e}");
+        let bad = format!("{BASE}[quick.student.model]\nhiden = [8]\n");
+        assert!(
+            Recipe::parse(&bad, "t.toml", false).is_ok(),
+            "model tables are the plugin's to check"
+        );
     }
 
     #[test]
