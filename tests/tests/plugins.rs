@@ -455,3 +455,34 @@ fn guide_code_is_the_template_code() {
     }
     assert!(checked >= 8, "only {checked} code blocks found");
 }
+
+/// A third party's own `plugins.toml` in the working directory adds its plugin; the builtins stay.
+#[test]
+fn a_plugins_toml_without_builtins_in_the_working_dir_only_adds() {
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::write(
+        d.join("plugins.toml"),
+        format!(
+            "schema_version = 1\n\n[[plugin]]\nname = \"tabular\"\nsource = \"dylib\"\npath = \"{}\"\n",
+            rel("distill-plugin-template")
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["plugins"][..],
+        &["plugins", "--registry", "plugins.toml"][..],
+    ] {
+        let o = distill(d, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let table = stdout(&o);
+        for (name, source) in [("tabular", "dylib"), ("image-classification", "builtin")] {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name} ")) && l.contains(source)),
+                "{args:?}: {name} missing:\n{table}"
+            );
+        }
+    }
+}

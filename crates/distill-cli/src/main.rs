@@ -187,19 +187,36 @@ enum PluginsCmd {
     },
 }
 
-/// The registry: `./plugins.toml` if there is one, else the project's (compiled in), then the user registry
-/// (`--registry`, else `$DISTILL_REGISTRY`) merged over it.
+/// The registry. The project's is `./plugins.toml` when that file declares builtin plugins (the project root's,
+/// possibly edited), else the one compiled into the binary. A `./plugins.toml` that declares no builtin (a
+/// third-party plugin's own registry) is not the project's: it only adds its plugins, like the user registry
+/// (`--registry`, else `$DISTILL_REGISTRY`), which is merged last.
 fn registry(user: Option<&Path>) -> Result<Registry> {
+    let cwd = std::env::current_dir().context("current directory")?;
     let local = Path::new("plugins.toml");
-    let mut reg = if local.is_file() {
-        Registry::from_file(local)?
-    } else {
-        let cwd = std::env::current_dir().context("current directory")?;
-        Registry::parse(PROJECT_REGISTRY, "plugins.toml (built in)", &cwd)?
-    };
+    let builtin = || Registry::parse(PROJECT_REGISTRY, "plugins.toml (built in)", &cwd);
     let user = user
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("DISTILL_REGISTRY").map(PathBuf::from));
+    let same_file = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+    let mut reg = if local.is_file() {
+        let here = Registry::from_file(local)?;
+        let declares_builtins = here
+            .entries()
+            .iter()
+            .any(|e| e.source == distill_registry::Source::Builtin);
+        if declares_builtins {
+            here
+        } else {
+            let mut reg = builtin()?;
+            if !user.as_deref().is_some_and(|u| same_file(u, local)) {
+                reg.merge(here)?;
+            }
+            reg
+        }
+    } else {
+        builtin()?
+    };
     if let Some(u) = user {
         reg.merge(Registry::from_file(&u)?)?;
     }
