@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::{Batch, Mode, Network, Outputs, Result, Rng};
+use crate::{Batch, Error, Mode, Network, Outputs, Result, Rng};
 
 /// A data split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -114,20 +114,85 @@ pub fn evaluate_classification<T: Task + ?Sized>(
     })
 }
 
-/// Counts samples whose target is the arg-max (top-1) and among the 5 largest logits (top-5).
-///
-/// A sample's rank is the number of classes whose logit is strictly larger than the target's.
+/// Counts samples whose target is the arg-max (top-1) and among the 5 largest logits (top-5), by
+/// [`topk_counts`]: ties and NaN logits never count as correct.
 pub fn topk_correct(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
+    let c = topk_counts(logits, targets, &[1, 5])?;
+    Ok((c[0], c[1]))
+}
+
+/// For each `k` in `ks`, the number of samples whose target class is among the `k` highest logits.
+///
+/// The target's rank is the number of *other* classes whose logit is larger than **or equal to** the target's,
+/// so a tie never counts as correct (a network that gives every class the same logit scores 0, not 100 %), and
+/// a row with a NaN logit is never correct. `logits`: `[B, K]`; `targets`: `[B]` class indices (any integer
+/// dtype), each `< K`. The one top-k of distill: every plugin's classification metric goes through it.
+pub fn topk_counts(logits: &Tensor, targets: &Tensor, ks: &[usize]) -> Result<Vec<usize>> {
+    let (b, classes) = logits.dims2().map_err(|_| {
+        Error::Shape(format!(
+            "top-k expects [B, classes] logits, got {:?}",
+            logits.dims()
+        ))
+    })?;
+    if targets.dims() != [b] {
+        return Err(Error::Shape(format!(
+            "top-k expects [{b}] targets for logits {:?}, got {:?}",
+            logits.dims(),
+            targets.dims()
+        )));
+    }
+    if ks.contains(&0) {
+        return Err(Error::msg("top-k needs k >= 1"));
+    }
+    if b == 0 {
+        return Ok(vec![0; ks.len()]);
+    }
+    let targets = targets.to_dtype(DType::U32)?;
+    let max_target = targets.max(0)?.to_scalar::<u32>()?;
+    if max_target as usize >= classes {
+        return Err(Error::Shape(format!(
+            "target class {max_target} out of range for {classes} logits"
+        )));
+    }
     let logits = logits.to_dtype(DType::F32)?;
-    let target_logit = logits.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-    let rank = logits
-        .broadcast_gt(&target_logit)?
-        .to_dtype(DType::F32)?
-        .sum(1)?;
-    let rank: Vec<f32> = rank.to_vec1()?;
-    let top1 = rank.iter().filter(|&&r| r < 1.0).count();
-    let top5 = rank.iter().filter(|&&r| r < 5.0).count();
-    Ok((top1, top5))
+    let target_logit = logits.gather(&targets.unsqueeze(1)?, 1)?; // [B, 1]
+    let at_least: Vec<u32> = logits
+        .broadcast_ge(&target_logit)?
+        .to_dtype(DType::U32)?
+        .sum(1)?
+        .to_vec1()?;
+    let nans: Vec<u32> = logits
+        .ne(&logits)?
+        .to_dtype(DType::U32)?
+        .sum(1)?
+        .to_vec1()?;
+    // the target itself is counted by `>=` unless its logit is NaN, and a NaN row is never correct anyway
+    let ranks: Vec<usize> = at_least
+        .iter()
+        .zip(&nans)
+        .map(|(&n, &nan)| {
+            if nan > 0 || n == 0 {
+                usize::MAX
+            } else {
+                n as usize - 1
+            }
+        })
+        .collect();
+    Ok(ks
+        .iter()
+        .map(|&k| ranks.iter().filter(|&&r| r < k).count())
+        .collect())
+}
+
+/// Top-`k` accuracy in `[0, 1]` by [`topk_counts`] (0 for an empty batch).
+pub fn topk_accuracy(logits: &Tensor, targets: &Tensor, k: usize) -> Result<f64> {
+    let n = targets.elem_count();
+    let correct = topk_counts(logits, targets, &[k])?[0];
+    Ok(if n == 0 {
+        0.0
+    } else {
+        correct as f64 / n as f64
+    })
 }
 
 #[cfg(test)]
@@ -136,7 +201,7 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn topk_counts() -> Result<()> {
+    fn top1_and_top5_of_a_hand_made_example() -> Result<()> {
         let logits = Tensor::new(
             &[
                 [0.9f32, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
@@ -148,6 +213,42 @@ mod tests {
         // sample 0: target 0 is the max; sample 1: target 5 has 4 larger; sample 2: target 0 has 6 larger.
         let targets = Tensor::new(&[0u32, 5, 0], &Device::Cpu)?;
         assert_eq!(topk_correct(&logits, &targets)?, (1, 2));
+        Ok(())
+    }
+
+    #[test]
+    fn ties_and_nan_logits_are_never_correct() -> Result<()> {
+        let dev = Device::Cpu;
+        let nan = f32::NAN;
+        let logits = Tensor::new(
+            &[
+                [0.1f32, 0.9, 0.3, 0.5], // target 3: rank 1
+                [1.0, 1.0, 1.0, 1.0],    // all tied: every class has 3 others >= it
+                [0.0, 2.0, 2.0, 1.0],    // target 1 tied with class 2: rank 1 (not top-1, top-2)
+                [nan, 0.0, 5.0, 1.0],    // a NaN logit: never correct, even for k = 4
+                [0.0, nan, nan, nan],    // all NaN
+            ],
+            &dev,
+        )?;
+        let targets = Tensor::new(&[3i64, 0, 1, 2, 1], &dev)?;
+        assert_eq!(
+            topk_counts(&logits, &targets, &[1, 2, 4, 10])?,
+            [0, 2, 3, 3]
+        );
+        // a network that outputs one constant scores 0 at top-1 (it scored 100 % before)
+        let constant = Tensor::zeros((6, 10), DType::F32, &dev)?;
+        let t = Tensor::new(&[0u32, 1, 2, 3, 4, 5], &dev)?;
+        assert_eq!(topk_correct(&constant, &t)?, (0, 0));
+        assert_eq!(topk_accuracy(&constant, &t, 10)?, 1.0);
+        // errors
+        assert!(
+            topk_counts(&logits, &Tensor::new(&[9u32, 0, 0, 0, 0], &dev)?, &[1])
+                .unwrap_err()
+                .to_string()
+                .contains("target class 9")
+        );
+        assert!(topk_counts(&logits, &targets, &[0]).is_err());
+        assert!(topk_counts(&logits, &Tensor::new(&[0u32], &dev)?, &[1]).is_err());
         Ok(())
     }
 }
