@@ -165,15 +165,7 @@ fn data(args: &[&str]) -> Output {
 }
 
 fn shared_data() -> Option<PathBuf> {
-    match std::env::var_os("DISTILL_DATA") {
-        Some(d) if Path::new(&d).join("cora").is_dir() => Some(PathBuf::from(d)),
-        _ => {
-            eprintln!(
-                "note: DISTILL_DATA is not set (or has no cora/): real-data fetch test skipped"
-            );
-            None
-        }
-    }
+    distill_core::testing::required_dir("DISTILL_DATA", Some("cora"), "the real-data fetch test")
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

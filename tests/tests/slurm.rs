@@ -131,13 +131,11 @@ fn a_slurm_sweep_equals_the_local_bench() {
     if !slurm_up() && !required("no Slurm answers `sinfo` (run .ci/slurm-up.sh as root)") {
         return;
     }
-    let Some(data) = std::env::var("DISTILL_DATA")
-        .ok()
-        .filter(|d| Path::new(d).is_dir())
+    let Some(data) = distill_core::testing::required_dir("DISTILL_DATA", None, "the Slurm sweep")
     else {
-        required("DISTILL_DATA is not set to the data dir");
         return;
     };
+    let data = data.to_string_lossy().into_owned();
     let tmp = tempfile::tempdir().unwrap();
     let sweep = tmp.path().join("sweep");
     let text = sweep_and_wait(&sweep, &data);

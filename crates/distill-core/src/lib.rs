@@ -45,6 +45,7 @@ pub mod run_record;
 pub mod runtime;
 pub mod task;
 pub mod teacher_cache;
+pub mod testing;
 pub mod train;
 
 pub use plugin::{Manifest, Plugin, RunContext};

@@ -127,8 +127,9 @@ fn bad_inputs_are_clear_errors() {
 
 #[test]
 fn coco128_loads_real_photos() {
-    let Some(data) = std::env::var_os("DISTILL_DATA") else {
-        eprintln!("DISTILL_DATA is not set: skipping coco128");
+    let Some(data) =
+        distill_core::testing::required_dir("DISTILL_DATA", Some("coco128"), "coco128")
+    else {
         return;
     };
     let root = Path::new(&data).join("coco128");

@@ -12,11 +12,11 @@ use distill_text::{
 };
 
 fn models_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("DISTILL_MODELS").map(PathBuf::from);
-    if d.is_none() {
-        eprintln!("DISTILL_MODELS is not set: skipping the pretrained-model fixture test");
-    }
-    d
+    distill_core::testing::required_dir(
+        "DISTILL_MODELS",
+        Some("all-MiniLM-L6-v2"),
+        "the pretrained-model fixture test",
+    )
 }
 
 fn fixture() -> serde_json::Value {

@@ -1123,7 +1123,7 @@ mod tests {
 
     /// `DISTILL_DATA/mnist` (or `DISTILL_DATA` itself when it holds the IDX files).
     fn real_mnist_dir() -> Option<PathBuf> {
-        let root = PathBuf::from(std::env::var_os("DISTILL_DATA")?);
+        let root = distill_core::testing::required_dir("DISTILL_DATA", None, "real_mnist")?;
         let sub = root.join("mnist");
         Some(if sub.is_dir() { sub } else { root })
     }
@@ -1131,7 +1131,6 @@ mod tests {
     #[test]
     fn real_mnist() -> Result<()> {
         let Some(dir) = real_mnist_dir() else {
-            eprintln!("skipping real_mnist: DISTILL_DATA is not set");
             return Ok(());
         };
         let train = load_mnist(&dir, Split::Train)?;
