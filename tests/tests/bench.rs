@@ -623,3 +623,48 @@ fn speed_bench_runs_a_workload_in_its_own_process_and_writes_the_table() {
         stderr(&o)
     );
 }
+
+/// A finished run copied into another bench's out dir is read back and marked `copied_from` its first dir;
+/// every run records the git revision and directory it ran in.
+#[test]
+fn a_run_copied_in_from_another_bench_is_marked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    write_synthetic_mnist(&cwd.join("data"), 600, 100);
+    std::fs::write(cwd.join("r.toml"), tiny_recipe(1)).unwrap();
+    std::fs::write(
+        cwd.join("one.toml"),
+        "[[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nname = \"a\"\n",
+    )
+    .unwrap();
+    let o = bench(cwd, &["--suite", "one.toml", "--out", "first"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = json(&cwd.join("first/report.json"));
+    let run = &first["runs"][0];
+    let here = std::fs::canonicalize(cwd.join("first/a")).unwrap();
+    assert_eq!(run["run_dir"], here.display().to_string());
+    assert!(run.get("copied_from").is_none(), "{run}");
+    assert_eq!(run["git_revision"], first["git_revision"]);
+
+    // the finished run dir copied (as a user copies runs between suites) into another out dir
+    std::fs::create_dir_all(cwd.join("second")).unwrap();
+    let o = std::process::Command::new("cp")
+        .args(["-r", "first/a", "second/"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = bench(cwd, &["--suite", "one.toml", "--out", "second"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = json(&cwd.join("second/report.json"));
+    assert_eq!(
+        second["runs"][0]["copied_from"],
+        here.display().to_string(),
+        "{}",
+        second["runs"][0]
+    );
+    assert_eq!(
+        second["runs"][0]["teacher"]["metric"],
+        run["teacher"]["metric"]
+    );
+}

@@ -581,11 +581,24 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
                 );
             }
             let mut run = r.runs.into_iter().next().expect("one run");
+            // a run written in another directory (another suite's, another machine's) was copied in
+            let here = std::fs::canonicalize(&dir)
+                .ok()
+                .map(|p| p.display().to_string());
+            if let (Some(was), Some(here)) = (run.run_dir.clone(), here) {
+                if was != here && run.copied_from.is_none() {
+                    run.copied_from = Some(was);
+                }
+            }
             let domain = run.domain.clone().unwrap_or_else(|| run.plugin.clone());
             complete(&mut run, &domain);
             say(format!(
-                "{tag}: finished earlier, skipped ({})",
-                status_line(&run, None)
+                "{tag}: finished earlier, skipped ({}){}",
+                status_line(&run, None),
+                run.copied_from
+                    .as_deref()
+                    .map(|c| format!("; copied from {c}"))
+                    .unwrap_or_default()
             ));
             status.insert(name, "skipped".into());
             done.push(run);

@@ -418,6 +418,12 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         notes,
         domain: Some(plugin.manifest().domain),
         test_samples: Some(task.len(Split::Test)),
+        git_revision: ctx.git_revision.clone(),
+        run_dir: std::fs::canonicalize(&ctx.out_dir)
+            .or_else(|_| std::path::absolute(&ctx.out_dir))
+            .ok()
+            .map(|p| p.display().to_string()),
+        copied_from: None,
     })
 }
 

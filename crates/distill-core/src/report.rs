@@ -255,6 +255,17 @@ pub struct RunReport {
     /// Number of samples in the test split (the noise floor of an accuracy: `distill report compare`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_samples: Option<usize>,
+    /// The git revision of the code that ran this run (a bench made over several invocations holds runs of
+    /// several revisions; the report's top-level `git_revision` is the last invocation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_revision: Option<String>,
+    /// The run directory the run was written in (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    /// Set by `distill bench` when it reads back a finished run whose `run_dir` is another directory: the run
+    /// was copied in from there (another suite or machine), not run by this bench.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<String>,
 }
 
 impl RunReport {

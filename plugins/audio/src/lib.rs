@@ -523,6 +523,9 @@ mod tests {
             notes: BTreeMap::new(),
             domain: None,
             test_samples: Some(tests),
+            git_revision: None,
+            run_dir: None,
+            copied_from: None,
         }
     }
 
