@@ -434,17 +434,14 @@ fn stored_run(report: &Report, planned: &PlannedRun) -> Stored {
     }
 }
 
-/// Whether every phase of every seed of a run has finished (its result.json written).
-pub fn seeds_finished(dir: &Path, seeds: &[u64]) -> Vec<(u64, bool)> {
-    seeds
-        .iter()
-        .map(|s| {
-            let done = ["teacher", "scratch", "distilled"]
-                .iter()
-                .all(|p| dir.join(format!("seed-{s}/{p}/result.json")).is_file());
-            (*s, done)
-        })
-        .collect()
+/// Whether every phase of `seed` of the run in `dir` has finished (its result.json written).
+pub fn seed_finished(dir: &Path, seed: u64) -> bool {
+    distill_core::train::files::PHASES.iter().all(|p| {
+        dir.join(format!("seed-{seed}"))
+            .join(p)
+            .join(distill_core::train::files::RESULT)
+            .is_file()
+    })
 }
 
 fn status_line(run: &RunReport, secs: Option<f64>) -> String {
@@ -632,20 +629,16 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
         };
         let resumed = dir.exists();
         let t0 = Instant::now();
-        let ran =
-            distill_core::run_record::lock_seeds(&dir, &planned.recipe.seeds).and_then(|lock| {
-                let run = plugin.run(&planned.recipe, &ctx)?;
-                Ok((lock, run))
-            });
-        match ran
-            .map_err(anyhow::Error::from)
-            .and_then(|(lock, mut run)| {
-                complete(&mut run, &plugin.manifest().domain);
-                crate::write_cards(&run, &planned.recipe, &dir)?;
-                write_report(&Report::new(vec![run.clone()], git_revision.clone()), &dir)?;
-                drop(lock);
-                Ok(run)
-            }) {
+        // the seeds' locks are held until the run's cards and report are written
+        let ran = (|| -> Result<RunReport> {
+            let _locks = distill_core::run_record::lock_seeds(&dir, &planned.recipe.seeds)?;
+            let mut run = plugin.run(&planned.recipe, &ctx)?;
+            complete(&mut run, &plugin.manifest().domain);
+            crate::write_cards(&run, &planned.recipe, &dir)?;
+            write_report(&Report::new(vec![run.clone()], git_revision.clone()), &dir)?;
+            Ok(run)
+        })();
+        match ran {
             Ok(run) => {
                 say(format!(
                     "{tag}: {}{}",

@@ -412,7 +412,7 @@ fn cmd_eval(reg: &Registry, checkpoint: &Path, dirs: &Dirs) -> Result<()> {
 }
 
 fn cmd_export(run: &Path, to: &Path, phase: &str, seed: u64) -> Result<()> {
-    if !["teacher", "scratch", "distilled"].contains(&phase) {
+    if !distill_core::train::files::PHASES.contains(&phase) {
         bail!("--phase {phase}: expected teacher, scratch or distilled");
     }
     let src = run.join(format!("seed-{seed}")).join(phase);

@@ -12,7 +12,10 @@ use std::{
     sync::OnceLock,
 };
 
-use distill_core::report::{EpochRecord, PhaseSummary, Report, RunReport};
+use distill_core::{
+    report::{EpochRecord, PhaseSummary, Report, RunReport},
+    train::files::PHASES,
+};
 use plotters::{
     coord::Shift,
     prelude::*,
@@ -142,8 +145,6 @@ fn epoch_label(v: &f64) -> String {
         String::new()
     }
 }
-
-const PHASES: [&str; 3] = ["teacher", "scratch", "distilled"];
 
 fn phase<'a>(run: &'a RunReport, name: &str) -> &'a PhaseSummary {
     match name {

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use distill_core::checkpoint::{read_json, write_atomic, write_json_atomic};
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{default_out, plan, seeds_finished, BenchOptions, PlannedRun};
+use crate::bench::{default_out, plan, seed_finished, BenchOptions, PlannedRun};
 
 /// One array task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,21 +75,21 @@ fn exit_code(out: &Path, run: &str, seed: u64) -> Option<String> {
 /// Whether a run's seed is done: every phase's result is there, or (for a plugin that lays its run dir out
 /// otherwise, like leave-one-speaker-out folds) its sweep task exited 0.
 fn seed_done(out: &Path, run: &str, seed: u64) -> bool {
-    seeds_finished(&out.join(run), &[seed])[0].1
-        || exit_code(out, run, seed).as_deref() == Some("0")
+    seed_finished(&out.join(run), seed) || exit_code(out, run, seed).as_deref() == Some("0")
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    })
+    std::path::absolute(p).with_context(|| p.display().to_string())
 }
 
 /// Single-quotes a string for bash.
 fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Arguments single-quoted for bash, joined by spaces.
+fn sh_join(args: &[String]) -> String {
+    args.iter().map(|a| sh(a)).collect::<Vec<_>>().join(" ")
 }
 
 fn sbatch_lines(slurm_args: Option<&str>) -> String {
@@ -224,11 +224,7 @@ pub fn cmd_sweep(
             sh(&format!("{}|{}|{}", t.run, t.seed, quick_of(&t.run)))
         ));
     }
-    let run_args = dir_args(opts)?
-        .iter()
-        .map(|a| sh(a))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let run_args = sh_join(&dir_args(opts)?);
     let array = format!(
         r#"#!/bin/bash
 # distill sweep: one task per recipe x seed (written by `distill bench --executor slurm`)
@@ -255,11 +251,7 @@ exit "$code"
         out = sh(&out.display().to_string()),
         exits = sh(&dir.join("exit").display().to_string()),
     );
-    let merge_args = plan_args(opts, suite, &out)?
-        .iter()
-        .map(|a| sh(a))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let merge_args = sh_join(&plan_args(opts, suite, &out)?);
     let merge = format!(
         r#"#!/bin/bash
 # distill sweep: the report, once the array has ended (written by `distill bench --executor slurm`)
@@ -279,10 +271,7 @@ exit "$code"
     let mut sweep = Sweep {
         array_job: None,
         merge_job: None,
-        submitted_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        submitted_unix: distill_core::report::unix_now(),
         tasks,
         runs: runs
             .iter()

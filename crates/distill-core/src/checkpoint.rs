@@ -131,7 +131,11 @@ pub fn content_digest<'a>(
         h.update((data.len() as u64).to_le_bytes());
         h.update(data);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes tensors as a safetensors file, atomically, with their [`content_digest`] in the metadata. Returns
@@ -206,20 +210,50 @@ pub fn read_safetensors_with_metadata(
     path: &Path,
     device: &Device,
 ) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: "file not found".into(),
+            })
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let (views, meta) = checked_views(&bytes, path, false)?;
+    let mut out = BTreeMap::new();
+    for (name, view) in views {
+        let t = view.load(device).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!("tensor `{name}`: {e}"),
+        })?;
+        out.insert(name, t);
+    }
+    Ok((out, meta))
+}
+
+/// Checks a safetensors file written by distill against its recorded checksum without building tensors: the
+/// file must parse and carry a [`CHECKSUM_KEY`] that matches its contents.
+pub fn verify_safetensors(path: &Path) -> Result<()> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    checked_views(&bytes, path, true).map(|_| ())
+}
+
+/// Parses a safetensors file's bytes into its tensor views (in name order) and string metadata, checking the
+/// recorded [`CHECKSUM_KEY`]: a mismatch is an error, and so is a missing checksum when `required`.
+#[allow(clippy::type_complexity)]
+fn checked_views<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+    required: bool,
+) -> Result<(Vec<(String, st::TensorView<'a>)>, BTreeMap<String, String>)> {
     let bad = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
     };
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(bad("file not found".into()))
-        }
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    let file = st::SafeTensors::deserialize(&bytes)
+    let file = st::SafeTensors::deserialize(bytes)
         .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-    let (_, header) = st::SafeTensors::read_metadata(&bytes)
+    let (_, header) = st::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     let meta: BTreeMap<String, String> = header
         .metadata()
@@ -229,69 +263,32 @@ pub fn read_safetensors_with_metadata(
         .collect();
     let mut views = file.tensors();
     views.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(expected) = meta.get(CHECKSUM_KEY) {
-        let found = content_digest(
-            views
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
-        );
-        if &found != expected {
-            return Err(bad(format!(
-                "checksum mismatch: the contents changed after the file was written (sha256 {found}, \
-                 recorded {expected})"
-            )));
+    match meta.get(CHECKSUM_KEY) {
+        Some(expected) => {
+            let found = content_digest(
+                views
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
+            );
+            if &found != expected {
+                return Err(bad(format!(
+                    "checksum mismatch: the contents changed after the file was written (sha256 {found}, \
+                     recorded {expected})"
+                )));
+            }
         }
+        None if required => return Err(bad(format!("carries no `{CHECKSUM_KEY}` checksum"))),
+        None => {}
     }
-    let mut out = BTreeMap::new();
-    for (name, view) in views {
-        let t = view
-            .load(device)
-            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-        out.insert(name, t);
-    }
-    Ok((out, meta))
-}
-
-/// Checks a safetensors file written by distill against its recorded checksum without building tensors: the
-/// file must parse and carry a [`CHECKSUM_KEY`] that matches its contents.
-pub fn verify_safetensors(path: &Path) -> Result<()> {
-    let bad = |msg: String| Error::Checkpoint {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let file = st::SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-    let (_, header) = st::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-    let expected = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CHECKSUM_KEY).cloned())
-        .ok_or_else(|| bad(format!("carries no `{CHECKSUM_KEY}` checksum")))?;
-    let mut views = file.tensors();
-    views.sort_by(|a, b| a.0.cmp(&b.0));
-    let found = content_digest(
-        views
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
-    );
-    if found != expected {
-        return Err(bad(format!(
-            "checksum mismatch right after writing (sha256 {found}, recorded {expected})"
-        )));
-    }
-    Ok(())
+    Ok((views, meta))
 }
 
 /// The key of the checksum line that [`write_json_atomic`] puts first in every JSON object it writes.
 pub const JSON_CHECKSUM_KEY: &str = "_sha256";
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The SHA-256 of `bytes`, in hex: every checksum and key distill writes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Writes a value as pretty JSON, atomically. An object gets a first line `"_sha256": "<hex>"`: the SHA-256

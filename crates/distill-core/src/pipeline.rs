@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::{
-    checkpoint::{read_json, write_json_atomic},
+    checkpoint::write_json_atomic,
     losses::{build_core_loss, CORE_LOSSES},
     network::{load_network, save_network},
     plugin::{Plugin, RunContext},
@@ -173,9 +173,10 @@ fn teacher_phase<P: Plugin + ?Sized>(
     recipe: &Recipe,
     ctx: &RunContext,
     seed: u64,
-    seed_dir: &Path,
     recipe_hash: &str,
+    cache: Option<&(TeacherCache, String)>,
 ) -> Result<(Box<dyn Network>, PhaseResult)> {
+    let seed_dir = &ctx.out_dir.join(format!("seed-{seed}"));
     let info = task.info();
     let net = plugin.build_network(
         &recipe.teacher.model,
@@ -194,13 +195,11 @@ fn teacher_phase<P: Plugin + ?Sized>(
         let r = finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?;
         return Ok((net, r));
     }
-    let Some(cache_dir) = &ctx.cache_dir else {
+    let Some((cache, fingerprint)) = cache else {
         let r = train_phase(task, net.as_ref(), Objective::Task, &spec)?;
         return Ok((net, r));
     };
-    let cache = TeacherCache::new(cache_dir);
-    let fingerprint = data_fingerprint(&ctx.data_dir, recipe);
-    let key = teacher_cache_key(recipe, seed, &ctx.plugin_identity, &fingerprint);
+    let key = teacher_cache_key(recipe, seed, &ctx.plugin_identity, fingerprint);
     // held from the lookup until the trained teacher is stored: a second process needing it waits, then reuses it
     let _lock = cache.lock(&key, &spec.label)?;
     let fresh = !spec.dir.join(files::STATE).exists() && !spec.dir.join(files::RESULT).exists();
@@ -242,11 +241,8 @@ fn teacher_phase<P: Plugin + ?Sized>(
             dataset: recipe.dataset.clone(),
             recipe: recipe.name.clone(),
             seed,
-            data_fingerprint: fingerprint,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            data_fingerprint: fingerprint.clone(),
+            created_unix: crate::report::unix_now(),
             metric: r.metric,
         };
         cache.store(&key, net.as_ref(), &r, &info)?;
@@ -316,16 +312,31 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         }
     }
     std::fs::create_dir_all(&ctx.out_dir).map_err(|e| Error::io(&ctx.out_dir, e))?;
-    let (hash, changes) =
+    let (record, changes) =
         crate::run_record::check_and_record(&ctx.out_dir, recipe, &ctx.allow_changed)?;
     check_finished_phases(recipe, ctx, &changes)?;
+    let hash = record.recipe_hash.as_str();
+    // the data files' fingerprint is the same for every seed's teacher: taken once
+    let cache = ctx.cache_dir.as_ref().map(|d| {
+        (
+            TeacherCache::new(d),
+            data_fingerprint(&ctx.data_dir, recipe),
+        )
+    });
     let task = plugin.load_task(recipe, ctx)?;
     let info = task.info().clone();
     let (mut tr, mut sr, mut dr) = (Vec::new(), Vec::new(), Vec::new());
     for &seed in &recipe.seeds {
         let seed_dir = ctx.out_dir.join(format!("seed-{seed}"));
-        let (t_net, t_res) =
-            teacher_phase(plugin, task.as_ref(), recipe, ctx, seed, &seed_dir, &hash)?;
+        let (t_net, t_res) = teacher_phase(
+            plugin,
+            task.as_ref(),
+            recipe,
+            ctx,
+            seed,
+            hash,
+            cache.as_ref(),
+        )?;
         let teacher = Teacher::new(t_net);
 
         let student_seed = init_seed(seed, "student");
@@ -335,7 +346,7 @@ pub fn run_recipe<P: Plugin + ?Sized>(
             task.as_ref(),
             scratch.as_ref(),
             Objective::Task,
-            &phase_spec(recipe, ctx, seed, "scratch", &seed_dir, &hash),
+            &phase_spec(recipe, ctx, seed, "scratch", &seed_dir, hash),
         )?;
         drop(scratch);
 
@@ -357,7 +368,7 @@ pub fn run_recipe<P: Plugin + ?Sized>(
                 teacher: &teacher,
                 terms,
             },
-            &phase_spec(recipe, ctx, seed, "distilled", &seed_dir, &hash),
+            &phase_spec(recipe, ctx, seed, "distilled", &seed_dir, hash),
         )?;
         if !ctx.quiet {
             eprintln!(
@@ -391,12 +402,10 @@ pub fn run_recipe<P: Plugin + ?Sized>(
     d.headline = headline(&recipe.distilled_phase());
     let derived = RunReport::derive(&info.metric, &t, &s, &d);
     let mut notes = task.notes();
-    let record: Option<crate::run_record::RunRecord> =
-        read_json(&ctx.out_dir.join(crate::run_record::RUN_FILE)).ok();
-    if let Some(rec) = record.filter(|r| !r.changes.is_empty()) {
+    if !record.changes.is_empty() {
         notes.insert(
             "recipe_changes".into(),
-            serde_json::json!(rec
+            serde_json::json!(record
                 .changes
                 .iter()
                 .map(|c| c.to_string())

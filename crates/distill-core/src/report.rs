@@ -334,10 +334,7 @@ impl Report {
             schema_version: SCHEMA_VERSION,
             distill_version: env!("CARGO_PKG_VERSION").to_string(),
             git_revision,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_unix: unix_now(),
             runs,
             bench: None,
         }
@@ -455,14 +452,17 @@ pub fn utc_date(unix: u64) -> String {
     )
 }
 
+/// Seconds since the Unix epoch, now (0 on a clock before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The current time as [`utc_date`] writes it.
 pub fn utc_now() -> String {
-    utc_date(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
+    utc_date(unix_now())
 }
 
 #[cfg(test)]

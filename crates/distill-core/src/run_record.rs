@@ -27,7 +27,6 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{
     checkpoint::{read_json, write_json_atomic},
@@ -83,11 +82,7 @@ pub fn recipe_hash(table: &toml::Table) -> String {
     let canonical = serde_json::to_value(table)
         .map(|v| v.to_string())
         .unwrap_or_default();
-    Sha256::digest(canonical.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::checkpoint::sha256_hex(canonical.as_bytes())[..16].to_string()
 }
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
@@ -154,7 +149,7 @@ pub fn phases_fed_by(key: &str) -> &'static [&'static str] {
         "teacher" => &["teacher", "distilled"],
         "student" => &["scratch", "distilled"],
         "distill" => &["distilled"],
-        _ => &["teacher", "scratch", "distilled"],
+        _ => &crate::train::files::PHASES,
     }
 }
 
@@ -162,13 +157,14 @@ pub fn phases_fed_by(key: &str) -> &'static [&'static str] {
 ///
 /// Without a record (a new directory, or one from before records were kept), or with one but nothing trained
 /// yet (no phase of any seed has written its state), the recipe is recorded. Otherwise every differing key
-/// must be in `allow`, else the error lists the differences; accepted changes are appended to the record and
-/// returned (for the report's notes). Returns the recipe's hash and the accepted changes.
+/// must be in `allow`, else the error lists the differences; accepted changes are appended to the record.
+/// Returns the record as it now stands (its hash, and every change accepted so far for the report's notes) and
+/// the changes accepted by this call.
 pub fn check_and_record(
     out_dir: &Path,
     recipe: &Recipe,
     allow: &[String],
-) -> Result<(String, Vec<RecipeChange>)> {
+) -> Result<(RunRecord, Vec<RecipeChange>)> {
     let table = effective_recipe(recipe)?;
     let hash = recipe_hash(&table);
     // runs of other seeds may record the same dir at the same moment (a sweep's array tasks): one at a time
@@ -177,12 +173,12 @@ pub fn check_and_record(
     let path = out_dir.join(RUN_FILE);
     if !path.exists() || !has_trained(out_dir) {
         let rec = RunRecord {
-            recipe_hash: hash.clone(),
+            recipe_hash: hash,
             recipe: text,
             changes: Vec::new(),
         };
         write_json_atomic(&rec, &path)?;
-        return Ok((hash, Vec::new()));
+        return Ok((rec, Vec::new()));
     }
     let mut rec: RunRecord = read_json(&path)?;
     let old: toml::Table = toml::from_str(&rec.recipe).map_err(|e| Error::Checkpoint {
@@ -191,7 +187,7 @@ pub fn check_and_record(
     })?;
     let changes = diff_recipes(&old, &table);
     if changes.is_empty() {
-        return Ok((hash, Vec::new()));
+        return Ok((rec, Vec::new()));
     }
     let refused: Vec<&RecipeChange> = changes
         .iter()
@@ -215,9 +211,9 @@ pub fn check_and_record(
     }
     rec.changes.extend(changes.iter().cloned());
     rec.recipe = text;
-    rec.recipe_hash = hash.clone();
+    rec.recipe_hash = hash;
     write_json_atomic(&rec, &path)?;
-    Ok((hash, changes))
+    Ok((rec, changes))
 }
 
 /// Whether any phase of any seed in `out_dir` has written its state or result.
@@ -227,7 +223,7 @@ fn has_trained(out_dir: &Path) -> bool {
     };
     seeds.flatten().any(|seed| {
         seed.file_name().to_string_lossy().starts_with("seed-")
-            && ["teacher", "scratch", "distilled"].iter().any(|p| {
+            && crate::train::files::PHASES.iter().any(|p| {
                 let d = seed.path().join(p);
                 d.join("state.json").exists() || d.join("result.json").exists()
             })
@@ -246,15 +242,8 @@ pub struct RunLock {
 impl RunLock {
     /// Locks `dir` (created if missing) or fails at once with [`Error::Busy`] naming the holder.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(LOCK_FILE);
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let mut file = open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -290,23 +279,45 @@ impl RunLock {
 
     /// Locks `dir` (created if missing), waiting for the holder to release it: for short critical sections.
     pub fn wait(dir: &Path) -> Result<RunLock> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let path = dir.join(LOCK_FILE);
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        file.lock().map_err(|e| Error::io(&path, e))?;
-        Ok(RunLock { file, path })
+        Self::wait_file(&dir.join(LOCK_FILE), || {})
+    }
+
+    /// Locks the lock file `path` (its folder created if missing), waiting for the holder to release it;
+    /// `on_busy` runs first when another process holds it (to say that this one waits).
+    pub fn wait_file(path: &Path, on_busy: impl FnOnce()) -> Result<RunLock> {
+        let file = open_lock_file(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_busy();
+                file.lock().map_err(|e| Error::io(path, e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, e)),
+        }
+        Ok(RunLock {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Opens (creating it and its folder if missing, never truncating) a lock file for reading and writing.
+fn open_lock_file(path: &Path) -> Result<fs::File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
 }
 
 impl Drop for RunLock {
@@ -367,7 +378,8 @@ epochs = 1
         let dir = tempfile::tempdir().unwrap();
         // nothing trained yet: a new recipe simply replaces the record
         check_and_record(dir.path(), &recipe(&R.replace("lr = 0.1", "lr = 0.3")), &[]).unwrap();
-        let (h0, c) = check_and_record(dir.path(), &recipe(R), &[]).unwrap();
+        let (rec0, c) = check_and_record(dir.path(), &recipe(R), &[]).unwrap();
+        let h0 = rec0.recipe_hash;
         assert!(c.is_empty());
         fs::create_dir_all(dir.path().join("seed-0/teacher")).unwrap();
         fs::write(dir.path().join("seed-0/teacher/state.json"), "{}").unwrap();
@@ -376,7 +388,10 @@ epochs = 1
             .replace("seeds = [0]", "seeds = [0, 1]")
             .replace("epochs = 1", "epochs = 2");
         assert_eq!(
-            check_and_record(dir.path(), &recipe(&same), &[]).unwrap().0,
+            check_and_record(dir.path(), &recipe(&same), &[])
+                .unwrap()
+                .0
+                .recipe_hash,
             h0
         );
         for (from, to, key) in [
@@ -396,7 +411,8 @@ epochs = 1
             assert!(!e.contains('\n'), "{e}");
         }
         let longer = recipe(&R.replace("epochs = 3", "epochs = 5"));
-        let (h1, c) = check_and_record(dir.path(), &longer, &["teacher.epochs".into()]).unwrap();
+        let (rec1, c) = check_and_record(dir.path(), &longer, &["teacher.epochs".into()]).unwrap();
+        let h1 = rec1.recipe_hash;
         assert_ne!(h1, h0);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].to_string(), "teacher.epochs (3 -> 5)");

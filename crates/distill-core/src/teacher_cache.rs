@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    checkpoint::{read_json, verify_safetensors, write_json_atomic},
+    checkpoint::{read_json, sha256_hex, verify_safetensors, write_json_atomic},
     network::{load_network, save_network},
     recipe::Recipe,
     report::PhaseResult,
+    run_record::RunLock,
     Error, Network, Result,
 };
 
@@ -76,8 +77,7 @@ pub fn teacher_cache_key(
         "teacher": recipe.teacher,
         "seed": seed,
     });
-    let digest = Sha256::digest(key.to_string().as_bytes());
-    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    sha256_hex(key.to_string().as_bytes())[..24].to_string()
 }
 
 /// A fingerprint of the files a recipe reads: every file under `DATA_DIR/<dataset>/` and, when the data options
@@ -126,11 +126,8 @@ pub fn data_fingerprint(data_dir: &Path, recipe: &Recipe) -> String {
             }
         }
     }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let digest = h.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -167,12 +164,6 @@ pub struct TeacherCache {
     log: PathBuf,
 }
 
-/// The lock on one entry, held from the lookup until the trained teacher is stored.
-#[derive(Debug)]
-pub struct EntryLock {
-    _file: fs::File,
-}
-
 impl TeacherCache {
     /// The cache in `cache_dir`.
     pub fn new(cache_dir: &Path) -> Self {
@@ -191,10 +182,7 @@ impl TeacherCache {
     /// cannot be written never fails a run.
     pub fn log(&self, key: &str, event: &str, detail: &str) {
         let line = serde_json::json!({
-            "unix": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            "unix": crate::report::unix_now(),
             "pid": std::process::id(),
             "host": crate::run_record::hostname(),
             "key": key,
@@ -212,28 +200,14 @@ impl TeacherCache {
     }
 
     /// Locks the entry `key` (blocking: waits for a process that is training the same teacher).
-    pub fn lock(&self, key: &str, label: &str) -> Result<EntryLock> {
-        fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        let path = self.root.join(format!("{key}.lock"));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                eprintln!(
-                    "[{label}] another process is training this teacher ({}); waiting for it",
-                    self.entry_dir(key).display()
-                );
-                self.log(key, "waited", label);
-                file.lock().map_err(|e| Error::io(&path, e))?;
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-        }
-        Ok(EntryLock { _file: file })
+    pub fn lock(&self, key: &str, label: &str) -> Result<RunLock> {
+        RunLock::wait_file(&self.root.join(format!("{key}.lock")), || {
+            eprintln!(
+                "[{label}] another process is training this teacher ({}); waiting for it",
+                self.entry_dir(key).display()
+            );
+            self.log(key, "waited", label);
+        })
     }
 
     /// Looks up `key` and, on a hit, loads the teacher's weights into `net`.

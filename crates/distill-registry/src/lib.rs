@@ -324,14 +324,12 @@ pub fn identity(e: &Entry, plugin: &dyn Plugin) -> Result<String> {
             distill_core::abi::CORE_VERSION
         )),
         Source::Dylib => {
-            use sha2::{Digest, Sha256};
             let path = e.path.clone().unwrap_or_default();
             let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, err))?;
-            let hash: String = Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            Ok(format!("dylib sha256:{hash}"))
+            Ok(format!(
+                "dylib sha256:{}",
+                distill_core::checkpoint::sha256_hex(&bytes)
+            ))
         }
     }
 }

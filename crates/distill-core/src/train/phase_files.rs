@@ -78,6 +78,8 @@ pub mod files {
     pub const RESULT: &str = "result.json";
     /// Per-epoch metrics, one JSON object a line.
     pub const METRICS: &str = "metrics.jsonl";
+    /// The phases of a run, each a directory of a seed's directory (`seed-N/teacher/`, ...).
+    pub const PHASES: [&str; 3] = ["teacher", "scratch", "distilled"];
 }
 
 /// Everything a checkpoint holds, under `model.`, `loss{i}.` and `optim.` prefixes.
