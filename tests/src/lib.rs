@@ -45,16 +45,55 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs `distill ARGS` in `cwd` with a clean distill environment.
-pub fn distill(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(distill_bin())
-        .args(args)
-        .current_dir(cwd)
+/// The `distill` binary as a command in `cwd` with a clean distill environment (no `$DISTILL_DATA`,
+/// `$DISTILL_CACHE` or `$DISTILL_REGISTRY`), for tests that spawn it.
+pub fn distill_command(cwd: &Path) -> Command {
+    let mut c = Command::new(distill_bin());
+    c.current_dir(cwd)
         .env_remove("DISTILL_DATA")
         .env_remove("DISTILL_CACHE")
-        .env_remove("DISTILL_REGISTRY")
+        .env_remove("DISTILL_REGISTRY");
+    c
+}
+
+/// Runs `distill ARGS` in `cwd` with a clean distill environment.
+pub fn distill(cwd: &Path, args: &[&str]) -> Output {
+    distill_command(cwd)
+        .args(args)
         .output()
         .expect("run distill")
+}
+
+fn read_value(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The headline test metric of teacher, scratch and distilled student in a run dir's report.json.
+pub fn report_metrics(dir: &Path) -> Vec<f64> {
+    let r = read_value(&dir.join("report.json"));
+    ["teacher", "scratch", "distilled"]
+        .iter()
+        .map(|p| r["runs"][0][p]["metric"]["mean"].as_f64().unwrap())
+        .collect()
+}
+
+/// Per phase of seed 0: its name, its headline test metric and every epoch's training loss, as written.
+pub fn run_outcome(dir: &Path) -> Vec<(String, f64, Vec<f64>)> {
+    let metrics = report_metrics(dir);
+    ["teacher", "scratch", "distilled"]
+        .iter()
+        .zip(metrics)
+        .map(|(p, m)| {
+            let res = read_value(&dir.join(format!("seed-0/{p}/result.json")));
+            let losses = res["curve"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["train_loss"].as_f64().unwrap())
+                .collect();
+            (p.to_string(), m, losses)
+        })
+        .collect()
 }
 
 /// `distill run r.toml --data-dir data --out out --quiet --no-cache` in `cwd`: the layout the tests write.

@@ -2,10 +2,7 @@
 //! changed data file misses, a damaged entry is trained again (never used), and `distill cache list|verify|clear`.
 //! (A changed plugin library missing the cache is tested with the template plugin in tests/plugins.rs.)
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{path::Path, process::Stdio};
 
 use distill_tests::*;
 
@@ -50,16 +47,6 @@ fn count(log: &[(String, String)], event: &str) -> usize {
     log.iter().filter(|(e, _)| e == event).count()
 }
 
-/// Teacher, scratch and distilled test metrics of a run dir.
-fn metrics(dir: &Path) -> Vec<f64> {
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    ["teacher", "scratch", "distilled"]
-        .iter()
-        .map(|p| r["runs"][0][p]["metric"]["mean"].as_f64().unwrap())
-        .collect()
-}
-
 fn reused(dir: &Path) -> bool {
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("seed-0/teacher/result.json")).unwrap(),
@@ -80,11 +67,8 @@ fn setup() -> tempfile::TempDir {
 fn two_processes_needing_one_teacher_train_it_once() {
     let tmp = setup();
     let spawn = |out: &str| {
-        Command::new(distill_bin())
+        distill_command(tmp.path())
             .args(run_args(out))
-            .current_dir(tmp.path())
-            .env_remove("DISTILL_DATA")
-            .env_remove("DISTILL_CACHE")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,8 +84,8 @@ fn two_processes_needing_one_teacher_train_it_once() {
     assert!(log.iter().all(|(_, k)| *k == log[0].1), "one key: {log:?}");
     assert_ne!(reused(&tmp.path().join("a")), reused(&tmp.path().join("b")));
     assert_eq!(
-        metrics(&tmp.path().join("a")),
-        metrics(&tmp.path().join("b"))
+        report_metrics(&tmp.path().join("a")),
+        report_metrics(&tmp.path().join("b"))
     );
     println!("{log:?}");
 }
@@ -153,8 +137,8 @@ fn a_changed_data_file_misses_and_a_damaged_entry_is_trained_again() {
         "{l:?}"
     );
     assert_eq!(
-        metrics(&tmp.path().join("after-damage")),
-        metrics(&tmp.path().join("first"))
+        report_metrics(&tmp.path().join("after-damage")),
+        report_metrics(&tmp.path().join("first"))
     );
 
     // a data file changed (same bytes, new modification time): a different key, the teacher trained again

@@ -68,12 +68,8 @@ fn run(cwd: &Path, out: &str, extra: &[&str]) -> Output {
 }
 
 fn spawn(cwd: &Path, out: &str, extra: &[&str]) -> Child {
-    Command::new(distill_bin())
+    distill_command(cwd)
         .args(args(out, extra))
-        .current_dir(cwd)
-        .env_remove("DISTILL_DATA")
-        .env_remove("DISTILL_CACHE")
-        .env_remove("DISTILL_REGISTRY")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -83,31 +79,6 @@ fn spawn(cwd: &Path, out: &str, extra: &[&str]) -> Child {
 /// Per phase: the test metric and every epoch's training loss, as written.
 type Outcome = Vec<(String, f64, Vec<f64>)>;
 
-fn outcome(dir: &Path) -> Outcome {
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    ["teacher", "scratch", "distilled"]
-        .iter()
-        .map(|p| {
-            let res: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.join(format!("seed-0/{p}/result.json"))).unwrap(),
-            )
-            .unwrap();
-            let losses = res["curve"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["train_loss"].as_f64().unwrap())
-                .collect();
-            (
-                p.to_string(),
-                r["runs"][0][p]["metric"]["mean"].as_f64().unwrap(),
-                losses,
-            )
-        })
-        .collect()
-}
-
 /// The uninterrupted run every trial is compared with (made once per test binary).
 fn baseline() -> &'static Outcome {
     static B: OnceLock<Outcome> = OnceLock::new();
@@ -115,7 +86,7 @@ fn baseline() -> &'static Outcome {
         let tmp = setup();
         let o = run(tmp.path(), "full", &[]);
         assert!(o.status.success(), "{}", stderr(&o));
-        outcome(&tmp.path().join("full"))
+        run_outcome(&tmp.path().join("full"))
     })
 }
 
@@ -190,7 +161,7 @@ fn an_edited_recipe_is_refused_on_resume_and_allowed_epochs_extend() {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     }
     // the untouched run still equals the uninterrupted one
-    assert_eq!(&outcome(&tmp.path().join("out")), baseline());
+    assert_eq!(&run_outcome(&tmp.path().join("out")), baseline());
 
     // explicit: six student epochs; the finished scratch and distilled phases train on from their checkpoints
     let longer = recipe().replace(
@@ -204,7 +175,7 @@ fn an_edited_recipe_is_refused_on_resume_and_allowed_epochs_extend() {
         &["--resume", "--allow-changed", "student.epochs"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let after = outcome(&tmp.path().join("out"));
+    let after = run_outcome(&tmp.path().join("out"));
     assert_eq!(after[0], baseline()[0], "the teacher is untouched");
     for (p, b) in after[1..].iter().zip(&baseline()[1..]) {
         assert_eq!(p.2.len(), 6, "{}: six epochs", p.0);
@@ -329,7 +300,7 @@ fn a_flipped_newest_checkpoint_falls_back_to_the_previous_one() {
             "{err}"
         );
         assert!(newest.with_file_name(format!("{name}.corrupt")).exists());
-        assert_eq!(&outcome(&tmp.path().join(&out)), baseline());
+        assert_eq!(&run_outcome(&tmp.path().join(&out)), baseline());
         assert_metrics_clean(&tmp.path().join(&out));
         println!("trial {}: {phase}: {}", done + 1, err.trim());
         done += 1;
@@ -363,7 +334,7 @@ fn a_flipped_finished_teacher_is_restored_before_the_student_learns_from_it() {
         err.contains("teacher/model.safetensors") && err.contains("restored the final weights"),
         "{err}"
     );
-    assert_eq!(&outcome(&tmp.path().join(&out)), baseline());
+    assert_eq!(&run_outcome(&tmp.path().join(&out)), baseline());
     println!("{}", err.trim());
 }
 
@@ -423,7 +394,7 @@ fn concurrent_runs_on_one_dir_exactly_one_proceeds() {
             by_used_dir += 1;
         }
         assert_metrics_clean(&tmp.path().join(&out));
-        assert_eq!(&outcome(&tmp.path().join(&out)), baseline());
+        assert_eq!(&run_outcome(&tmp.path().join(&out)), baseline());
     }
     println!(
         "{pairs} concurrent pairs: one proceeded each time; the other exited 2 on the lock {by_lock} times, \
@@ -441,7 +412,7 @@ fn concurrent_runs_on_one_dir_exactly_one_proceeds() {
         assert_refused(&o, &["in use", &format!("pid {}", live.id())]);
         assert!(live.wait().unwrap().success());
         assert_metrics_clean(&tmp.path().join(&out));
-        assert_eq!(&outcome(&tmp.path().join(&out)), baseline());
+        assert_eq!(&run_outcome(&tmp.path().join(&out)), baseline());
         if i == 0 {
             println!("{}", stderr(&o).trim());
         }
@@ -509,6 +480,6 @@ fn a_full_disk_names_the_file_and_a_resume_after_freeing_space_matches() {
     std::fs::remove_file(mnt.join("filler")).unwrap();
     let o = run(tmp.path(), "mnt/out", &["--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(&outcome(&mnt.join("out")), baseline());
+    assert_eq!(&run_outcome(&mnt.join("out")), baseline());
     assert_metrics_clean(&mnt.join("out"));
 }

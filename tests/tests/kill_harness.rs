@@ -30,32 +30,6 @@ fn base(out: &str) -> Vec<String> {
     .collect()
 }
 
-/// Per phase: the test metric and every epoch's training loss.
-fn outcome(dir: &Path) -> Vec<(String, f64, Vec<f64>)> {
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    ["teacher", "scratch", "distilled"]
-        .iter()
-        .map(|p| {
-            let res: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.join(format!("seed-0/{p}/result.json"))).unwrap(),
-            )
-            .unwrap();
-            let losses = res["curve"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["train_loss"].as_f64().unwrap())
-                .collect();
-            (
-                p.to_string(),
-                r["runs"][0][p]["metric"]["mean"].as_f64().unwrap(),
-                losses,
-            )
-        })
-        .collect()
-}
-
 fn files_named(dir: &Path, pred: &dyn Fn(&str) -> bool, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -108,7 +82,7 @@ fn twenty_sigkills_never_corrupt_a_checkpoint_or_change_the_result() {
         &base("full").iter().map(String::as_str).collect::<Vec<_>>(),
     );
     assert!(full.status.success(), "{}", stderr(&full));
-    let expected = outcome(&d.join("full"));
+    let expected = run_outcome(&d.join("full"));
 
     let mut rng = Rng::new(20261127);
     let (mut kills, mut during_write, mut trials, mut restarts) = (0, 0, 0, 0);
@@ -169,7 +143,7 @@ fn twenty_sigkills_never_corrupt_a_checkpoint_or_change_the_result() {
                 break;
             }
         }
-        let got = outcome(&d.join(&out));
+        let got = run_outcome(&d.join(&out));
         for ((phase, m, losses), (_, em, elosses)) in got.iter().zip(&expected) {
             assert_eq!(m, em, "{out} {phase}: metric after kills vs uninterrupted");
             assert_eq!(losses, elosses, "{out} {phase}: per-epoch losses");

@@ -8,15 +8,6 @@ use std::{
 
 use distill_tests::*;
 
-fn metrics(dir: &std::path::Path) -> Vec<f64> {
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    ["teacher", "scratch", "distilled"]
-        .iter()
-        .map(|p| r["runs"][0][p]["metric"]["mean"].as_f64().unwrap())
-        .collect()
-}
-
 #[test]
 fn sigkill_mid_epoch_then_resume_matches_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -62,8 +53,8 @@ fn sigkill_mid_epoch_then_resume_matches_uninterrupted_run() {
 
     let resumed = distill(tmp.path(), &[&base[..], &["killed", "--resume"]].concat());
     assert!(resumed.status.success(), "{}", stderr(&resumed));
-    let a = metrics(&tmp.path().join("full"));
-    let b = metrics(&tmp.path().join("killed"));
+    let a = report_metrics(&tmp.path().join("full"));
+    let b = report_metrics(&tmp.path().join("killed"));
     for phase in ["teacher", "scratch", "distilled"] {
         let lines = std::fs::read_to_string(
             tmp.path()
