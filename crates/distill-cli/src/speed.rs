@@ -27,8 +27,10 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use distill_core::{
     losses::{ce_loss, kd_loss},
-    optim::{build_optimizer, trainable_vars, Optimizer, OptimizerConfig, OptimizerKind},
     Mode, Network, Rng,
+};
+use distill_nn::optim::{
+    build_optimizer, trainable_vars, Optimizer, OptimizerConfig, OptimizerKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +132,7 @@ impl Batches {
 /// One optimiser step on `loss`, reading its value back as the training loop does.
 fn optimise(opt: &mut dyn Optimizer, loss: &Tensor) -> Result<()> {
     let _ = loss.to_scalar::<f32>()?;
-    opt.step(&distill_core::ops::backward(loss)?)?;
+    opt.step(&distill_nn::ops::backward(loss)?)?;
     Ok(())
 }
 
@@ -230,7 +232,7 @@ struct Cnn {
 impl Cnn {
     fn new(x: Tensor, y: Tensor) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, 0, &Device::Cpu);
+        let vb = distill_nn::init::seeded_var_builder(&varmap, 0, &Device::Cpu);
         let cfg = candle_nn::Conv2dConfig::default();
         let conv1 = candle_nn::conv2d(1, 32, 3, cfg, vb.pp("conv1"))?;
         let conv2 = candle_nn::conv2d(32, 64, 3, cfg, vb.pp("conv2"))?;
@@ -262,7 +264,7 @@ impl Cnn {
 impl Workload for Cnn {
     fn step(&mut self, i: usize) -> Result<()> {
         let (xb, yb) = self.data.get(i)?;
-        use distill_core::ops::{conv2d_layer_relu_pool, linear};
+        use distill_nn::ops::{conv2d_layer_relu_pool, linear};
         let h = conv2d_layer_relu_pool(&self.conv1, &xb, 2)?;
         let h = conv2d_layer_relu_pool(&self.conv2, &h, 2)?;
         let h = linear(

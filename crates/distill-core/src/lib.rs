@@ -5,9 +5,10 @@
 //! (logits divided by a temperature T, the loss scaled by T²) and, optionally, its intermediate features.
 //!
 //! This crate holds everything that does not depend on a domain: the [`Network`] and [`Task`] traits, the
-//! [`Outputs`]/[`Feature`] types, the loss library ([`losses`]), optimisers and schedules ([`optim`]), the one
+//! [`Outputs`]/[`Feature`] types, the loss library ([`losses`]), the one
 //! training loop that trains teacher, scratch student and distilled student alike ([`train`]), checkpoints,
-//! recipes, reports and the type-erased [`Plugin`] trait that domain plugins implement.
+//! recipes, reports and the type-erased [`Plugin`] trait that domain plugins implement. Layers, fused ops,
+//! optimisers and the [`Error`] type live in [`distill_nn`], the layer library.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -24,19 +25,13 @@
 
 pub mod abi;
 pub mod checkpoint;
-mod error;
 pub mod losses;
 pub mod network;
-pub mod nn;
-pub mod ops;
-pub mod optim;
 mod outputs;
-mod rng;
 
-pub use error::{Error, Result};
-pub use network::{Mode, Network, Teacher};
+pub use distill_nn::{bail, is_buffer, Error, Mode, Result, Rng};
+pub use network::{Network, Teacher};
 pub use outputs::{Batch, Feature, FeatureKind, Outputs};
-pub use rng::Rng;
 pub mod pipeline;
 pub mod plugin;
 pub mod recipe;

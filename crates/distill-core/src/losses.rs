@@ -250,7 +250,7 @@ pub fn kd_loss(student_logits: &Tensor, teacher_logits: &Tensor, t: f64) -> Resu
     check_same_shape(F, "logits", student_logits, teacher_logits)?;
     let s = logit_rows(F, student_logits)?;
     let tt = logit_rows(F, teacher_logits)?;
-    if let Some(fused) = crate::ops::kd_kl(&s, &tt, t)? {
+    if let Some(fused) = distill_nn::ops::kd_kl(&s, &tt, t)? {
         return Ok(fused);
     }
     let n = s.dim(0)?;
@@ -267,7 +267,7 @@ pub fn ce_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let rows = logit_rows(F, logits)?;
     let (n, c) = rows.dims2()?;
     let ids = target_ids(F, targets, logits.dims(), c)?;
-    if let Some(fused) = crate::ops::cross_entropy(&rows, &ids)? {
+    if let Some(fused) = distill_nn::ops::cross_entropy(&rows, &ids)? {
         return Ok(fused);
     }
     let log_p = log_softmax(&rows, 1)?;
@@ -584,7 +584,7 @@ impl Hint {
             (None, None)
         } else {
             let varmap = VarMap::new();
-            let vb = crate::nn::seeded_var_builder(&varmap, seed, device).pp("adapter");
+            let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device).pp("adapter");
             let adapter = match kind {
                 FeatureKind::Map | FeatureKind::Attention => Adapter::Conv(candle_nn::conv2d(
                     student_width,

@@ -5,26 +5,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-use crate::{Error, Outputs, Result};
-
-/// How a forward pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Inference: no dropout, batch-norm uses running statistics.
-    Eval,
-    /// Training; `seed` drives dropout masks for this step, so a replayed step is identical.
-    Train {
-        /// Seed for this step's randomness.
-        seed: u64,
-    },
-}
-
-impl Mode {
-    /// Whether this is a training pass.
-    pub fn is_train(self) -> bool {
-        matches!(self, Mode::Train { .. })
-    }
-}
+use crate::{is_buffer, Error, Mode, Outputs, Result};
 
 /// A network: a forward pass that returns logits and named features, over parameters held in a `VarMap`.
 ///
@@ -64,13 +45,6 @@ pub fn num_trainable_params(net: &dyn Network) -> usize {
         .filter(|(k, _)| !is_buffer(k))
         .map(|(_, v)| v.as_tensor().elem_count())
         .sum()
-}
-
-/// Whether a variable name is a non-trainable buffer (batch-norm running statistics).
-pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean")
-        || name.ends_with("running_var")
-        || name.ends_with("num_batches_tracked")
 }
 
 /// Saves a network's parameters as safetensors, atomically (temp file, fsync, rename).

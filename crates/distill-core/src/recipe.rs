@@ -32,11 +32,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    losses::LossSpec,
-    optim::{OptimizerConfig, ScheduleConfig},
-    Error, Result,
-};
+use crate::{losses::LossSpec, Error, Result};
+use distill_nn::optim::{OptimizerConfig, ScheduleConfig};
 
 fn default_seeds() -> Vec<u64> {
     vec![0]

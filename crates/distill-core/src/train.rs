@@ -15,12 +15,12 @@ use crate::{
     checkpoint::{read_json, read_safetensors, write_json_atomic, write_safetensors_atomic},
     losses::DistillLoss,
     network::{load_into_varmap, varmap_tensors},
-    optim::{build_optimizer, clip_grad_norm},
     recipe::PhaseConfig,
     report::{EpochRecord, Latency, PhaseResult},
     task::{Split, Task},
     Batch, Error, Mode, Network, Outputs, Result, Rng, Teacher,
 };
+use distill_nn::optim::{build_optimizer, clip_grad_norm};
 
 /// One weighted term of a training objective.
 pub enum Term {
@@ -89,7 +89,7 @@ use phase_files::{
 
 /// The optimiser's view of a varmap (buffers dropped, sorted) with `prefix` on every name.
 fn prefixed_vars(prefix: &str, varmap: &candle_nn::VarMap) -> Vec<(String, Var)> {
-    crate::optim::trainable_vars(varmap)
+    distill_nn::optim::trainable_vars(varmap)
         .into_iter()
         .map(|(k, v)| (format!("{prefix}{k}"), v))
         .collect()
@@ -412,10 +412,10 @@ pub fn train_phase(
             let diverged = if !lv.is_finite() {
                 Some(format!("the loss is {lv}"))
             } else {
-                let g = crate::ops::backward(&total)?;
+                let g = distill_nn::ops::backward(&total)?;
                 let limit = guard.as_ref().and_then(|d| d.max_grad_norm);
                 let norm = match limit {
-                    Some(_) => crate::optim::grad_norm(&g, &vars)?,
+                    Some(_) => distill_nn::optim::grad_norm(&g, &vars)?,
                     None => 0.0,
                 };
                 grads = Some(g);

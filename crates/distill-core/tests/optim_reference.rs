@@ -4,11 +4,11 @@
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use distill_core::{
     checkpoint::{read_safetensors, write_safetensors_atomic},
-    optim::{
-        build_optimizer, clip_grad_norm, grad_norm, AdamW, AdamWParams, Optimizer, OptimizerConfig,
-        OptimizerKind, ScheduleConfig, ScheduleKind, Sgd, SgdParams,
-    },
     Error, Result, Rng,
+};
+use distill_nn::optim::{
+    build_optimizer, clip_grad_norm, grad_norm, AdamW, AdamWParams, Optimizer, OptimizerConfig,
+    OptimizerKind, ScheduleConfig, ScheduleKind, Sgd, SgdParams,
 };
 use serde_json::Value;
 
@@ -921,7 +921,7 @@ fn trainable_vars_skips_buffers_and_sorts() -> Result<()> {
             data.insert(name.to_string(), Var::zeros(2, DType::F32, &Device::Cpu)?);
         }
     }
-    let names: Vec<String> = distill_core::optim::trainable_vars(&varmap)
+    let names: Vec<String> = distill_nn::optim::trainable_vars(&varmap)
         .into_iter()
         .map(|(n, _)| n)
         .collect();

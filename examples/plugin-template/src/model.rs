@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarMap};
-use distill_core::{nn::dropout, Error, FeatureKind, Mode, Network, Outputs, Result, TaskInfo};
+use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result, TaskInfo};
+use distill_nn::layers::dropout;
 
 /// A multi-layer perceptron.
 pub struct Mlp {
@@ -75,7 +76,7 @@ impl Mlp {
         device: &Device,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, device);
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device);
         let sizes: Vec<usize> = std::iter::once(inputs)
             .chain(hidden.iter().copied())
             .chain(std::iter::once(classes))

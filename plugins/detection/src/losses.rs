@@ -354,7 +354,7 @@ pub fn build_detection_loss(
             }
             let varmap = VarMap::new();
             let device: &Device = student.logits.device();
-            let vb = distill_core::nn::seeded_var_builder(&varmap, seed, device).pp("adapter");
+            let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device).pp("adapter");
             let adapter = candle_nn::conv2d(sd[1], td[1], 1, Default::default(), vb)?;
             Box::new(Fgfi {
                 student_feature: sn.to_string(),

@@ -14,7 +14,6 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use distill_core::{
     losses::kd_loss,
-    optim::{build_optimizer, trainable_vars, OptimizerConfig},
     train::{peak_rss_mb, reset_peak_rss},
     Mode, Network, Result,
 };
@@ -24,6 +23,7 @@ use distill_graph::{
     metrics::node_latency,
     models::{Gcn, Mlp},
 };
+use distill_nn::optim::{build_optimizer, trainable_vars, OptimizerConfig};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();

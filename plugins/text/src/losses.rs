@@ -13,7 +13,9 @@ use distill_core::{
 };
 use serde::Deserialize;
 
-use crate::bert::Dense;
+use distill_nn::layers::Linear as Dense;
+
+use crate::bert::dense;
 
 /// Losses this plugin adds to the core's.
 pub const LOSSES: &[&str] = &["hidden_cos", "pkd", "tinybert", "embedding_mse"];
@@ -344,10 +346,10 @@ impl TinyBert {
         let (sw, tw) = (width(student, "embeddings")?, width(teacher, "embeddings")?);
         let varmap = VarMap::new();
         let device: Device = student.logits.device().clone();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, &device);
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, &device);
         let proj = |name: &str, on: bool| -> Result<Option<Dense>> {
             Ok(if on && sw != tw {
-                Some(Dense::new(sw, tw, vb.pp(name))?)
+                Some(dense(sw, tw, vb.pp(name))?)
             } else {
                 None
             })

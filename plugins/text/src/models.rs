@@ -23,10 +23,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use distill_core::{nn::seeded_var_builder, Error, FeatureKind, Mode, Network, Outputs, Result};
+use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::init::seeded_var_builder;
 use serde::Deserialize;
 
-use crate::bert::{mean_pool, preload, read_pretrained, shape_error, Bert, BertConfig, Dense};
+use crate::bert::{dense, mean_pool, preload, read_pretrained, shape_error, Bert, BertConfig};
+use distill_nn::layers::Linear as Dense;
 
 /// Architectures this plugin builds.
 pub const ARCHS: &[&str] = &["bert"];
@@ -262,7 +264,7 @@ pub fn build_model(
         ));
     }
     let head_layer = match head {
-        Head::Classify(c) => Some(Dense::new(cfg.hidden_size, c, vb.pp("classifier"))?),
+        Head::Classify(c) => Some(dense(cfg.hidden_size, c, vb.pp("classifier"))?),
         Head::Embed => None,
     };
     let enc_params = cfg.embedding_params() + cfg.layer_params();
@@ -333,7 +335,7 @@ impl Network for TextNet {
         };
         let logits = match (&self.head, pairs) {
             (Some(h), _) => {
-                let p = distill_core::nn::dropout(
+                let p = distill_nn::layers::dropout(
                     &pooled,
                     self.bert.config().hidden_dropout_prob,
                     mode,

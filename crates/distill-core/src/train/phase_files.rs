@@ -109,7 +109,7 @@ pub(super) fn restore(
     source: &Path,
     net: &dyn Network,
     adapters: &[(usize, &candle_nn::VarMap)],
-    optim: &mut dyn crate::optim::Optimizer,
+    optim: &mut dyn distill_nn::optim::Optimizer,
 ) -> Result<()> {
     load_into_varmap(net.varmap(), &split_prefix(all, "model."), source)?;
     for (i, vm) in adapters {

@@ -25,7 +25,6 @@ pub mod dscnn;
 pub mod rescnn;
 
 use candle_core::Device;
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 use distill_core::{Error, Network, Result};
 use serde::{Deserialize, Serialize};
 
@@ -47,30 +46,6 @@ pub struct ModelSpec {
     pub blocks: Option<usize>,
     /// Dropout before `fc`, in `[0, 1)` (default 0).
     pub dropout: Option<f64>,
-}
-
-/// Output size of a conv with kernel `k`, padding `k / 2` and `stride`.
-pub(crate) fn out_size(h: usize, stride: usize) -> usize {
-    (h - 1) / stride + 1
-}
-
-pub(crate) fn conv(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    vb: VarBuilder,
-) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        ..Default::default()
-    };
-    Ok(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?)
-}
-
-pub(crate) fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    Ok(candle_nn::batch_norm(c, BatchNormConfig::default(), vb)?)
 }
 
 /// Builds `spec` for inputs of shape `[1, rows, frames]`, parameters initialised from `seed`.

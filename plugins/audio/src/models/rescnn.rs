@@ -7,19 +7,16 @@
 //! (`layer1.0.conv1.weight`, `layer1.0.downsample.0.weight`, …).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Linear, Module, VarMap};
-use distill_core::{
-    nn::dropout, nn::seeded_var_builder, nn::BasicBlock, FeatureKind, Mode, Network, Outputs,
-    Result,
+use candle_nn::VarMap;
+use distill_core::{FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::{
+    init::seeded_var_builder,
+    layers::{dropout, BlockKind, Linear, LinearConfig, ResNetTrunk, ResNetTrunkConfig},
 };
-
-use super::{bn, conv, out_size};
 
 /// The `res-cnn` teacher.
 pub struct ResCnn {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    layers: Vec<BasicBlock>,
+    trunk: ResNetTrunk,
     fc: Linear,
     dropout: f64,
     widths: [usize; 4],
@@ -39,25 +36,19 @@ impl ResCnn {
     ) -> Result<Self> {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, device);
-        let conv1 = conv(1, widths[0], 3, 2, vb.pp("conv1"))?;
-        let bn1 = bn(widths[0], vb.pp("bn1"))?;
-        let (mut h, mut w) = (out_size(input[1], 2), out_size(input[2], 2));
-        let mut flops = 2 * (9 * widths[0] * h * w) as u64;
-        let mut layers = Vec::new();
-        for i in 0..3 {
-            let (cin, cout) = (widths[i], widths[i + 1]);
-            let stride = if i == 0 { 1 } else { 2 };
-            let block = BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.0", i + 1)))?;
-            (h, w) = (out_size(h, stride), out_size(w, stride));
-            flops += BasicBlock::flops(cin, cout, stride, h * w);
-            layers.push(block);
-        }
-        let fc = candle_nn::linear(widths[3], classes, vb.pp("fc"))?;
-        flops += 2 * (widths[3] * classes) as u64;
+        let cfg = ResNetTrunkConfig {
+            in_channels: input[0],
+            stem_width: widths[0],
+            stem_stride: 2,
+            stage_widths: widths[1..].to_vec(),
+            blocks_per_stage: 1,
+            block: BlockKind::Basic,
+        };
+        let trunk = ResNetTrunk::new(&cfg, vb.clone())?;
+        let fc = Linear::new(&LinearConfig::new(widths[3], classes), vb.pp("fc"))?;
+        let flops = ResNetTrunk::flops(&cfg, input[1], input[2]) + fc.flops();
         Ok(Self {
-            conv1,
-            bn1,
-            layers,
+            trunk,
             fc,
             dropout,
             widths,
@@ -70,18 +61,8 @@ impl ResCnn {
 impl Network for ResCnn {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         let train = mode.is_train();
-        let mut x = distill_core::ops::batch_norm(
-            &self.bn1,
-            &distill_core::ops::conv2d_layer(&self.conv1, input)?,
-            train,
-            true,
-        )?;
-        let mut maps = Vec::new();
-        for l in &self.layers {
-            x = l.forward(&x, train)?;
-            maps.push(x.clone());
-        }
-        let pen = x.mean((2, 3))?;
+        let (_, maps) = self.trunk.forward(input, train)?;
+        let pen = maps.last().expect("three stages").mean((2, 3))?;
         let logits = self.fc.forward(&dropout(&pen, self.dropout, mode, "fc")?)?;
         let mut out = Outputs::logits(logits);
         for (i, m) in maps.into_iter().enumerate() {

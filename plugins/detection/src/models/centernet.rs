@@ -1,9 +1,11 @@
 //! The CenterNet-style detector (see the module above for its shape).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder, VarMap};
-use distill_core::{
-    nn::seeded_var_builder, nn::BasicBlock, Error, FeatureKind, Mode, Network, Outputs, Result,
+use candle_nn::{VarBuilder, VarMap};
+use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::{
+    init::seeded_var_builder,
+    layers::{BasicBlock, Conv2d, ConvBn, ConvConfig},
 };
 
 /// Sizes of a CenterNet.
@@ -28,54 +30,16 @@ pub struct CenterNetConfig {
 /// The heatmap bias: −log((1 − 0.1) / 0.1), a prior probability of 0.1 (CenterNet's −2.19).
 pub const HEATMAP_PRIOR_BIAS: f32 = -2.19;
 
-fn conv(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    bias: bool,
-    vb: VarBuilder,
-) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        ..Default::default()
-    };
-    Ok(if bias {
-        candle_nn::conv2d(cin, cout, k, cfg, vb)?
-    } else {
-        candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?
-    })
+fn conv(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> Result<Conv2d> {
+    Conv2d::new(&ConvConfig::new(cin, cout, k), vb)
 }
 
-fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    Ok(candle_nn::batch_norm(c, BatchNormConfig::default(), vb)?)
+fn conv_bn(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<ConvBn> {
+    ConvBn::new(&ConvConfig::new(cin, cout, k).stride(stride), vb)
 }
 
 fn conv_flops(cin: usize, cout: usize, k: usize, hw: usize) -> u64 {
     2 * (cin * cout * k * k * hw) as u64
-}
-
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
-}
-
-impl ConvBn {
-    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            conv: conv(cin, cout, k, stride, false, vb.pp("conv"))?,
-            bn: bn(cout, vb.pp("bn"))?,
-        })
-    }
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        distill_core::ops::batch_norm(
-            &self.bn,
-            &distill_core::ops::conv2d_layer(&self.conv, x)?,
-            train,
-            true,
-        )
-    }
 }
 
 struct Head {
@@ -86,15 +50,12 @@ struct Head {
 impl Head {
     fn new(cin: usize, hidden: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            hidden: conv(cin, hidden, 3, 1, true, vb.pp("0"))?,
-            out: conv(hidden, cout, 1, 1, true, vb.pp("2"))?,
+            hidden: conv(cin, hidden, 3, vb.pp("0"))?,
+            out: conv(hidden, cout, 1, vb.pp("2"))?,
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        distill_core::ops::conv2d_layer(
-            &self.out,
-            &distill_core::ops::conv2d_layer_relu(&self.hidden, x)?,
-        )
+        self.out.forward(&self.hidden.forward_relu(x)?)
     }
 }
 
@@ -119,7 +80,7 @@ impl CenterNet {
         let vb = seeded_var_builder(&varmap, seed, device);
         let w = cfg.width;
         let s = cfg.size;
-        let stem = ConvBn::new(cfg.channels, w, 3, 2, vb.pp("stem"))?;
+        let stem = conv_bn(cfg.channels, w, 3, 2, vb.pp("stem"))?;
         let mut flops = conv_flops(cfg.channels, w, 3, (s / 2) * (s / 2));
         let widths = [2 * w, 4 * w, 8 * w];
         let mut stages = Vec::new();
@@ -142,13 +103,13 @@ impl CenterNet {
         }
         let n = cfg.neck;
         let lateral = [
-            conv(widths[0], n, 1, 1, true, vb.pp("neck.lateral.0"))?,
-            conv(widths[1], n, 1, 1, true, vb.pp("neck.lateral.1"))?,
-            conv(widths[2], n, 1, 1, true, vb.pp("neck.lateral.2"))?,
+            conv(widths[0], n, 1, vb.pp("neck.lateral.0"))?,
+            conv(widths[1], n, 1, vb.pp("neck.lateral.1"))?,
+            conv(widths[2], n, 1, vb.pp("neck.lateral.2"))?,
         ];
         let smooth = [
-            ConvBn::new(n, n, 3, 1, vb.pp("neck.smooth.0"))?,
-            ConvBn::new(n, n, 3, 1, vb.pp("neck.smooth.1"))?,
+            conv_bn(n, n, 3, 1, vb.pp("neck.smooth.0"))?,
+            conv_bn(n, n, 3, 1, vb.pp("neck.smooth.1"))?,
         ];
         let (s4, s8, s16) = ((s / 4).pow(2), (s / 8).pow(2), (s / 16).pow(2));
         flops += conv_flops(widths[0], n, 1, s4)
@@ -203,7 +164,7 @@ impl Network for CenterNet {
             )));
         }
         let train = mode.is_train();
-        let mut x = self.stem.forward(input, train)?;
+        let mut x = self.stem.forward(input, train, true)?;
         let mut taps = Vec::new();
         for stage in &self.stages {
             for b in stage {
@@ -212,15 +173,13 @@ impl Network for CenterNet {
             taps.push(x.clone());
         }
         // top-down: stride 16 → 8 → 4
-        let p16 = distill_core::ops::conv2d_layer(&self.lateral[2], &taps[2])?;
+        let p16 = self.lateral[2].forward(&taps[2])?;
         let (h8, w8) = (taps[1].dim(2)?, taps[1].dim(3)?);
-        let p8 = (p16.upsample_nearest2d(h8, w8)?
-            + distill_core::ops::conv2d_layer(&self.lateral[1], &taps[1])?)?;
-        let p8 = self.smooth[0].forward(&p8, train)?;
+        let p8 = (p16.upsample_nearest2d(h8, w8)? + self.lateral[1].forward(&taps[1])?)?;
+        let p8 = self.smooth[0].forward(&p8, train, true)?;
         let (h4, w4) = (taps[0].dim(2)?, taps[0].dim(3)?);
-        let p4 = (p8.upsample_nearest2d(h4, w4)?
-            + distill_core::ops::conv2d_layer(&self.lateral[0], &taps[0])?)?;
-        let neck = self.smooth[1].forward(&p4, train)?;
+        let p4 = (p8.upsample_nearest2d(h4, w4)? + self.lateral[0].forward(&taps[0])?)?;
+        let neck = self.smooth[1].forward(&p4, train, true)?;
         let heat = self.heatmap.forward(&neck)?;
         let size = self.size.forward(&neck)?;
         let offset = self.offset.forward(&neck)?;

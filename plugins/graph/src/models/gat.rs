@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use candle_core::{Tensor, D};
 use candle_nn::{Init, VarMap};
-use distill_core::{nn::dropout, Mode, Network, Outputs, Result};
+use distill_core::{Mode, Network, Outputs, Result};
+use distill_nn::layers::dropout;
 
 use super::{gnn_forward, Lin, Pass};
 use crate::{
@@ -113,7 +114,7 @@ impl Gat {
         seed: u64,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, graph.device());
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, graph.device());
         let l1 = GatLayer::new(&vb.pp("conv1"), graph.num_features, hidden, heads, true)?;
         let l2 = GatLayer::new(
             &vb.pp("conv2"),

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use candle_nn::VarMap;
-use distill_core::{nn::dropout, FeatureKind, Mode, Network, Outputs, Result};
+use distill_core::{FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::layers::dropout;
 
 use super::{node_ids, Lin};
 use crate::data::Graph;
@@ -30,7 +31,7 @@ impl Mlp {
         seed: u64,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, graph.device());
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, graph.device());
         let mut sizes = vec![graph.num_features];
         sizes.extend_from_slice(hidden);
         sizes.push(graph.num_classes);

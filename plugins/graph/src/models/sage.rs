@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use candle_nn::VarMap;
-use distill_core::{nn::dropout, Mode, Network, Outputs, Result, Rng};
+use distill_core::{Mode, Network, Outputs, Result, Rng};
+use distill_nn::layers::dropout;
 
 use super::{gnn_forward, Lin, Pass};
 use crate::{data::Graph, sparse::propagate};
@@ -33,7 +34,7 @@ impl Sage {
         seed: u64,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, graph.device());
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, graph.device());
         let mut sizes = vec![graph.num_features];
         sizes.extend_from_slice(hidden);
         sizes.push(graph.num_classes);

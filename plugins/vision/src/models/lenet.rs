@@ -12,8 +12,9 @@
 //! `penultimate` (Vector, after the ReLU of `fc1`).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarMap};
+use candle_nn::VarMap;
 use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::layers::{Conv2d, ConvConfig, Linear, LinearConfig};
 
 /// Channels of the two convolutions and width of the hidden fully-connected layer.
 const C1: usize = 20;
@@ -49,12 +50,11 @@ impl LeNet5 {
         let (p2h, p2w) = (h2 / 2, w2 / 2);
         let flat = C2 * p2h * p2w;
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, device);
-        let cfg = Conv2dConfig::default();
-        let conv1 = candle_nn::conv2d(c, C1, K, cfg, vb.pp("conv1"))?;
-        let conv2 = candle_nn::conv2d(C1, C2, K, cfg, vb.pp("conv2"))?;
-        let fc1 = candle_nn::linear(flat, FC, vb.pp("fc1"))?;
-        let fc2 = candle_nn::linear(FC, num_classes, vb.pp("fc2"))?;
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device);
+        let conv1 = Conv2d::new(&ConvConfig::new(c, C1, K).padding(0), vb.pp("conv1"))?;
+        let conv2 = Conv2d::new(&ConvConfig::new(C1, C2, K).padding(0), vb.pp("conv2"))?;
+        let fc1 = Linear::new(&LinearConfig::new(flat, FC), vb.pp("fc1"))?;
+        let fc2 = Linear::new(&LinearConfig::new(FC, num_classes), vb.pp("fc2"))?;
         let flops = 2
             * ((c * K * K * C1 * h1 * w1)
                 + (C1 * K * K * C2 * h2 * w2)
@@ -76,15 +76,10 @@ impl LeNet5 {
 impl Network for LeNet5 {
     fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Outputs> {
         super::check_image_input(input, self.input, "lenet5")?;
-        let c1 = distill_core::ops::conv2d_layer_relu_pool(&self.conv1, input, 2)?;
-        let c2 = distill_core::ops::conv2d_layer_relu_pool(&self.conv2, &c1, 2)?;
-        let pen = distill_core::ops::linear(
-            &c2.flatten_from(1)?,
-            self.fc1.weight(),
-            self.fc1.bias(),
-            true,
-        )?;
-        let logits = distill_core::ops::linear(&pen, self.fc2.weight(), self.fc2.bias(), false)?;
+        let c1 = self.conv1.forward_relu_pool(input, 2)?;
+        let c2 = self.conv2.forward_relu_pool(&c1, 2)?;
+        let pen = self.fc1.forward_relu(&c2.flatten_from(1)?)?;
+        let logits = self.fc2.forward(&pen)?;
         Outputs::logits(logits)
             .with_feature("conv1", FeatureKind::Map, c1)?
             .with_feature("conv2", FeatureKind::Map, c2)?

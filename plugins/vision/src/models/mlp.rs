@@ -6,17 +6,18 @@
 //! Features: `hidden1` … `hidden{n}` (`[B, h_i]`, post-ReLU, before dropout) and `penultimate` (= `hidden{n}`).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{Linear, VarMap};
-use distill_core::{nn::dropout, Error, FeatureKind, Mode, Network, Outputs, Result};
+use candle_nn::VarMap;
+use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::{
+    init::seeded_var_builder,
+    layers::{Mlp as MlpLayer, MlpConfig},
+};
 
-/// A multi-layer perceptron over flattened input.
+/// A multi-layer perceptron over flattened input: [`distill_nn::layers::Mlp`] as a [`Network`].
 pub struct Mlp {
-    /// Hidden layers then the output layer.
-    layers: Vec<Linear>,
+    mlp: MlpLayer,
     /// `[in, h1, ..., hn, classes]`.
     sizes: Vec<usize>,
-    dropout: f64,
-    input_dropout: f64,
     varmap: VarMap,
 }
 
@@ -32,30 +33,16 @@ impl Mlp {
         seed: u64,
         device: &Device,
     ) -> Result<Self> {
-        if hidden.is_empty() || hidden.contains(&0) || input_dim == 0 || num_classes == 0 {
-            return Err(Error::config(
-                "model",
-                format!(
-                    "mlp needs positive sizes and at least one hidden layer, got {input_dim}-{hidden:?}-{num_classes}"
-                ),
-            ));
-        }
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, device);
-        let mut sizes = Vec::with_capacity(hidden.len() + 2);
-        sizes.push(input_dim);
-        sizes.extend_from_slice(hidden);
-        sizes.push(num_classes);
-        let layers = sizes
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| candle_nn::linear(w[0], w[1], vb.pp(format!("fc{}", i + 1))))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            sizes,
+        let cfg = MlpConfig {
             dropout,
             input_dropout,
+            ..MlpConfig::new(input_dim, hidden, num_classes)
+        };
+        let mlp = MlpLayer::new(&cfg, seeded_var_builder(&varmap, seed, device))?;
+        Ok(Self {
+            sizes: cfg.sizes(),
+            mlp,
             varmap,
         })
     }
@@ -86,20 +73,11 @@ impl Network for Mlp {
                 input.dims()
             )));
         }
-        let mut x = dropout(&x, self.input_dropout, mode, "mlp.input")?;
-        let (out, hidden) = self.layers.split_last().expect("at least two layers");
-        let mut outputs_features = Vec::with_capacity(hidden.len());
-        for (i, layer) in hidden.iter().enumerate() {
-            let h = distill_core::ops::linear(&x, layer.weight(), layer.bias(), true)?;
-            let name = format!("hidden{}", i + 1);
-            x = dropout(&h, self.dropout, mode, &format!("mlp.{name}"))?;
-            outputs_features.push((name, h));
-        }
-        let logits = distill_core::ops::linear(&x, out.weight(), out.bias(), false)?;
-        let penultimate = outputs_features.last().expect("a hidden layer").1.clone();
-        let mut outputs = Outputs::logits(logits);
-        for (name, h) in outputs_features {
-            outputs = outputs.with_feature(&name, FeatureKind::Vector, h)?;
+        let out = self.mlp.forward_all(&x, mode, "mlp")?;
+        let penultimate = out.hidden.last().expect("a hidden layer").clone();
+        let mut outputs = Outputs::logits(out.output);
+        for (i, h) in out.hidden.into_iter().enumerate() {
+            outputs = outputs.with_feature(&format!("hidden{}", i + 1), FeatureKind::Vector, h)?;
         }
         outputs.with_feature("penultimate", FeatureKind::Vector, penultimate)
     }
@@ -109,19 +87,17 @@ impl Network for Mlp {
     }
 
     fn flops(&self) -> u64 {
-        self.sizes
-            .windows(2)
-            .map(|w| 2 * (w[0] * w[1]) as u64)
-            .sum()
+        self.mlp.flops()
     }
 
     fn describe(&self) -> String {
         let sizes: Vec<String> = self.sizes.iter().map(|s| s.to_string()).collect();
         let mut d = format!("mlp {}", sizes.join("-"));
-        if self.input_dropout > 0.0 || self.dropout > 0.0 {
+        let cfg = self.mlp.config();
+        if cfg.input_dropout > 0.0 || cfg.dropout > 0.0 {
             d.push_str(&format!(
                 " (dropout input {}, hidden {})",
-                self.input_dropout, self.dropout
+                cfg.input_dropout, cfg.dropout
             ));
         }
         d

@@ -10,7 +10,7 @@
 //! | `resnet*`, `wrn-*` | `layer1`, `layer2`, `layer3` (Map, output of each stage), `penultimate` (Vector, pooled) |
 //!
 //! Models are described in a recipe by a [`ModelSpec`] and built with [`build_model`]; parameters are
-//! created through [`distill_core::nn::seeded_var_builder`], so the same seed gives the same weights.
+//! created through [`distill_nn::init::seeded_var_builder`], so the same seed gives the same weights.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};

@@ -27,27 +27,21 @@
 //! (momentum 0.1, unbiased variance, as in PyTorch); in [`Mode::Eval`] the running statistics are used.
 
 use candle_core::{Device, Tensor};
-use candle_nn::{
-    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, Module, VarBuilder, VarMap,
+use candle_nn::{VarBuilder, VarMap};
+use distill_core::{FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::layers::{
+    out_size, BasicBlock, BatchNorm2d as BatchNorm, Conv2d, ConvConfig, Linear, LinearConfig,
 };
-use distill_core::{nn::BasicBlock, FeatureKind, Mode, Network, Outputs, Result};
-
-/// Output size of a 3x3/pad-1 or 1x1/pad-0 convolution with `stride`.
-fn out_size(h: usize, stride: usize) -> usize {
-    (h - 1) / stride + 1
-}
 
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        ..Default::default()
-    };
-    Ok(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?)
+    Conv2d::new(
+        &ConvConfig::new(cin, cout, k).stride(stride).bias(false),
+        vb,
+    )
 }
 
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    Ok(candle_nn::batch_norm(c, BatchNormConfig::default(), vb)?)
+    BatchNorm::new(c, vb)
 }
 
 /// FLOPs (2 per multiply-add) of a `k`x`k` conv `cin -> cout` producing an `h`x`w` map.
@@ -121,7 +115,7 @@ impl ResNet {
         device: &Device,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, device);
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device);
         let [c, mut h, mut w] = input;
         let w0 = cfg.widths[0];
         let conv1 = conv(c, w0, 3, 1, vb.pp("conv1"))?;
@@ -142,7 +136,7 @@ impl ResNet {
             }
             stages.push(blocks);
         }
-        let fc = candle_nn::linear(cin, num_classes, vb.pp("fc"))?;
+        let fc = Linear::new(&LinearConfig::new(cin, num_classes), vb.pp("fc"))?;
         flops += 2 * (cin * num_classes) as u64;
         Ok(Self {
             cfg: cfg.clone(),
@@ -162,12 +156,7 @@ impl Network for ResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         super::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
-        let mut x = distill_core::ops::batch_norm(
-            &self.bn1,
-            &distill_core::ops::conv2d_layer(&self.conv1, input)?,
-            train,
-            true,
-        )?;
+        let mut x = self.bn1.forward(&self.conv1.forward(input)?, train, true)?;
         let mut maps = Vec::with_capacity(3);
         for stage in &self.stages {
             for block in stage {
@@ -271,16 +260,11 @@ impl WideBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let pre = distill_core::ops::batch_norm(&self.bn1, x, train, true)?;
-        let out = distill_core::ops::batch_norm(
-            &self.bn2,
-            &distill_core::ops::conv2d_layer(&self.conv1, &pre)?,
-            train,
-            true,
-        )?;
-        let out = distill_core::ops::conv2d_layer(&self.conv2, &out)?;
+        let pre = self.bn1.forward(x, train, true)?;
+        let out = self.bn2.forward(&self.conv1.forward(&pre)?, train, true)?;
+        let out = self.conv2.forward(&out)?;
         let residual = match &self.shortcut {
-            Some(c) => distill_core::ops::conv2d_layer(c, &pre)?,
+            Some(c) => c.forward(&pre)?,
             None => x.clone(),
         };
         Ok((out + residual)?)
@@ -310,7 +294,7 @@ impl WideResNet {
         device: &Device,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_core::nn::seeded_var_builder(&varmap, seed, device);
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device);
         let [c, mut h, mut w] = input;
         let widths = cfg.widths();
         let conv1 = conv(c, widths[0], 3, 1, vb.pp("conv1"))?;
@@ -334,7 +318,7 @@ impl WideResNet {
             groups.push(blocks);
         }
         let bn1 = bn(cin, vb.pp("bn1"))?;
-        let fc = candle_nn::linear(cin, num_classes, vb.pp("fc"))?;
+        let fc = Linear::new(&LinearConfig::new(cin, num_classes), vb.pp("fc"))?;
         flops += 2 * (cin * num_classes) as u64;
         Ok(Self {
             cfg: cfg.clone(),
@@ -354,7 +338,7 @@ impl Network for WideResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         super::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
-        let mut x = distill_core::ops::conv2d_layer(&self.conv1, input)?;
+        let mut x = self.conv1.forward(input)?;
         let mut maps = Vec::with_capacity(3);
         for group in &self.groups {
             for block in group {
@@ -362,7 +346,7 @@ impl Network for WideResNet {
             }
             maps.push(x.clone());
         }
-        let x = distill_core::ops::batch_norm(&self.bn1, &x, train, true)?;
+        let x = self.bn1.forward(&x, train, true)?;
         let pen = global_avg_pool(&x)?;
         let mut out = Outputs::logits(self.fc.forward(&pen)?);
         for (i, m) in maps.into_iter().enumerate() {

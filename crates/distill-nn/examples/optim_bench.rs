@@ -1,17 +1,17 @@
 //! Times one optimiser step over the parameter shapes of a 784-1200-1200-10 MLP (2.39M parameters): the
-//! fused in-place AdamW/SGD of `distill_core::optim` against candle-nn's AdamW and against this crate's own
+//! fused in-place AdamW/SGD of `distill_nn::optim` against candle-nn's AdamW and against this crate's own
 //! generic (tensor-op) path. Reports numbers only; run in release mode:
 //!
 //! ```text
-//! cargo run --release -p distill-core --example optim_bench
+//! cargo run --release -p distill-nn --example optim_bench
 //! ```
 
 use std::time::Instant;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use candle_nn::Optimizer as _;
-use distill_core::optim::{grad_norm, AdamW, AdamWParams, Optimizer, Sgd, SgdParams};
-use distill_core::{Result, Rng};
+use distill_nn::optim::{grad_norm, AdamW, AdamWParams, Optimizer, Sgd, SgdParams};
+use distill_nn::{Result, Rng};
 
 const SHAPES: [(&str, &[usize]); 6] = [
     ("fc1.weight", &[1200, 784]),

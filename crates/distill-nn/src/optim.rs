@@ -11,8 +11,8 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
-//! use distill_core::optim::{build_optimizer, OptimizerConfig, OptimizerKind};
-//! # fn main() -> distill_core::Result<()> {
+//! use distill_nn::optim::{build_optimizer, OptimizerConfig, OptimizerKind};
+//! # fn main() -> distill_nn::Result<()> {
 //! let w = Var::new(&[1.0f32, -2.0], &Device::Cpu)?;
 //! let cfg = OptimizerConfig {
 //!     kind: OptimizerKind::Sgd,
@@ -39,7 +39,7 @@ use candle_nn::VarMap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::{network::is_buffer, Error, Result};
+use crate::{is_buffer, Error, Result};
 
 /// Which optimiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,10 +15,10 @@ use crate::{Error, Result};
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
-/// # fn main() -> distill_core::Result<()> {
+/// # fn main() -> distill_nn::Result<()> {
 /// let x = Tensor::new(&[[[1f32, 2., 3., 4.]]], &Device::Cpu)?; // [1, 1, 4]
 /// let w = Tensor::new(&[[[1f32, -1.]]], &Device::Cpu)?; // [1, 1, 2]: a difference filter
-/// let y = distill_core::ops::conv1d(&x, &w, None, 1, 0)?;
+/// let y = distill_nn::ops::conv1d(&x, &w, None, 1, 0)?;
 /// assert_eq!(y.to_vec3::<f32>()?, vec![vec![vec![-1f32, -1., -1.]]]);
 /// # Ok(()) }
 /// ```
