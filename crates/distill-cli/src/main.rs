@@ -645,13 +645,16 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             let r = Recipe::load(&recipe, quick)?;
             let plugin = find_plugin(reg, &r.plugin)
                 .with_context(|| format!("{}: `plugin`", recipe.display()))?;
+            // no data is read; the models dir serves networks built on pretrained configs
+            let mut ctx = RunContext::new(dir_from(&None, "DISTILL_DATA", "datasets"), ".");
+            ctx.models_dir = dir_from(&None, "DISTILL_MODELS", "models");
             let s = plugin
-                .check(&r)
+                .check(&r, &ctx)
                 .with_context(|| recipe.display().to_string())?;
             if !quick && r.quick.is_some() {
                 // the [quick] overrides build too (model specs, losses, feature shapes)
                 plugin
-                    .check(&Recipe::load(&recipe, true)?)
+                    .check(&Recipe::load(&recipe, true)?, &ctx)
                     .with_context(|| format!("{} [quick]", recipe.display()))?;
             }
             println!("{}: ok", recipe.display());

@@ -28,15 +28,15 @@ use std::{
 
 use crate::{
     pipeline::CheckSummary,
-    plugin::{Manifest, Plugin, RunContext},
+    plugin::{Manifest, RunContext},
     recipe::Recipe,
     report::RunReport,
     task::{Evaluation, TaskInfo},
-    Error, Network, Outputs, Result,
+    Error, Network, Outputs, Plugin, Result,
 };
 
 /// The plugin ABI version: the layout of [`PluginDeclaration`] and the calling contract of [`Plugin`].
-pub const PLUGIN_ABI_VERSION: u32 = 1;
+pub const PLUGIN_ABI_VERSION: u32 = 2;
 
 // Each fact is written once, as a literal-producing macro, so the plain constant and its NUL-terminated copy
 // for the declaration cannot drift apart.
@@ -225,7 +225,7 @@ impl<P: Plugin> Guarded<P> {
     }
 }
 
-impl<P: Plugin> Plugin for Guarded<P> {
+impl<P: Plugin> crate::Domain for Guarded<P> {
     fn manifest(&self) -> Manifest {
         // A manifest is plain data; a plugin that panics here gets a placeholder naming the failure.
         guard(&self.name, "manifest", || Ok(self.inner.manifest())).unwrap_or_else(|e| Manifest {
@@ -250,12 +250,10 @@ impl<P: Plugin> Plugin for Guarded<P> {
     fn build_network(
         &self,
         model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &candle_core::Device,
+        ctx: &crate::BuildContext,
     ) -> Result<Box<dyn Network>> {
         guard(&self.name, "build_network", || {
-            self.inner.build_network(model, info, seed, device)
+            self.inner.build_network(model, ctx)
         })
     }
     fn check_augment(&self, name: &str) -> Result<()> {
@@ -268,14 +266,17 @@ impl<P: Plugin> Plugin for Guarded<P> {
         spec: &crate::losses::LossSpec,
         student: &Outputs,
         teacher: &Outputs,
-        seed: u64,
+        ctx: &crate::BuildContext,
     ) -> Result<Option<Box<dyn crate::losses::DistillLoss>>> {
         guard(&self.name, "build_loss", || {
-            self.inner.build_loss(spec, student, teacher, seed)
+            self.inner.build_loss(spec, student, teacher, ctx)
         })
     }
-    fn check(&self, recipe: &Recipe) -> Result<CheckSummary> {
-        guard(&self.name, "check", || self.inner.check(recipe))
+}
+
+impl<P: Plugin> Plugin for Guarded<P> {
+    fn check(&self, recipe: &Recipe, ctx: &RunContext) -> Result<CheckSummary> {
+        guard(&self.name, "check", || self.inner.check(recipe, ctx))
     }
     fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
         guard(&self.name, "run", || self.inner.run(recipe, ctx))

@@ -32,6 +32,7 @@ mod outputs;
 pub use distill_nn::{bail, is_buffer, Error, Mode, Result, Rng};
 pub use network::{Network, Teacher};
 pub use outputs::{Batch, Feature, FeatureKind, Outputs};
+mod host;
 pub mod pipeline;
 pub mod plugin;
 pub mod recipe;
@@ -43,5 +44,6 @@ pub mod teacher_cache;
 pub mod testing;
 pub mod train;
 
-pub use plugin::{Manifest, Plugin, RunContext};
+pub use host::Plugin;
+pub use plugin::{BuildContext, Domain, Manifest, RunContext};
 pub use task::{Evaluation, Split, Task, TaskInfo};

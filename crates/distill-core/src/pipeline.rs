@@ -7,10 +7,10 @@ use crate::{
     checkpoint::write_json_atomic,
     losses::{build_core_loss, CORE_LOSSES},
     network::{load_network, save_network},
-    plugin::{Plugin, RunContext},
+    plugin::{BuildContext, Domain, RunContext},
     recipe::Recipe,
     report::{PhaseResult, PhaseSummary, Report, RunReport},
-    task::{Split, Task, TaskInfo},
+    task::{Split, Task},
     teacher_cache::{data_fingerprint, teacher_cache_key, EntryInfo, Lookup, TeacherCache},
     train::{files, finish_phase, train_phase, Objective, PhaseSpec, Term},
     Error, Mode, Network, Result, Rng, Teacher,
@@ -23,7 +23,11 @@ pub fn init_seed(seed: u64, role: &str) -> u64 {
 
 /// Checks a recipe against a plugin without reading data or training: model specs build, augmentation and
 /// loss names are known, and feature-loss taps exist with compatible kinds and shapes (a dry run on zeros).
-pub fn check_recipe<P: Plugin + ?Sized>(plugin: &P, recipe: &Recipe) -> Result<CheckSummary> {
+pub fn check_recipe<P: Domain + ?Sized>(
+    plugin: &P,
+    recipe: &Recipe,
+    ctx: &RunContext,
+) -> Result<CheckSummary> {
     let info = plugin.task_info(recipe)?;
     for (k, a) in [
         ("teacher.augment", &recipe.teacher.augment),
@@ -37,21 +41,18 @@ pub fn check_recipe<P: Plugin + ?Sized>(plugin: &P, recipe: &Recipe) -> Result<C
         }
     }
     let device = candle_core::Device::Cpu;
+    let placeholder = plugin.placeholder_task(recipe)?;
+    let bctx = BuildContext {
+        device: &device,
+        ..BuildContext::new(&info, 0, ctx, placeholder.as_deref())
+    };
     let teacher = plugin
-        .build_network(&recipe.teacher.model, &info, 0, &device)
+        .build_network(&recipe.teacher.model, &bctx)
         .map_err(|e| Error::msg(format!("`teacher.model`: {e}")))?;
     let student = plugin
-        .build_network(&recipe.student.model, &info, 0, &device)
+        .build_network(&recipe.student.model, &bctx)
         .map_err(|e| Error::msg(format!("`student.model`: {e}")))?;
-    let losses = build_losses(
-        plugin,
-        recipe,
-        &info,
-        teacher.as_ref(),
-        student.as_ref(),
-        0,
-        &device,
-    )?;
+    let losses = build_losses(plugin, recipe, teacher.as_ref(), student.as_ref(), &bctx)?;
     Ok(CheckSummary {
         teacher: teacher.describe(),
         student: student.describe(),
@@ -86,17 +87,16 @@ pub struct CheckSummary {
     pub losses: Vec<String>,
 }
 
-fn build_losses<P: Plugin + ?Sized>(
+fn build_losses<P: Domain + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
-    info: &TaskInfo,
     teacher: &dyn Network,
     student: &dyn Network,
-    seed: u64,
-    device: &candle_core::Device,
+    ctx: &BuildContext,
 ) -> Result<Vec<(f64, Term)>> {
+    let (seed, device) = (ctx.seed, ctx.device);
     let mut shape = vec![2];
-    shape.extend_from_slice(&info.input_shape);
+    shape.extend_from_slice(&ctx.info.input_shape);
     let x = candle_core::Tensor::zeros(shape, candle_core::DType::F32, device)?;
     let t_out = teacher.forward(&x, Mode::Eval)?.detach();
     let s_out = student.forward(&x, Mode::Eval)?;
@@ -113,7 +113,15 @@ fn build_losses<P: Plugin + ?Sized>(
         {
             Some(l) => l,
             None => match plugin
-                .build_loss(spec, &s_out, &t_out, loss_seed)
+                .build_loss(
+                    spec,
+                    &s_out,
+                    &t_out,
+                    &BuildContext {
+                        seed: loss_seed,
+                        ..*ctx
+                    },
+                )
                 .map_err(|e| Error::msg(format!("{where_}: {e}")))?
             {
                 Some(l) => l,
@@ -167,7 +175,7 @@ fn phase_spec(
     }
 }
 
-fn teacher_phase<P: Plugin + ?Sized>(
+fn teacher_phase<P: Domain + ?Sized>(
     plugin: &P,
     task: &dyn Task,
     recipe: &Recipe,
@@ -180,9 +188,7 @@ fn teacher_phase<P: Plugin + ?Sized>(
     let info = task.info();
     let net = plugin.build_network(
         &recipe.teacher.model,
-        info,
-        init_seed(seed, "teacher"),
-        &ctx.device,
+        &BuildContext::new(info, init_seed(seed, "teacher"), ctx, Some(task)),
     )?;
     let spec = phase_spec(recipe, ctx, seed, "teacher", seed_dir, recipe_hash);
     if let Some(p) = &recipe.teacher.pretrained {
@@ -290,12 +296,12 @@ fn check_finished_phases(
 /// used directory, or a `--resume` with a changed recipe, is refused unless `ctx.allow_changed` covers every
 /// difference. Callers hold the seed directories' locks ([`crate::run_record::lock_seeds`]) for the whole run
 /// (the CLI does).
-pub fn run_recipe<P: Plugin + ?Sized>(
+pub fn run_recipe<P: Domain + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
     ctx: &RunContext,
 ) -> Result<RunReport> {
-    check_recipe(plugin, recipe)?;
+    check_recipe(plugin, recipe, ctx)?;
     crate::checkpoint::remove_stale_temps(&ctx.out_dir);
     if !ctx.resume {
         for seed in &recipe.seeds {
@@ -340,8 +346,8 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         let teacher = Teacher::new(t_net);
 
         let student_seed = init_seed(seed, "student");
-        let scratch =
-            plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
+        let student_ctx = BuildContext::new(&info, student_seed, ctx, Some(task.as_ref()));
+        let scratch = plugin.build_network(&recipe.student.model, &student_ctx)?;
         let s_res = train_phase(
             task.as_ref(),
             scratch.as_ref(),
@@ -350,16 +356,13 @@ pub fn run_recipe<P: Plugin + ?Sized>(
         )?;
         drop(scratch);
 
-        let student =
-            plugin.build_network(&recipe.student.model, &info, student_seed, &ctx.device)?;
+        let student = plugin.build_network(&recipe.student.model, &student_ctx)?;
         let terms = build_losses(
             plugin,
             recipe,
-            &info,
             teacher.network(),
             student.as_ref(),
-            seed,
-            &ctx.device,
+            &BuildContext::new(&info, seed, ctx, Some(task.as_ref())),
         )?;
         let d_res = train_phase(
             task.as_ref(),
@@ -443,8 +446,8 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
 }
 
 /// Loads the task, builds the network `model`, loads its `weights` and evaluates it on the test split: the
-/// default [`Plugin::evaluate`], behind `distill eval`. Returns the network's description and the evaluation.
-pub fn evaluate_saved<P: Plugin + ?Sized>(
+/// default [`crate::Plugin::evaluate`], behind `distill eval`. Returns the network's description and the evaluation.
+pub fn evaluate_saved<P: Domain + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
     model: &toml::Table,
@@ -452,7 +455,10 @@ pub fn evaluate_saved<P: Plugin + ?Sized>(
     ctx: &RunContext,
 ) -> Result<(String, crate::task::Evaluation)> {
     let task = plugin.load_task(recipe, ctx)?;
-    let net = plugin.build_network(model, task.info(), 0, &ctx.device)?;
+    let net = plugin.build_network(
+        model,
+        &BuildContext::new(task.info(), 0, ctx, Some(task.as_ref())),
+    )?;
     load_network(net.as_ref(), weights, &ctx.device)?;
     let e = evaluate_test(task.as_ref(), net.as_ref(), recipe.data.eval_batch_size)?;
     Ok((net.describe(), e))

@@ -1,13 +1,9 @@
-//! The type-erased, object-safe plugin boundary.
+//! The building blocks of a plugin: [`Domain`], what it offers ([`Manifest`]) and where it runs
+//! ([`RunContext`], [`BuildContext`]).
 //!
 //! A plugin is a domain (image classification, detection, audio, graphs, text): it knows its data sets,
-//! models and domain losses. The generic pipeline ([`crate::pipeline::run_recipe`]) does the rest, so a
-//! plugin's `run` is usually one line.
-//!
-//! The `distill` binary calls only the whole-job methods ([`Plugin::manifest`], [`Plugin::check`],
-//! [`Plugin::run`], [`Plugin::evaluate`]); the others are the plugin's building blocks for the pipeline. That
-//! keeps every tensor of a plugin loaded from a dynamic library inside the library's own copy of candle (see
-//! [`crate::abi`]).
+//! models and domain losses ([`Domain`]). The generic pipeline ([`crate::pipeline`]) does the rest; the
+//! whole-job entry points the `distill` binary calls are [`crate::Plugin`]'s, with defaults.
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     losses::{DistillLoss, LossSpec},
-    pipeline::CheckSummary,
     recipe::Recipe,
-    report::RunReport,
-    task::{Evaluation, Task, TaskInfo},
+    task::{Task, TaskInfo},
     Network, Outputs, Result,
 };
 
@@ -99,22 +93,59 @@ impl RunContext {
     }
 }
 
-/// A domain plugin.
-pub trait Plugin: Send + Sync {
+/// What a network is built for and where: handed to [`Domain::build_network`]. Nothing reaches a plugin
+/// through globals.
+#[derive(Clone, Copy)]
+pub struct BuildContext<'a> {
+    /// The task's shape.
+    pub info: &'a TaskInfo,
+    /// The seed its parameters are initialised from.
+    pub seed: u64,
+    /// Where the parameters live.
+    pub device: &'a Device,
+    /// The models dir (pretrained weights, tokenizers).
+    pub models_dir: &'a Path,
+    /// The data dir.
+    pub data_dir: &'a Path,
+    /// The loaded task; under `distill check`, which reads no data, the [`Domain::placeholder_task`] if any.
+    pub task: Option<&'a dyn Task>,
+}
+
+impl<'a> BuildContext<'a> {
+    /// A context for `info` from a run's context, with `seed` and the loaded `task` if there is one.
+    pub fn new(
+        info: &'a TaskInfo,
+        seed: u64,
+        ctx: &'a RunContext,
+        task: Option<&'a dyn Task>,
+    ) -> Self {
+        Self {
+            info,
+            seed,
+            device: &ctx.device,
+            models_dir: &ctx.models_dir,
+            data_dir: &ctx.data_dir,
+            task,
+        }
+    }
+}
+
+/// A domain: its data sets, networks and losses. The pipeline builds everything else on these; a plugin
+/// also implements [`crate::Plugin`] (usually with an empty `impl`) for the entry points.
+pub trait Domain: Send + Sync {
     /// What it offers.
     fn manifest(&self) -> Manifest;
     /// The task's shape, from the recipe alone (no data read): for `distill check`.
     fn task_info(&self, recipe: &Recipe) -> Result<TaskInfo>;
     /// Loads the data.
     fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>>;
-    /// Builds a network from a recipe's `model` table, its parameters initialised from `seed`.
-    fn build_network(
-        &self,
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Box<dyn Network>>;
+    /// A task of the recipe's shape that reads no data, for `distill check`'s dry run, when networks need a
+    /// task to be built (a GNN holds its graph); none by default.
+    fn placeholder_task(&self, _recipe: &Recipe) -> Result<Option<Box<dyn Task>>> {
+        Ok(None)
+    }
+    /// Builds a network from a recipe's `model` table, its parameters initialised from `ctx.seed`.
+    fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>>;
     /// Checks an augmentation name; none are known by default.
     fn check_augment(&self, name: &str) -> Result<()> {
         Err(crate::Error::Unknown {
@@ -123,32 +154,15 @@ pub trait Plugin: Send + Sync {
             known: String::new(),
         })
     }
-    /// Builds a domain loss, or `Ok(None)` if the name is not one of this plugin's.
+    /// Builds a domain loss from the student's and teacher's outputs on a dry-run batch, or `Ok(None)` if the
+    /// name is not one of this plugin's; its parameters (if any) start from `ctx.seed`.
     fn build_loss(
         &self,
         _spec: &LossSpec,
         _student: &Outputs,
         _teacher: &Outputs,
-        _seed: u64,
+        _ctx: &BuildContext,
     ) -> Result<Option<Box<dyn DistillLoss>>> {
         Ok(None)
-    }
-    /// Validates a recipe without data or training (`distill check`): by default
-    /// [`crate::pipeline::check_recipe`], a dry run on zeros.
-    fn check(&self, recipe: &Recipe) -> Result<CheckSummary> {
-        crate::pipeline::check_recipe(self, recipe)
-    }
-    /// Runs a recipe: usually `distill_core::pipeline::run_recipe(self, recipe, ctx)`.
-    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport>;
-    /// Evaluates saved `weights` of the network `model` on the test split (`distill eval`): by default
-    /// [`crate::pipeline::evaluate_saved`]. Returns the network's description and its evaluation.
-    fn evaluate(
-        &self,
-        recipe: &Recipe,
-        model: &toml::Table,
-        weights: &Path,
-        ctx: &RunContext,
-    ) -> Result<(String, Evaluation)> {
-        crate::pipeline::evaluate_saved(self, recipe, model, weights, ctx)
     }
 }

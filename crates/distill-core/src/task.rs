@@ -79,6 +79,11 @@ pub trait Task: Send + Sync {
     fn batch_order(&self, perm: Vec<usize>, _batch_size: usize, _rng: &mut Rng) -> Vec<usize> {
         perm
     }
+    /// The task as [`std::any::Any`], so its plugin's `build_network` can reach its own task type (a GNN
+    /// needs the graph); `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// Facts about the loaded data for the report's `notes` (e.g. how many bad files were skipped);
     /// none by default.
     fn notes(&self) -> BTreeMap<String, serde_json::Value> {

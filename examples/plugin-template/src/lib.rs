@@ -7,10 +7,9 @@
 pub mod data;
 pub mod model;
 
-use candle_core::Device;
 use distill_core::{
-    pipeline::run_recipe, recipe::Recipe, report::RunReport, task::MetricInfo, Error, Manifest,
-    Network, Plugin, Result, RunContext, Task, TaskInfo,
+    recipe::Recipe, task::MetricInfo, BuildContext, Domain, Error, Manifest, Network, Plugin,
+    Result, RunContext, Task, TaskInfo,
 };
 
 /// The plugin: one data set kind (`csv`), one model kind (`mlp`).
@@ -35,7 +34,9 @@ fn option_usize(recipe: &Recipe, key: &str) -> Result<usize> {
         })
 }
 
-impl Plugin for TabularPlugin {
+impl Plugin for TabularPlugin {}
+
+impl Domain for TabularPlugin {
     fn manifest(&self) -> Manifest {
         Manifest {
             name: "tabular".into(),
@@ -81,18 +82,9 @@ impl Plugin for TabularPlugin {
         )?))
     }
 
-    fn build_network(
-        &self,
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Box<dyn Network>> {
+    fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
+        let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
         Ok(Box::new(model::Mlp::from_table(model, info, seed, device)?))
-    }
-
-    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
-        run_recipe(self, recipe, ctx)
     }
 }
 

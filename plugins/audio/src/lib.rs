@@ -35,7 +35,8 @@ use distill_core::{
     recipe::Recipe,
     report::{PhaseSummary, RunReport, Stat},
     task::MetricInfo,
-    Batch, Error, Manifest, Network, Plugin, Result, Rng, RunContext, Split, Task, TaskInfo,
+    Batch, BuildContext, Domain, Error, Manifest, Network, Plugin, Result, Rng, RunContext, Split,
+    Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -345,6 +346,16 @@ impl Task for AudioTask {
 }
 
 impl Plugin for AudioPlugin {
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
+        let o = options(recipe)?;
+        if o.split.as_deref() == Some("loso") && o.speaker.is_none() {
+            return self.run_loso_all(recipe, ctx);
+        }
+        run_recipe(self, recipe, ctx)
+    }
+}
+
+impl Domain for AudioPlugin {
     fn manifest(&self) -> Manifest {
         Manifest {
             name: "audio-classification".into(),
@@ -439,13 +450,8 @@ impl Plugin for AudioPlugin {
         )?))
     }
 
-    fn build_network(
-        &self,
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Box<dyn Network>> {
+    fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
+        let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
         let spec: ModelSpec = model
             .clone()
             .try_into()
@@ -456,14 +462,6 @@ impl Plugin for AudioPlugin {
 
     fn check_augment(&self, name: &str) -> Result<()> {
         SpecAugment::parse(name).map(|_| ())
-    }
-
-    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
-        let o = options(recipe)?;
-        if o.split.as_deref() == Some("loso") && o.speaker.is_none() {
-            return self.run_loso_all(recipe, ctx);
-        }
-        run_recipe(self, recipe, ctx)
     }
 }
 

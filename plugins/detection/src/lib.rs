@@ -39,12 +39,10 @@ use std::{
 use candle_core::{Device, Tensor};
 use distill_core::{
     losses::{DistillLoss, LossSpec},
-    pipeline::run_recipe,
     recipe::Recipe,
-    report::RunReport,
     task::MetricInfo,
-    Batch, Error, Evaluation, Manifest, Mode, Network, Outputs, Plugin, Result, Rng, RunContext,
-    Split, Task, TaskInfo,
+    Batch, BuildContext, Domain, Error, Evaluation, Manifest, Mode, Network, Outputs, Plugin,
+    Result, Rng, RunContext, Split, Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -320,7 +318,9 @@ impl Task for DetTask {
     }
 }
 
-impl Plugin for DetectionPlugin {
+impl Plugin for DetectionPlugin {}
+
+impl Domain for DetectionPlugin {
     fn manifest(&self) -> Manifest {
         Manifest {
             name: "object-detection".into(),
@@ -440,13 +440,8 @@ impl Plugin for DetectionPlugin {
         )?))
     }
 
-    fn build_network(
-        &self,
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Box<dyn Network>> {
+    fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
+        let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
         let spec: ModelSpec = model
             .clone()
             .try_into()
@@ -464,12 +459,8 @@ impl Plugin for DetectionPlugin {
         spec: &LossSpec,
         student: &Outputs,
         teacher: &Outputs,
-        seed: u64,
+        ctx: &BuildContext,
     ) -> Result<Option<Box<dyn DistillLoss>>> {
-        losses::build_detection_loss(spec, student, teacher, seed)
-    }
-
-    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
-        run_recipe(self, recipe, ctx)
+        losses::build_detection_loss(spec, student, teacher, ctx.seed)
     }
 }

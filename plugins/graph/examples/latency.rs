@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use distill_core::{recipe::Recipe, Error, Plugin, Result, RunContext};
+use distill_core::{recipe::Recipe, BuildContext, Domain, Error, Result, RunContext};
 use distill_graph::{metrics::node_latency, GraphPlugin};
 
 fn main() -> Result<()> {
@@ -61,9 +61,16 @@ fn measure(dir: &Path, data: &Path) -> Result<(String, distill_graph::metrics::N
     let task = plugin.load_task(&recipe, &ctx)?;
     let model: toml::Table =
         toml::from_str(&field("model")?).map_err(|e| Error::data(&card_path, e.to_string()))?;
-    let net = plugin.build_network(&model, task.info(), 0, &ctx.device)?;
+    let net = plugin.build_network(
+        &model,
+        &BuildContext::new(task.info(), 0, &ctx, Some(task.as_ref())),
+    )?;
     distill_core::network::load_network(net.as_ref(), &dir.join("model.safetensors"), &ctx.device)?;
-    let n = plugin.graph().map(|g| g.num_nodes()).unwrap_or(0);
+    let n = task
+        .as_any()
+        .and_then(|t| t.downcast_ref::<distill_graph::GraphTask>())
+        .map(|t| t.graph().num_nodes())
+        .unwrap_or(0);
     let l = node_latency(net.as_ref(), n, 20, 200, &ctx.device)?;
     Ok((net.describe(), l))
 }

@@ -26,21 +26,15 @@ pub mod metrics;
 pub mod models;
 pub mod sparse;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use candle_core::{Device, Tensor};
 use distill_core::{
     losses::{DistillLoss, LossSpec},
-    pipeline::run_recipe,
     recipe::Recipe,
-    report::RunReport,
     task::{evaluate_classification, Evaluation, MetricInfo},
-    Batch, Error, Manifest, Mode, Network, Outputs, Plugin, Result, Rng, RunContext, Split, Task,
-    TaskInfo,
+    Batch, BuildContext, Domain, Error, Manifest, Mode, Network, Outputs, Plugin, Result, Rng,
+    RunContext, Split, Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -55,14 +49,10 @@ pub const DATASETS: &[&str] = &["cora", "graph-folder"];
 /// Losses this plugin adds.
 pub const LOSSES: &[&str] = &["glnn", "lsp"];
 
-/// The graph plugin.
-///
-/// It remembers the graph its last `load_task` read (or, before any, a placeholder of the recipe's shape
-/// for `distill check`), because its networks hold the graph they run on.
+/// The graph plugin. Its networks hold the graph they run on: [`Domain::build_network`] takes it from the
+/// loaded [`GraphTask`] (or, under `distill check`, from a placeholder task of the recipe's shape).
 #[derive(Default)]
-pub struct GraphPlugin {
-    graph: Mutex<Option<Arc<Graph>>>,
-}
+pub struct GraphPlugin;
 
 /// `[data.options]` of a graph recipe.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,23 +115,6 @@ fn shape_of(recipe: &Recipe, o: &GraphOptions) -> Result<(usize, usize)> {
     }
 }
 
-impl GraphPlugin {
-    fn current(&self) -> Option<Arc<Graph>> {
-        self.graph.lock().ok().and_then(|g| g.clone())
-    }
-
-    fn set(&self, g: Arc<Graph>) {
-        if let Ok(mut slot) = self.graph.lock() {
-            *slot = Some(g);
-        }
-    }
-
-    /// The graph networks are built on now (the last loaded one).
-    pub fn graph(&self) -> Option<Arc<Graph>> {
-        self.current()
-    }
-}
-
 /// A graph with `f` zero features, `c` classes and two joined nodes: what networks are built on for a dry run.
 fn placeholder(name: &str, f: usize, c: usize) -> Result<Graph> {
     let x = Tensor::zeros((2, f), candle_core::DType::F32, &Device::Cpu)?;
@@ -201,6 +174,9 @@ impl GraphTask {
 }
 
 impl Task for GraphTask {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
     fn info(&self) -> &TaskInfo {
         &self.info
     }
@@ -271,7 +247,9 @@ impl Task for GraphTask {
     }
 }
 
-impl Plugin for GraphPlugin {
+impl Plugin for GraphPlugin {}
+
+impl Domain for GraphPlugin {
     fn manifest(&self) -> Manifest {
         Manifest {
             name: "graph".into(),
@@ -292,7 +270,7 @@ impl Plugin for GraphPlugin {
 
     fn task_info(&self, recipe: &Recipe) -> Result<TaskInfo> {
         let o = options(recipe)?;
-        let (f, c) = shape_of(recipe, &o)?;
+        let (_f, c) = shape_of(recipe, &o)?;
         if o.distill_nodes == "all" {
             for (i, l) in recipe.distill.losses.iter().enumerate() {
                 if l.name == "ce" || l.name == "dkd" {
@@ -306,12 +284,6 @@ impl Plugin for GraphPlugin {
                     ));
                 }
             }
-        }
-        let fits = self
-            .current()
-            .is_some_and(|g| g.name == recipe.dataset && g.num_features == f && g.num_classes == c);
-        if !fits {
-            self.set(Arc::new(placeholder(&recipe.dataset, f, c)?));
         }
         Ok(TaskInfo {
             dataset: recipe.dataset.clone(),
@@ -359,33 +331,43 @@ impl Plugin for GraphPlugin {
                 "`train_limit` and `test_limit` are not supported on graphs (the splits are the split_*.txt files)",
             ));
         }
-        self.set(g.clone());
         Ok(Box::new(GraphTask::new(info, g, o.distill_nodes == "all")))
     }
 
-    fn build_network(
-        &self,
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        _device: &Device,
-    ) -> Result<Box<dyn Network>> {
+    fn placeholder_task(&self, recipe: &Recipe) -> Result<Option<Box<dyn Task>>> {
+        let info = self.task_info(recipe)?;
+        let o = options(recipe)?;
+        let (f, c) = shape_of(recipe, &o)?;
+        let g = Arc::new(placeholder(&recipe.dataset, f, c)?);
+        Ok(Some(Box::new(GraphTask::new(
+            info,
+            g,
+            o.distill_nodes == "all",
+        ))))
+    }
+
+    fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
         let spec: ModelSpec = model
             .clone()
             .try_into()
             .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
-        let graph = self.current().ok_or_else(|| {
-            Error::msg(
-                "the graph plugin builds networks over a graph: call task_info or load_task first",
-            )
-        })?;
-        if graph.num_classes != info.num_classes {
+        let graph = ctx
+            .task
+            .and_then(|t| t.as_any())
+            .and_then(|t| t.downcast_ref::<GraphTask>())
+            .map(|t| t.graph.clone())
+            .ok_or_else(|| {
+                Error::msg(
+                    "the graph plugin builds networks over a graph: it needs its own loaded task",
+                )
+            })?;
+        if graph.num_classes != ctx.info.num_classes {
             return Err(Error::Shape(format!(
                 "the loaded graph has {} classes, the task {}",
-                graph.num_classes, info.num_classes
+                graph.num_classes, ctx.info.num_classes
             )));
         }
-        build_model(&spec, graph, seed)
+        build_model(&spec, graph, ctx.seed)
     }
 
     fn build_loss(
@@ -393,7 +375,7 @@ impl Plugin for GraphPlugin {
         spec: &LossSpec,
         student: &Outputs,
         teacher: &Outputs,
-        _seed: u64,
+        ctx: &BuildContext,
     ) -> Result<Option<Box<dyn DistillLoss>>> {
         let extra = |allowed: &[&str]| -> Result<()> {
             let set: Vec<(&str, bool)> = vec![
@@ -454,16 +436,15 @@ impl Plugin for GraphPlugin {
                 extra(&["student_feature", "teacher_feature"])?;
                 let sf = spec.student_feature.as_deref().unwrap_or("hidden1");
                 let tf = spec.teacher_feature.as_deref().unwrap_or("hidden1");
-                let graph = self
-                    .current()
+                let graph = ctx
+                    .task
+                    .and_then(|t| t.as_any())
+                    .and_then(|t| t.downcast_ref::<GraphTask>())
+                    .map(|t| t.graph.clone())
                     .ok_or_else(|| Error::msg("lsp: no graph loaded"))?;
                 Ok(Some(Box::new(Lsp::new(sf, tf, student, teacher, graph)?)))
             }
             _ => Ok(None),
         }
-    }
-
-    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
-        run_recipe(self, recipe, ctx)
     }
 }

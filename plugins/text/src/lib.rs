@@ -30,17 +30,13 @@ pub mod models;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
-use candle_core::Device;
 use distill_core::{
     losses::{DistillLoss, LossSpec},
-    pipeline::{evaluate_saved, run_recipe},
     recipe::Recipe,
-    report::RunReport,
-    task::Evaluation,
-    Error, Manifest, Network, Outputs, Plugin, Result, RunContext, Task, TaskInfo,
+    BuildContext, Domain, Error, Manifest, Network, Outputs, Plugin, Result, RunContext, Task,
+    TaskInfo,
 };
 use serde::Deserialize;
 
@@ -55,12 +51,9 @@ use crate::{
 /// Data sets this plugin reads.
 pub const DATASETS: &[&str] = &["sst2", "stsb", "tsv-classification"];
 
-/// The text plugin. It remembers the models dir of the run in progress (networks read pretrained weights
-/// from it); before any run, `$DISTILL_MODELS` or `models/`.
+/// The text plugin. Its networks read pretrained weights from the run's models dir ([`BuildContext`]).
 #[derive(Default)]
-pub struct TextPlugin {
-    models_dir: Mutex<Option<PathBuf>>,
-}
+pub struct TextPlugin;
 
 /// `[data.options]` of a text recipe.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -107,28 +100,13 @@ fn options(recipe: &Recipe) -> Result<TextOptions> {
     }
 }
 
-impl TextPlugin {
-    fn models_dir(&self) -> PathBuf {
-        self.models_dir
-            .lock()
-            .expect("models dir lock")
-            .clone()
-            .or_else(|| std::env::var_os("DISTILL_MODELS").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("models"))
-    }
-
-    fn set_models_dir(&self, dir: &Path) {
-        *self.models_dir.lock().expect("models dir lock") = Some(dir.to_path_buf());
-    }
-
-    fn tokenizer(&self, o: &TextOptions) -> Result<TextTokenizer> {
-        let model = o
-            .model
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("all-MiniLM-L6-v2"));
-        let path = resolve(&self.models_dir(), &model).join("tokenizer.json");
-        TextTokenizer::from_file(&path, o.max_len.unwrap_or(DEFAULT_MAX_LEN))
-    }
+fn tokenizer(models_dir: &Path, o: &TextOptions) -> Result<TextTokenizer> {
+    let model = o
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("all-MiniLM-L6-v2"));
+    let path = resolve(models_dir, &model).join("tokenizer.json");
+    TextTokenizer::from_file(&path, o.max_len.unwrap_or(DEFAULT_MAX_LEN))
 }
 
 fn take<T>(v: Vec<T>, limit: Option<usize>) -> Vec<T> {
@@ -138,7 +116,9 @@ fn take<T>(v: Vec<T>, limit: Option<usize>) -> Vec<T> {
     }
 }
 
-impl Plugin for TextPlugin {
+impl Plugin for TextPlugin {}
+
+impl Domain for TextPlugin {
     fn manifest(&self) -> Manifest {
         Manifest {
             name: "text".into(),
@@ -182,10 +162,9 @@ impl Plugin for TextPlugin {
     }
 
     fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
-        self.set_models_dir(&ctx.models_dir);
         let o = options(recipe)?;
         let info = self.task_info(recipe)?;
-        let tok = self.tokenizer(&o)?;
+        let tok = tokenizer(&ctx.models_dir, &o)?;
         let val_n = recipe.data.validation;
         let mut notes = BTreeMap::new();
         notes.insert("max_len".to_string(), serde_json::json!(tok.max_len()));
@@ -264,25 +243,19 @@ impl Plugin for TextPlugin {
         Ok(task)
     }
 
-    fn build_network(
-        &self,
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Box<dyn Network>> {
+    fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
         let spec = ModelSpec::parse(model)?;
-        let head = if info.input_shape.len() == 2 {
+        let head = if ctx.info.input_shape.len() == 2 {
             Head::Embed
         } else {
-            Head::Classify(info.num_classes)
+            Head::Classify(ctx.info.num_classes)
         };
         Ok(Box::new(build_model(
             &spec,
             head,
-            &self.models_dir(),
-            seed,
-            device,
+            ctx.models_dir,
+            ctx.seed,
+            ctx.device,
         )?))
     }
 
@@ -291,24 +264,8 @@ impl Plugin for TextPlugin {
         spec: &LossSpec,
         student: &Outputs,
         teacher: &Outputs,
-        seed: u64,
+        ctx: &BuildContext,
     ) -> Result<Option<Box<dyn DistillLoss>>> {
-        losses::build(spec, student, teacher, seed)
-    }
-
-    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
-        self.set_models_dir(&ctx.models_dir);
-        run_recipe(self, recipe, ctx)
-    }
-
-    fn evaluate(
-        &self,
-        recipe: &Recipe,
-        model: &toml::Table,
-        weights: &Path,
-        ctx: &RunContext,
-    ) -> Result<(String, Evaluation)> {
-        self.set_models_dir(&ctx.models_dir);
-        evaluate_saved(self, recipe, model, weights, ctx)
+        losses::build(spec, student, teacher, ctx.seed)
     }
 }

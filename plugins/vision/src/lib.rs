@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use distill_core::{
-    pipeline::run_recipe, recipe::Recipe, report::RunReport, task::MetricInfo, Batch, Error,
-    Manifest, Network, Plugin, Result, Rng, RunContext, Split, Task, TaskInfo,
+    recipe::Recipe, task::MetricInfo, Batch, BuildContext, Domain, Error, Manifest, Network,
+    Plugin, Result, Rng, RunContext, Split, Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -231,7 +231,9 @@ impl Task for VisionTask {
     }
 }
 
-impl Plugin for VisionPlugin {
+impl Plugin for VisionPlugin {}
+
+impl Domain for VisionPlugin {
     fn manifest(&self) -> Manifest {
         Manifest {
             name: "image-classification".into(),
@@ -313,13 +315,8 @@ impl Plugin for VisionPlugin {
         )?))
     }
 
-    fn build_network(
-        &self,
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Box<dyn Network>> {
+    fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
+        let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
         let spec: ModelSpec = model
             .clone()
             .try_into()
@@ -330,9 +327,5 @@ impl Plugin for VisionPlugin {
 
     fn check_augment(&self, name: &str) -> Result<()> {
         parse_augment(name).map(|_| ())
-    }
-
-    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
-        run_recipe(self, recipe, ctx)
     }
 }

@@ -1,16 +1,15 @@
 //! A plugin that panics in `run` (and whose task checks pass), for the registry tests: the panic must come
 //! back to `distill` as an error, never unwind across the library boundary or abort the process.
 
-use candle_core::Device;
 use distill_core::{
-    recipe::Recipe, report::RunReport, task::MetricInfo, Error, Manifest, Network, Plugin, Result,
-    RunContext, Task, TaskInfo,
+    recipe::Recipe, report::RunReport, task::MetricInfo, BuildContext, Domain, Error, Manifest,
+    Network, Plugin, Result, RunContext, Task, TaskInfo,
 };
 
 /// Panics when run.
 pub struct Panicky;
 
-impl Plugin for Panicky {
+impl Domain for Panicky {
     fn manifest(&self) -> Manifest {
         Manifest {
             name: "panicky".into(),
@@ -37,15 +36,12 @@ impl Plugin for Panicky {
     fn load_task(&self, _recipe: &Recipe, _ctx: &RunContext) -> Result<Box<dyn Task>> {
         Err(Error::msg("panicky has no data"))
     }
-    fn build_network(
-        &self,
-        _model: &toml::Table,
-        _info: &TaskInfo,
-        _seed: u64,
-        _device: &Device,
-    ) -> Result<Box<dyn Network>> {
+    fn build_network(&self, _model: &toml::Table, _ctx: &BuildContext) -> Result<Box<dyn Network>> {
         Err(Error::msg("panicky has no models"))
     }
+}
+
+impl Plugin for Panicky {
     fn run(&self, _recipe: &Recipe, _ctx: &RunContext) -> Result<RunReport> {
         let v: Vec<u32> = Vec::new();
         // an out-of-bounds index: a plugin bug of the most ordinary kind
