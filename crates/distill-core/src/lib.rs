@@ -28,10 +28,12 @@ pub mod checkpoint;
 pub mod losses;
 pub mod network;
 mod outputs;
+mod phase;
 
 pub use distill_nn::{bail, is_buffer, Error, Mode, Result, Rng};
 pub use network::{Network, Teacher};
 pub use outputs::{Batch, Feature, FeatureKind, Outputs};
+pub use phase::Phase;
 mod host;
 pub mod pipeline;
 pub mod plugin;

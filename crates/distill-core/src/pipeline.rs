@@ -13,7 +13,7 @@ use crate::{
     task::{Split, Task},
     teacher_cache::{data_fingerprint, teacher_cache_key, EntryInfo, Lookup, TeacherCache},
     train::{files, finish_phase, train_phase, Objective, PhaseSpec, Term},
-    Error, Mode, Network, Result, Rng, Teacher,
+    Error, Mode, Network, Phase, Result, Rng, Teacher,
 };
 
 /// The seed each role's weights are initialised from: scratch and distilled students share theirs.
@@ -147,29 +147,29 @@ fn phase_spec(
     recipe: &Recipe,
     ctx: &RunContext,
     seed: u64,
-    name: &str,
+    phase: Phase,
     dir: &Path,
     recipe_hash: &str,
 ) -> PhaseSpec {
-    let config = match name {
-        "teacher" => recipe.teacher.clone(),
-        "scratch" => recipe.student.clone(),
-        _ => recipe.distilled_phase(),
+    let config = match phase {
+        Phase::Teacher => recipe.teacher.clone(),
+        Phase::Scratch => recipe.student.clone(),
+        Phase::Distilled => recipe.distilled_phase(),
     };
     let mut config = config;
     if config.augment.as_deref() == Some("none") {
         config.augment = None;
     }
     PhaseSpec {
-        name: name.to_string(),
+        phase,
         config,
         seed,
         batch_size: recipe.data.batch_size,
         eval_batch_size: recipe.data.eval_batch_size,
-        dir: dir.join(name),
+        dir: dir.join(phase.name()),
         resume: ctx.resume,
         quiet: ctx.quiet,
-        label: format!("{name} s{seed}"),
+        label: format!("{phase} s{seed}"),
         recipe_hash: recipe_hash.to_string(),
         no_training: ctx.no_training,
     }
@@ -190,7 +190,7 @@ fn teacher_phase<P: Domain + ?Sized>(
         &recipe.teacher.model,
         &BuildContext::new(info, init_seed(seed, "teacher"), ctx, Some(task)),
     )?;
-    let spec = phase_spec(recipe, ctx, seed, "teacher", seed_dir, recipe_hash);
+    let spec = phase_spec(recipe, ctx, seed, Phase::Teacher, seed_dir, recipe_hash);
     if let Some(p) = &recipe.teacher.pretrained {
         let path = if p.is_absolute() {
             p.clone()
@@ -268,14 +268,14 @@ fn check_finished_phases(
         for c in changes {
             for phase in crate::run_record::phases_fed_by(&c.key) {
                 let own_epochs = match *phase {
-                    "teacher" => c.key == "teacher.epochs",
-                    "scratch" => c.key == "student.epochs",
-                    _ => {
+                    Phase::Teacher => c.key == "teacher.epochs",
+                    Phase::Scratch => c.key == "student.epochs",
+                    Phase::Distilled => {
                         c.key == "distill.epochs"
                             || (c.key == "student.epochs" && recipe.distill.epochs.is_none())
                     }
                 };
-                let dir = ctx.out_dir.join(format!("seed-{seed}")).join(phase);
+                let dir = ctx.out_dir.join(format!("seed-{seed}")).join(phase.name());
                 if !own_epochs && dir.join(files::RESULT).exists() {
                     return Err(Error::msg(format!(
                         "--allow-changed {}: {} has finished with the old value, and {c} changes what it \
@@ -352,7 +352,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
             task.as_ref(),
             scratch.as_ref(),
             Objective::Task,
-            &phase_spec(recipe, ctx, seed, "scratch", &seed_dir, hash),
+            &phase_spec(recipe, ctx, seed, Phase::Scratch, &seed_dir, hash),
         )?;
         drop(scratch);
 
@@ -371,7 +371,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
                 teacher: &teacher,
                 terms,
             },
-            &phase_spec(recipe, ctx, seed, "distilled", &seed_dir, hash),
+            &phase_spec(recipe, ctx, seed, Phase::Distilled, &seed_dir, hash),
         )?;
         if !ctx.quiet {
             eprintln!(

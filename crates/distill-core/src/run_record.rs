@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     checkpoint::{read_json, write_json_atomic},
     recipe::Recipe,
-    Error, Result,
+    Error, Phase, Result,
 };
 
 /// The run record's file name inside a run directory.
@@ -141,15 +141,15 @@ pub fn key_allowed(key: &str, allow: &[String]) -> bool {
     })
 }
 
-/// The phases (`teacher`, `scratch`, `distilled`) whose training a recipe key feeds.
-pub fn phases_fed_by(key: &str) -> &'static [&'static str] {
+/// The phases whose training a recipe key feeds.
+pub fn phases_fed_by(key: &str) -> &'static [Phase] {
     let top = key.split(['.', '[']).next().unwrap_or(key);
     match top {
         "name" | "description" => &[],
-        "teacher" => &["teacher", "distilled"],
-        "student" => &["scratch", "distilled"],
-        "distill" => &["distilled"],
-        _ => &crate::train::files::PHASES,
+        "teacher" => &[Phase::Teacher, Phase::Distilled],
+        "student" => &[Phase::Scratch, Phase::Distilled],
+        "distill" => &[Phase::Distilled],
+        _ => &Phase::ALL,
     }
 }
 
@@ -223,8 +223,8 @@ fn has_trained(out_dir: &Path) -> bool {
     };
     seeds.flatten().any(|seed| {
         seed.file_name().to_string_lossy().starts_with("seed-")
-            && crate::train::files::PHASES.iter().any(|p| {
-                let d = seed.path().join(p);
+            && Phase::ALL.iter().any(|p| {
+                let d = seed.path().join(p.name());
                 d.join("state.json").exists() || d.join("result.json").exists()
             })
     })
@@ -430,8 +430,14 @@ epochs = 1
 
     #[test]
     fn phases_fed_by_keys() {
-        assert_eq!(phases_fed_by("teacher.epochs"), ["teacher", "distilled"]);
-        assert_eq!(phases_fed_by("distill.losses[0].weight"), ["distilled"]);
+        assert_eq!(
+            phases_fed_by("teacher.epochs"),
+            [Phase::Teacher, Phase::Distilled]
+        );
+        assert_eq!(
+            phases_fed_by("distill.losses[0].weight"),
+            [Phase::Distilled]
+        );
         assert_eq!(phases_fed_by("data.batch_size").len(), 3);
         assert!(phases_fed_by("description").is_empty());
     }

@@ -18,7 +18,7 @@ use crate::{
     recipe::PhaseConfig,
     report::{EpochRecord, Latency, PhaseResult},
     task::{Split, Task},
-    Batch, Error, Mode, Network, Outputs, Result, Rng, Teacher,
+    Batch, Error, Mode, Network, Outputs, Phase, Result, Rng, Teacher,
 };
 use distill_nn::optim::{build_optimizer, clip_grad_norm};
 
@@ -55,8 +55,8 @@ pub enum Objective<'a> {
 /// Settings of one phase run.
 #[derive(Debug, Clone)]
 pub struct PhaseSpec {
-    /// `teacher`, `scratch` or `distilled`.
-    pub name: String,
+    /// Which phase.
+    pub phase: Phase,
     /// The phase's training config.
     pub config: PhaseConfig,
     /// Run seed.
@@ -351,11 +351,11 @@ pub fn train_phase(
         } else {
             None
         };
-        let perm = Rng::derive(spec.seed, &[&"shuffle", &spec.name, &epoch]).permutation(n);
+        let perm = Rng::derive(spec.seed, &[&"shuffle", &spec.phase, &epoch]).permutation(n);
         let perm = task.batch_order(
             perm,
             bs,
-            &mut Rng::derive(spec.seed, &[&"batch-order", &spec.name, &epoch]),
+            &mut Rng::derive(spec.seed, &[&"batch-order", &spec.phase, &epoch]),
         );
         if perm.len() != n {
             return Err(Error::msg(format!(
@@ -375,10 +375,10 @@ pub fn train_phase(
                 cfg.epochs,
             );
             optim.set_learning_rate(lr);
-            let mut rng = Rng::derive(spec.seed, &[&"augment", &spec.name, &epoch, &step]);
+            let mut rng = Rng::derive(spec.seed, &[&"augment", &spec.phase, &epoch, &step]);
             let batch = task.batch(Split::Train, idx, cfg.augment.as_deref(), &mut rng)?;
             let step_seed =
-                Rng::derive(spec.seed, &[&"step", &spec.name, &epoch, &step]).next_u64();
+                Rng::derive(spec.seed, &[&"step", &spec.phase, &epoch, &step]).next_u64();
             let out = net.forward(&batch.inputs, Mode::Train { seed: step_seed })?;
             let t_out = match (teacher, &cache) {
                 (_, Some(c)) => Some(c.outputs(&batch)?),

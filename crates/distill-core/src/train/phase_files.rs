@@ -79,7 +79,11 @@ pub mod files {
     /// Per-epoch metrics, one JSON object a line.
     pub const METRICS: &str = "metrics.jsonl";
     /// The phases of a run, each a directory of a seed's directory (`seed-N/teacher/`, ...).
-    pub const PHASES: [&str; 3] = ["teacher", "scratch", "distilled"];
+    pub const PHASES: [&str; 3] = [
+        crate::Phase::Teacher.name(),
+        crate::Phase::Scratch.name(),
+        crate::Phase::Distilled.name(),
+    ];
 }
 
 /// Everything a checkpoint holds, under `model.`, `loss{i}.` and `optim.` prefixes.
