@@ -47,11 +47,17 @@ pub fn check_recipe<P: Domain + ?Sized>(
         ..BuildContext::new(&info, 0, ctx, placeholder.as_deref())
     };
     let teacher = plugin
-        .build_network(&recipe.teacher.model, &bctx)
-        .map_err(|e| Error::msg(format!("`teacher.model`: {e}")))?;
+        .build_network(
+            &recipe.teacher.model,
+            &bctx.for_model(recipe, "teacher.model"),
+        )
+        .map_err(|e| located(e, "teacher.model"))?;
     let student = plugin
-        .build_network(&recipe.student.model, &bctx)
-        .map_err(|e| Error::msg(format!("`student.model`: {e}")))?;
+        .build_network(
+            &recipe.student.model,
+            &bctx.for_model(recipe, "student.model"),
+        )
+        .map_err(|e| located(e, "student.model"))?;
     let losses = build_losses(plugin, recipe, teacher.as_ref(), student.as_ref(), &bctx)?;
     Ok(CheckSummary {
         teacher: teacher.describe(),
@@ -63,6 +69,14 @@ pub fn check_recipe<P: Domain + ?Sized>(
             .map(|(w, t)| format!("{} × {w}", term_name(t)))
             .collect(),
     })
+}
+
+/// `e` prefixed with `key`, unless it already names its place in the recipe file.
+fn located(e: Error, key: &str) -> Error {
+    match e {
+        Error::Config { .. } => e,
+        e => Error::msg(format!("`{key}`: {e}")),
+    }
 }
 
 fn term_name(t: &Term) -> String {
@@ -188,7 +202,8 @@ fn teacher_phase<P: Domain + ?Sized>(
     let info = task.info();
     let net = plugin.build_network(
         &recipe.teacher.model,
-        &BuildContext::new(info, init_seed(seed, "teacher"), ctx, Some(task)),
+        &BuildContext::new(info, init_seed(seed, "teacher"), ctx, Some(task))
+            .for_model(recipe, "teacher.model"),
     )?;
     let spec = phase_spec(recipe, ctx, seed, Phase::Teacher, seed_dir, recipe_hash);
     if let Some(p) = &recipe.teacher.pretrained {
@@ -346,7 +361,8 @@ pub fn run_recipe<P: Domain + ?Sized>(
         let teacher = Teacher::new(t_net);
 
         let student_seed = init_seed(seed, "student");
-        let student_ctx = BuildContext::new(&info, student_seed, ctx, Some(task.as_ref()));
+        let student_ctx = BuildContext::new(&info, student_seed, ctx, Some(task.as_ref()))
+            .for_model(recipe, "student.model");
         let scratch = plugin.build_network(&recipe.student.model, &student_ctx)?;
         let s_res = train_phase(
             task.as_ref(),

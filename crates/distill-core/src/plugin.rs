@@ -109,6 +109,11 @@ pub struct BuildContext<'a> {
     pub data_dir: &'a Path,
     /// The loaded task; under `distill check`, which reads no data, the [`Domain::placeholder_task`] if any.
     pub task: Option<&'a dyn Task>,
+    /// The recipe the model table comes from, and the table's key (`teacher.model`, `student.model`), so
+    /// [`BuildContext::model`] can locate a mistake in the file.
+    pub recipe: Option<&'a Recipe>,
+    /// See `recipe`.
+    pub model_key: &'a str,
 }
 
 impl<'a> BuildContext<'a> {
@@ -126,6 +131,31 @@ impl<'a> BuildContext<'a> {
             models_dir: &ctx.models_dir,
             data_dir: &ctx.data_dir,
             task,
+            recipe: None,
+            model_key: "model",
+        }
+    }
+
+    /// The same for the model table at `key` of `recipe`.
+    pub fn for_model(self, recipe: &'a Recipe, key: &'a str) -> Self {
+        Self {
+            recipe: Some(recipe),
+            model_key: key,
+            ..self
+        }
+    }
+
+    /// Parses a model table as the plugin's own type `T` (`#[serde(deny_unknown_fields)]`): a mistake is an
+    /// error naming the recipe file, line and column ([`Recipe::typed`]).
+    pub fn model<T: serde::de::DeserializeOwned>(&self, table: &toml::Table) -> Result<T> {
+        match self.recipe {
+            Some(r) => r.typed(self.model_key, table),
+            None => table.clone().try_into().map_err(|e: toml::de::Error| {
+                crate::Error::config(
+                    format!("`{}`", self.model_key),
+                    e.message().trim().to_string(),
+                )
+            }),
         }
     }
 }

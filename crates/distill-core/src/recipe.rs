@@ -32,8 +32,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod typed;
+
 use crate::{losses::LossSpec, Error, Result};
 use distill_nn::optim::{OptimizerConfig, ScheduleConfig};
+pub use typed::RecipeSource;
 
 fn default_seeds() -> Vec<u64> {
     vec![0]
@@ -73,6 +76,26 @@ pub struct Recipe {
     /// Overrides applied by `--quick` (same layout as the recipe; tables merge key by key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quick: Option<toml::Table>,
+    /// The text it was parsed from, for errors in plugin tables parsed later ([`Recipe::typed`]).
+    #[serde(skip)]
+    pub source: Source,
+}
+
+/// Where a recipe came from; never part of its value (equal for any two recipes, not serialized).
+#[derive(Debug, Clone, Default)]
+pub struct Source(Option<std::sync::Arc<RecipeSource>>);
+
+impl PartialEq for Source {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::ops::Deref for Source {
+    type Target = Option<std::sync::Arc<RecipeSource>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// Data options common to every plugin.
@@ -299,6 +322,11 @@ impl Recipe {
             recipe
         };
         recipe.validate(path)?;
+        let mut recipe = recipe;
+        recipe.source = Source(Some(std::sync::Arc::new(RecipeSource {
+            path: path.to_string(),
+            text: text.to_string(),
+        })));
         Ok(recipe)
     }
 
@@ -330,6 +358,7 @@ impl Recipe {
             .map_err(|e| Error::config(overrides_label, e.message().trim().replace('\n', " ")))?;
         r.quick = base.quick.clone();
         r.validate(overrides_label)?;
+        r.source = base.source.clone();
         Ok(r)
     }
 

@@ -72,12 +72,7 @@ struct AudioOptions {
 }
 
 fn options(recipe: &Recipe) -> Result<AudioOptions> {
-    let o: AudioOptions = match &recipe.data.options {
-        None => AudioOptions::default(),
-        Some(t) => t.clone().try_into().map_err(|e: toml::de::Error| {
-            Error::config("data.options", e.message().trim().to_string())
-        })?,
-    };
+    let o: AudioOptions = recipe.options()?;
     o.frontend.validate()?;
     match o.split.as_deref() {
         None | Some("official") => {
@@ -452,10 +447,7 @@ impl Domain for AudioPlugin {
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
         let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
-        let spec: ModelSpec = model
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        let spec: ModelSpec = ctx.model(model)?;
         let s = &info.input_shape;
         build_model(&spec, [s[0], s[1], s[2]], info.num_classes, seed, device)
     }

@@ -77,12 +77,7 @@ struct DetOptions {
 }
 
 fn options(recipe: &Recipe) -> Result<DetOptions> {
-    let o: DetOptions = match &recipe.data.options {
-        None => DetOptions::default(),
-        Some(t) => t.clone().try_into().map_err(|e: toml::de::Error| {
-            Error::config("data.options", e.message().trim().to_string())
-        })?,
-    };
+    let o: DetOptions = recipe.options()?;
     o.postprocess.validate()?;
     if let Some(d) = &o.digits {
         if recipe.dataset != "digits-canvas" {
@@ -442,10 +437,7 @@ impl Domain for DetectionPlugin {
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
         let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
-        let spec: ModelSpec = model
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        let spec: ModelSpec = ctx.model(model)?;
         let s = &info.input_shape;
         build_model(&spec, s[0], s[1], info.num_classes, seed, device)
     }

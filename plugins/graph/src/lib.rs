@@ -80,10 +80,10 @@ fn all() -> String {
 }
 
 fn options(recipe: &Recipe) -> Result<GraphOptions> {
-    let t = recipe.data.options.clone().unwrap_or_default();
-    let o: GraphOptions = t.try_into().map_err(|e: toml::de::Error| {
-        Error::config("data.options", e.message().trim().to_string())
-    })?;
+    let o: GraphOptions = recipe.typed(
+        "data.options",
+        &recipe.data.options.clone().unwrap_or_default(),
+    )?;
     if o.distill_nodes != "all" && o.distill_nodes != "train" {
         return Err(Error::config(
             "data.options",
@@ -347,10 +347,7 @@ impl Domain for GraphPlugin {
     }
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
-        let spec: ModelSpec = model
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        let spec: ModelSpec = ctx.model(model)?;
         let graph = ctx
             .task
             .and_then(|t| t.as_any())

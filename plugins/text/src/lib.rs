@@ -75,12 +75,7 @@ const DEFAULT_MAX_LEN: usize = 128;
 pub const NOMINAL_LEN: usize = 32;
 
 fn options(recipe: &Recipe) -> Result<TextOptions> {
-    let o: TextOptions = match &recipe.data.options {
-        None => TextOptions::default(),
-        Some(t) => t.clone().try_into().map_err(|e: toml::de::Error| {
-            Error::config("data.options", e.message().trim().to_string())
-        })?,
-    };
+    let o: TextOptions = recipe.options()?;
     let folder_only = o.root.is_some() || o.num_classes.is_some();
     match recipe.dataset.as_str() {
         "sst2" | "stsb" if folder_only => Err(Error::config(
@@ -244,7 +239,7 @@ impl Domain for TextPlugin {
     }
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
-        let spec = ModelSpec::parse(model)?;
+        let spec = ctx.model::<ModelSpec>(model)?.check()?;
         let head = if ctx.info.input_shape.len() == 2 {
             Head::Embed
         } else {

@@ -94,6 +94,12 @@ impl ModelSpec {
             .clone()
             .try_into()
             .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        s.check()
+    }
+
+    /// Checks the values serde cannot (architecture, init, combinations).
+    pub fn check(self) -> Result<Self> {
+        let s = self;
         if !ARCHS.contains(&s.arch.as_str()) {
             return Err(Error::Unknown {
                 what: "text architecture",

@@ -57,12 +57,7 @@ struct VisionOptions {
 }
 
 fn options(recipe: &Recipe) -> Result<VisionOptions> {
-    match &recipe.data.options {
-        None => Ok(VisionOptions::default()),
-        Some(t) => t.clone().try_into().map_err(|e: toml::de::Error| {
-            Error::config("data.options", e.message().trim().to_string())
-        }),
-    }
+    recipe.options()
 }
 
 fn default_norm(dataset: &str, channels: usize) -> Normalize {
@@ -317,10 +312,7 @@ impl Domain for VisionPlugin {
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
         let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
-        let spec: ModelSpec = model
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("model", e.message().trim().to_string()))?;
+        let spec: ModelSpec = ctx.model(model)?;
         let s = &info.input_shape;
         build_model(&spec, [s[0], s[1], s[2]], info.num_classes, seed, device)
     }
