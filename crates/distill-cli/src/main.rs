@@ -183,7 +183,7 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
         Command::Bench(args) if args.speed_worker.is_some() => {
             let opts = args.speed_options()?;
             let name = args.speed_worker.as_deref().unwrap_or_default();
-            let m = speed::run_worker(name, &opts.data_dir, opts.steps)?;
+            let m = speed::run_worker(reg, name, &opts.data_dir, opts.steps)?;
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
