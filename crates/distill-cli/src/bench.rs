@@ -1,254 +1,30 @@
 //! `distill bench`: runs the benchmark recipes of every selected plugin (or a suite file's runs), one output
-//! dir per run, resumable, and writes one report (report.json, report.md, plots) over all of them.
-//!
-//! A suite file lists runs:
-//!
-//! ```toml
-//! seeds = [0, 1, 2]          # default for every run (else the recipe's own)
-//! quick = false              # default for every run: apply the recipes' [quick] overrides
-//!
-//! [[run]]
-//! recipe = "../plugins/vision/recipes/hinton-mnist.toml"   # relative to the suite file
-//! seeds = [0]                # optional
-//! quick = true               # optional
-//! [run.overrides]            # optional, merged over the recipe like [quick] (after it)
-//! name = "hinton-mnist-t4"
-//! distill.losses = [{ name = "kd", temperature = 4.0 }]
-//! ```
+//! dir per run, resumable, and writes one report (report.json, report.md, plots) over all of them. What runs
+//! (the suite, the suite file's format) is planned in [`crate::suite`].
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use distill_core::{
     checkpoint::read_json,
     pipeline::write_report,
-    recipe::{line_col, toml_error, Recipe},
+    recipe::Recipe,
     report::{BenchInfo, Report, RunReport},
     Plugin, RunContext,
 };
 use distill_registry::Registry;
-use serde::Deserialize;
 
-use crate::{find_plugin, BUILTINS};
-
-/// What `--suite` names.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SuiteKind {
-    /// Every selected plugin's manifest recipes with their `[quick]` overrides.
-    Quick,
-    /// The same recipes as they are.
-    Full,
-    /// A suite file.
-    File(PathBuf),
-}
-
-impl SuiteKind {
-    /// `quick`, `full`, or a path.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "quick" => SuiteKind::Quick,
-            "full" => SuiteKind::Full,
-            p => SuiteKind::File(PathBuf::from(p)),
-        }
-    }
-
-    fn label(&self) -> String {
-        match self {
-            SuiteKind::Quick => "quick".into(),
-            SuiteKind::Full => "full".into(),
-            SuiteKind::File(p) => p.display().to_string(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SuiteFile {
-    #[serde(default)]
-    #[allow(dead_code)]
-    description: String,
-    seeds: Option<Vec<u64>>,
-    #[serde(default)]
-    quick: bool,
-    #[serde(default)]
-    run: Vec<toml::Spanned<RunEntry>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunEntry {
-    recipe: String,
-    seeds: Option<Vec<u64>>,
-    quick: Option<bool>,
-    #[serde(default)]
-    overrides: toml::Table,
-}
-
-/// One run of the plan: a recipe (overrides applied) and where it came from.
-#[derive(Debug, Clone)]
-pub struct PlannedRun {
-    /// The recipe file.
-    pub recipe_path: PathBuf,
-    /// The recipe as it will run (quick and suite overrides, seeds applied).
-    pub recipe: Recipe,
-    /// Whether `[quick]` overrides were applied.
-    pub quick: bool,
-    /// Where this run was asked for (`suite.toml:4:1`, or `plugin `x``), for error messages.
-    pub origin: String,
-}
-
-/// The runs a suite asks for, in order. `plugins` restricts them to those plugins (each must be in the
-/// registry); `seeds` (`--seeds N`) replaces every run's seeds with `0..N`.
-pub fn plan(
-    reg: &Registry,
-    suite: &SuiteKind,
-    plugins: Option<&[String]>,
-    seeds: Option<usize>,
-) -> Result<Vec<PlannedRun>> {
-    if let Some(names) = plugins {
-        for n in names {
-            reg.get(n).map_err(|e| anyhow!("--plugins: {e}"))?;
-        }
-    }
-    if seeds == Some(0) {
-        bail!("--seeds 0: at least one seed is needed");
-    }
-    let wanted = |name: &str| plugins.is_none_or(|p| p.iter().any(|n| n == name));
-    let mut runs = match suite {
-        SuiteKind::Quick | SuiteKind::Full => {
-            let quick = *suite == SuiteKind::Quick;
-            let mut runs = Vec::new();
-            for e in reg.entries() {
-                if !e.enabled || !wanted(&e.name) {
-                    continue;
-                }
-                let plugin = distill_registry::load_entry(e, BUILTINS)?;
-                for rel in plugin.manifest().recipes {
-                    let path = PathBuf::from(&rel);
-                    if !path.is_file() {
-                        bail!(
-                            "plugin `{}` lists the recipe {rel} (relative to the project root), but {} has no such \
-                             file: run `distill bench` from the project root",
-                            e.name,
-                            std::env::current_dir()
-                                .map(|d| d.display().to_string())
-                                .unwrap_or_else(|_| ".".into())
-                        );
-                    }
-                    let recipe = Recipe::load(&path, quick)?;
-                    if recipe.plugin != e.name {
-                        bail!(
-                            "{rel}: `plugin = \"{}\"`, but plugin `{}` lists it as one of its recipes",
-                            recipe.plugin,
-                            e.name
-                        );
-                    }
-                    runs.push(PlannedRun {
-                        recipe_path: path,
-                        recipe,
-                        quick,
-                        origin: format!("plugin `{}`", e.name),
-                    });
-                }
-            }
-            runs
-        }
-        SuiteKind::File(path) => {
-            let runs = read_suite(path)?;
-            for r in &runs {
-                reg.get(&r.recipe.plugin).map_err(|e| {
-                    anyhow!("{} ({}): `plugin`: {e}", r.origin, r.recipe_path.display())
-                })?;
-            }
-            runs.into_iter()
-                .filter(|r| wanted(&r.recipe.plugin))
-                .collect()
-        }
-    };
-    if runs.is_empty() {
-        bail!(
-            "suite {} selects no runs{}",
-            suite.label(),
-            if plugins.is_some() {
-                " (check --plugins)"
-            } else {
-                ""
-            }
-        );
-    }
-    if let Some(n) = seeds {
-        for r in &mut runs {
-            r.recipe.seeds = (0..n as u64).collect();
-        }
-    }
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    for r in &runs {
-        if let Some(first) = seen.insert(r.recipe.name.clone(), r.origin.clone()) {
-            bail!(
-                "{}: a second run named `{}` (the first is at {first}); runs write to OUT/<recipe name>/, so give \
-                 one of them `overrides.name = \"...\"`",
-                r.origin,
-                r.recipe.name
-            );
-        }
-    }
-    Ok(runs)
-}
-
-/// Reads a suite file; errors name the file, line and column.
-pub fn read_suite(path: &Path) -> Result<Vec<PlannedRun>> {
-    let label = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{label}: {e}"))?;
-    let file: SuiteFile = toml::from_str(&text).map_err(|e| toml_error(&text, &label, &e))?;
-    if file.run.is_empty() {
-        bail!("{label}: the suite lists no runs (add [[run]] entries with `recipe = \"...\"`)");
-    }
-    if file.seeds.as_ref().is_some_and(|s| s.is_empty()) {
-        bail!("{label}: `seeds` must list at least one seed");
-    }
-    let base = path.parent().unwrap_or(Path::new(""));
-    let mut runs = Vec::new();
-    for spanned in file.run {
-        let (line, col) = line_col(&text, spanned.span().start);
-        let origin = format!("{label}:{line}:{col}");
-        let entry = spanned.into_inner();
-        let recipe_path = base.join(&entry.recipe);
-        if !recipe_path.is_file() {
-            bail!(
-                "{origin}: recipe {} not found (at {}; recipe paths are relative to the suite file)",
-                entry.recipe,
-                recipe_path.display()
-            );
-        }
-        let quick = entry.quick.unwrap_or(file.quick);
-        let rtext = std::fs::read_to_string(&recipe_path)
-            .with_context(|| recipe_path.display().to_string())?;
-        let mut recipe = Recipe::parse_with_overrides(
-            &rtext,
-            &recipe_path.display().to_string(),
-            quick,
-            &entry.overrides,
-            &format!("{origin} [run.overrides]"),
-        )?;
-        if let Some(s) = entry.seeds.or_else(|| file.seeds.clone()) {
-            if s.is_empty() {
-                bail!("{origin}: `seeds` must list at least one seed");
-            }
-            recipe.seeds = s;
-        }
-        runs.push(PlannedRun {
-            recipe_path,
-            recipe,
-            quick,
-            origin,
-        });
-    }
-    Ok(runs)
-}
+use crate::cards::write_cards;
+use crate::dirs::{check_data_dir, device, dir_from, Dirs};
+use crate::plugins::find_plugin;
+use crate::report_cmd::{fmt_secs, summary_table, write_bench_report};
+use crate::speed::{SpeedOptions, WORKLOADS};
+use crate::suite::{default_out, plan, BenchOptions, PlannedRun, SuiteKind};
+use crate::sweep::unsuccessful_task_logs;
 
 /// `distill bench` on the command line.
 #[derive(clap::Args)]
@@ -315,21 +91,19 @@ pub struct BenchArgs {
     #[arg(long, hide = true)]
     pub speed_worker: Option<String>,
     #[command(flatten)]
-    dirs: crate::Dirs,
+    dirs: Dirs,
 }
 
 impl BenchArgs {
     /// The options of `--speed` (and of a `--speed-worker`).
-    pub fn speed_options(&self) -> Result<crate::speed::SpeedOptions> {
-        let data_dir = crate::dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
-        crate::check_data_dir(&data_dir)?;
-        Ok(crate::speed::SpeedOptions {
-            workloads: self.workloads.clone().unwrap_or_else(|| {
-                crate::speed::WORKLOADS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            }),
+    pub fn speed_options(&self) -> Result<SpeedOptions> {
+        let data_dir = dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
+        check_data_dir(&data_dir)?;
+        Ok(SpeedOptions {
+            workloads: self
+                .workloads
+                .clone()
+                .unwrap_or_else(|| WORKLOADS.iter().map(|s| s.to_string()).collect()),
             rounds: self.rounds.max(1),
             steps: self.speed_steps,
             python: (!self.no_torch).then(|| self.python.clone()),
@@ -340,8 +114,8 @@ impl BenchArgs {
 
     /// Resolves directories and the device.
     pub fn into_options(self) -> Result<BenchOptions> {
-        let data_dir = crate::dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
-        crate::check_data_dir(&data_dir)?;
+        let data_dir = dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
+        check_data_dir(&data_dir)?;
         if !["local", "slurm"].contains(&self.executor.as_str()) {
             bail!("--executor {}: expected local or slurm", self.executor);
         }
@@ -358,44 +132,14 @@ impl BenchArgs {
             cache_dir: if self.no_cache {
                 None
             } else {
-                Some(crate::dir_from(
-                    &self.cache_dir,
-                    "DISTILL_CACHE",
-                    ".distill-cache",
-                ))
+                Some(dir_from(&self.cache_dir, "DISTILL_CACHE", ".distill-cache"))
             },
             quiet: self.quiet,
             data_dir,
-            models_dir: crate::dir_from(&self.dirs.models_dir, "DISTILL_MODELS", "models"),
-            device: (self.dirs.device.clone(), crate::device(&self.dirs.device)?),
+            models_dir: dir_from(&self.dirs.models_dir, "DISTILL_MODELS", "models"),
+            device: (self.dirs.device.clone(), device(&self.dirs.device)?),
         })
     }
-}
-
-/// Options of `distill bench`.
-pub struct BenchOptions {
-    /// `--collect`: report the finished runs, train nothing.
-    pub collect: bool,
-    /// `--device` as given.
-    pub device_name: String,
-    /// The suite.
-    pub suite: SuiteKind,
-    /// `--plugins`.
-    pub plugins: Option<Vec<String>>,
-    /// `--seeds N`.
-    pub seeds: Option<usize>,
-    /// `--out`.
-    pub out: Option<PathBuf>,
-    /// Teacher cache.
-    pub cache_dir: Option<PathBuf>,
-    /// No progress output.
-    pub quiet: bool,
-    /// Data dir.
-    pub data_dir: PathBuf,
-    /// Models dir.
-    pub models_dir: PathBuf,
-    /// Device name and device.
-    pub device: (String, candle_core::Device),
 }
 
 /// What a stored run report is to a planned run.
@@ -434,16 +178,6 @@ fn stored_run(report: &Report, planned: &PlannedRun) -> Stored {
     }
 }
 
-/// Whether every phase of `seed` of the run in `dir` has finished (its result.json written).
-pub fn seed_finished(dir: &Path, seed: u64) -> bool {
-    distill_core::train::files::PHASES.iter().all(|p| {
-        dir.join(format!("seed-{seed}"))
-            .join(p)
-            .join(distill_core::train::files::RESULT)
-            .is_file()
-    })
-}
-
 fn status_line(run: &RunReport, secs: Option<f64>) -> String {
     let f = |s: &distill_core::report::Stat| format!("{:.4}", s.mean);
     format!(
@@ -460,18 +194,6 @@ fn status_line(run: &RunReport, secs: Option<f64>) -> String {
         secs.map(|s| format!(" in {}", fmt_secs(s)))
             .unwrap_or_default()
     )
-}
-
-/// `1h02m`, `3m05s`, `12.3s`.
-pub fn fmt_secs(s: f64) -> String {
-    let whole = s.round() as u64;
-    if whole >= 3600 {
-        format!("{}h{:02}m", whole / 3600, (whole % 3600) / 60)
-    } else if whole >= 60 {
-        format!("{}m{:02}s", whole / 60, whole % 60)
-    } else {
-        format!("{s:.1}s")
-    }
 }
 
 /// Fills what a plugin's own report may lack: the domain (from its manifest) and the headline's name.
@@ -503,21 +225,6 @@ fn cpu_model() -> Option<String> {
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
-}
-
-/// The bench's out dir: `--out`, else `runs/bench-SUITE`.
-pub fn default_out(opts: &BenchOptions) -> PathBuf {
-    opts.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(match &opts.suite {
-            SuiteKind::File(p) => format!(
-                "bench-{}",
-                p.file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "suite".into())
-            ),
-            k => format!("bench-{}", k.label()),
-        })
-    })
 }
 
 /// Runs a bench: every planned run in `OUT/<recipe name>/` (a finished one is read back, an unfinished one
@@ -634,7 +341,7 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
             let _locks = distill_core::run_record::lock_seeds(&dir, &planned.recipe.seeds)?;
             let mut run = plugin.run(&planned.recipe, &ctx)?;
             complete(&mut run, &plugin.manifest().domain);
-            crate::write_cards(&run, &planned.recipe, &dir)?;
+            write_cards(&run, &planned.recipe, &dir)?;
             write_report(&Report::new(vec![run.clone()], git_revision.clone()), &dir)?;
             Ok(run)
         })();
@@ -651,7 +358,7 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
             Err(e) => {
                 let mut msg = format!("{e}").replace('\n', " ");
                 if opts.collect {
-                    let logs = crate::sweep::unsuccessful_task_logs(&out, &name);
+                    let logs = unsuccessful_task_logs(&out, &name);
                     if !logs.is_empty() {
                         msg.push_str(&format!(" (sweep task logs: {})", logs.join(", ")));
                     }
@@ -677,12 +384,12 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
         wall_s: started.elapsed().as_secs_f64(),
         status,
     });
-    let plot_note = crate::report_cmd::write_bench_report(&report, &out, true)?;
+    let plot_note = write_bench_report(&report, &out, true)?;
     if let Some(note) = plot_note {
         say(format!("warning: {note}"));
     }
     if !opts.quiet {
-        println!("{}", crate::report_cmd::summary_table(&report));
+        println!("{}", summary_table(&report));
     }
     println!("wrote {}", out.join("report.json").display());
     if !failures.is_empty() {
@@ -694,110 +401,4 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn suite(dir: &Path, text: &str) -> PathBuf {
-        let p = dir.join("suite.toml");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    const RECIPE: &str = r#"name = "r"
-plugin = "image-classification"
-dataset = "mnist"
-seeds = [5]
-[teacher]
-model = { arch = "mlp", hidden = [8] }
-epochs = 2
-optimizer = { kind = "sgd", lr = 0.1 }
-[student]
-model = { arch = "mlp", hidden = [4] }
-epochs = 2
-optimizer = { kind = "sgd", lr = 0.1 }
-[distill]
-losses = [{ name = "kd", temperature = 4.0 }]
-[quick.teacher]
-epochs = 1
-"#;
-
-    fn setup() -> tempfile::TempDir {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir(tmp.path().join("recipes")).unwrap();
-        std::fs::write(tmp.path().join("recipes/r.toml"), RECIPE).unwrap();
-        tmp
-    }
-
-    #[test]
-    fn suite_applies_defaults_quick_overrides_and_seeds() {
-        let tmp = setup();
-        let p = suite(
-            tmp.path(),
-            "seeds = [1, 2]\n\n[[run]]\nrecipe = \"recipes/r.toml\"\n\n[[run]]\nrecipe = \"recipes/r.toml\"\n\
-             quick = true\nseeds = [7]\n[run.overrides]\nname = \"r-quick\"\nstudent = { epochs = 9 }\n",
-        );
-        let runs = read_suite(&p).unwrap();
-        assert_eq!(runs.len(), 2);
-        assert_eq!(
-            (
-                runs[0].recipe.seeds.clone(),
-                runs[0].recipe.teacher.epochs,
-                runs[0].quick
-            ),
-            (vec![1, 2], 2, false)
-        );
-        let q = &runs[1];
-        assert_eq!(
-            (
-                q.recipe.name.as_str(),
-                q.recipe.seeds.clone(),
-                q.recipe.teacher.epochs,
-                q.recipe.student.epochs
-            ),
-            ("r-quick", vec![7], 1, 9)
-        );
-        assert!(q.origin.ends_with("suite.toml:6:1"), "{}", q.origin);
-    }
-
-    #[test]
-    fn suite_errors_name_file_line_and_column() {
-        let tmp = setup();
-        let err = |text: &str| {
-            let p = suite(tmp.path(), text);
-            let e = read_suite(&p).unwrap_err().to_string();
-            assert!(!e.contains('\n'), "{e}");
-            e
-        };
-        let e = err("[[run]]\nrecipe = \"recipes/r.toml\"\nseed = [1]\n");
-        assert!(
-            e.contains("suite.toml:3:1") && e.contains("unknown field `seed`"),
-            "{e}"
-        );
-        let e = err("[[run]]\nrecipe = 3\n");
-        assert!(
-            e.contains("suite.toml:2:10") && e.contains("invalid type"),
-            "{e}"
-        );
-        let e = err("[[run]]\nrecipe = \"recipes/nope.toml\"\n");
-        assert!(
-            e.contains("suite.toml:1:1") && e.contains("recipes/nope.toml not found"),
-            "{e}"
-        );
-        let e =
-            err("[[run]]\nrecipe = \"recipes/r.toml\"\n[run.overrides]\nteacher = { epoks = 1 }\n");
-        assert!(
-            e.contains("suite.toml:1:1 [run.overrides]") && e.contains("epoks"),
-            "{e}"
-        );
-        let e = err("description = \"empty\"\n");
-        assert!(e.contains("lists no runs"), "{e}");
-        let e = err("[[run]]\nrecipe = \"recipes/r.toml\"\nseeds = []\n");
-        assert!(
-            e.contains("suite.toml:1:1") && e.contains("at least one seed"),
-            "{e}"
-        );
-    }
 }

@@ -222,7 +222,7 @@ fn open(which: &Which) -> Result<(Card, PathBuf)> {
             parse_card(text, &format!("datasets/{}/dataset.toml", which.name))?
         }
     };
-    let data_dir = crate::dir_from(&which.data_dir, "DISTILL_DATA", "datasets");
+    let data_dir = crate::dirs::dir_from(&which.data_dir, "DISTILL_DATA", "datasets");
     Ok((card, data_dir.join(&which.name)))
 }
 

@@ -22,7 +22,7 @@ use plotters::{
     style::{register_font, FontStyle},
 };
 
-use crate::report_cmd::{kd_gain_stat, noise_floor, standard_error};
+use crate::stats::{kd_gain_stat, noise_floor, standard_error};
 
 /// A plot written as `<stem>.svg` and `<stem>.png` under the plots dir.
 #[derive(Debug, Clone)]

@@ -1,7 +1,8 @@
 //! `distill bench --speed`: training throughput of this framework against PyTorch on the same workloads.
 //!
-//! Each workload is the framework's own code path (the vision plugin's MLP, the graph plugin's GCN, the core's
-//! losses and fused optimisers, candle convolutions as the vision plugin uses them), timed in its own process
+//! Each workload is the framework's own code path (distill-nn's MLP and fused ops, the core's losses and fused
+//! optimisers, candle convolutions as the vision plugin uses them, and the graph plugin's GCN task and network
+//! reached through the plugin contract with the recipe `gcn-cora`), timed in its own process
 //! (`distill bench --speed-worker NAME`, so that its peak resident memory is its own), alternated with
 //! `bench/pytorch/speed.py` doing the same arithmetic when `python3 -c "import torch"` works. The workloads:
 //!
@@ -18,7 +19,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::Arc,
     time::Instant,
 };
 
@@ -27,12 +27,21 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use distill_core::{
     losses::{ce_loss, kd_loss},
-    Mode, Network, Rng,
+    recipe::Recipe,
+    Batch, BuildContext, Mode, Network, Rng, RunContext, Split, Task,
 };
-use distill_nn::optim::{
-    build_optimizer, trainable_vars, Optimizer, OptimizerConfig, OptimizerKind,
+use distill_nn::{
+    init::seeded_var_builder,
+    layers::{Mlp, MlpConfig},
+    optim::{build_optimizer, trainable_vars, Optimizer, OptimizerConfig, OptimizerKind},
 };
+use distill_registry::Registry;
 use serde::{Deserialize, Serialize};
+
+use crate::plugins::find_plugin;
+
+/// The recipe whose task and teacher network the `gcn` workload trains (Kipf & Welling's GCN on Cora).
+const GCN_RECIPE: &str = include_str!("../../../plugins/graph/recipes/gcn-cora.toml");
 
 /// The workloads, in the order they run.
 pub const WORKLOADS: &[&str] = &["mlp_ce", "mlp_kd", "cnn_step", "gcn"];
@@ -69,21 +78,21 @@ fn adamw(lr: f64, wd: f64) -> OptimizerConfig {
 
 /// The MNIST training images as one `[60000, 784]` f32 tensor in [0, 1] and their `[60000]` u32 labels.
 fn mnist(data_dir: &Path) -> Result<(Tensor, Tensor)> {
-    let set = distill_vision::data::load_mnist(
-        &data_dir.join("mnist"),
-        distill_vision::data::Split::Train,
-    )?;
-    let n = set.len();
-    let mut rng = Rng::new(0);
-    let all: Vec<usize> = (0..n).collect();
-    let (x, y) = set.batch(
-        &all,
-        &distill_vision::data::Augment::None,
-        &mut rng,
-        &distill_vision::data::Normalize::identity(1),
-        &Device::Cpu,
-    )?;
-    Ok((x.reshape((n, 784))?, y))
+    let set = distill_data::mnist::load_mnist(&data_dir.join("mnist"), true)?;
+    let (n, d) = (set.count, set.rows * set.cols);
+    if d != 784 {
+        bail!(
+            "{}: MNIST images are 28x28, these are {}x{}",
+            data_dir.join("mnist").display(),
+            set.rows,
+            set.cols
+        );
+    }
+    let x: Vec<f32> = set.pixels.iter().map(|&v| v as f32 / 255.0).collect();
+    Ok((
+        Tensor::from_vec(x, (n, d), &Device::Cpu)?,
+        Tensor::from_vec(set.labels, n, &Device::Cpu)?,
+    ))
 }
 
 /// Shuffled batches of `bs` indices over `n` samples (the last one shorter).
@@ -95,16 +104,12 @@ fn batches(n: usize, bs: usize, rng: &mut Rng) -> Result<Vec<Tensor>> {
         .collect::<candle_core::Result<Vec<_>>>()?)
 }
 
-fn mlp(hidden: &[usize], seed: u64) -> Result<distill_vision::models::mlp::Mlp> {
-    Ok(distill_vision::models::mlp::Mlp::new(
-        784,
-        hidden,
-        10,
-        0.0,
-        0.0,
-        seed,
-        &Device::Cpu,
-    )?)
+/// A 784-`hidden`-10 MLP without dropout, its parameters initialised from `seed`, and their varmap.
+fn mlp(hidden: &[usize], seed: u64) -> Result<(Mlp, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, seed, &Device::Cpu);
+    let net = Mlp::new(&MlpConfig::new(784, hidden, 10), vb)?;
+    Ok((net, varmap))
 }
 
 /// MNIST training images and labels with a fixed shuffled order of batches of 128.
@@ -148,18 +153,20 @@ pub trait Workload {
 
 struct MlpCe {
     data: Batches,
-    net: distill_vision::models::mlp::Mlp,
+    net: Mlp,
     opt: Box<dyn Optimizer>,
+    _varmap: VarMap,
 }
 
 impl MlpCe {
     fn new(x: Tensor, y: Tensor) -> Result<Self> {
-        let net = mlp(&[1200, 1200], 0)?;
-        let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(net.varmap()))?;
+        let (net, varmap) = mlp(&[1200, 1200], 0)?;
+        let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(&varmap))?;
         Ok(Self {
             data: Batches::new(x, y)?,
             net,
             opt,
+            _varmap: varmap,
         })
     }
 }
@@ -167,8 +174,8 @@ impl MlpCe {
 impl Workload for MlpCe {
     fn step(&mut self, i: usize) -> Result<()> {
         let (xb, yb) = self.data.get(i)?;
-        let out = self.net.forward(&xb, Mode::Train { seed: i as u64 })?;
-        optimise(self.opt.as_mut(), &ce_loss(&out.logits, &yb)?)
+        let logits = self.net.forward(&xb, Mode::Train { seed: i as u64 })?;
+        optimise(self.opt.as_mut(), &ce_loss(&logits, &yb)?)
     }
     fn samples(&self, i: usize) -> usize {
         self.data.samples(i)
@@ -180,21 +187,23 @@ impl Workload for MlpCe {
 
 struct MlpKd {
     data: Batches,
-    teacher: distill_vision::models::mlp::Mlp,
-    student: distill_vision::models::mlp::Mlp,
+    teacher: Mlp,
+    student: Mlp,
     opt: Box<dyn Optimizer>,
+    _varmaps: [VarMap; 2],
 }
 
 impl MlpKd {
     fn new(x: Tensor, y: Tensor) -> Result<Self> {
-        let teacher = mlp(&[1200, 1200], 0)?;
-        let student = mlp(&[800, 800], 1)?;
-        let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(student.varmap()))?;
+        let (teacher, teacher_vars) = mlp(&[1200, 1200], 0)?;
+        let (student, student_vars) = mlp(&[800, 800], 1)?;
+        let opt = build_optimizer(&adamw(1e-3, 0.01), trainable_vars(&student_vars))?;
         Ok(Self {
             data: Batches::new(x, y)?,
             teacher,
             student,
             opt,
+            _varmaps: [teacher_vars, student_vars],
         })
     }
 }
@@ -202,11 +211,8 @@ impl MlpKd {
 impl Workload for MlpKd {
     fn step(&mut self, i: usize) -> Result<()> {
         let (xb, yb) = self.data.get(i)?;
-        let t = self.teacher.forward(&xb, Mode::Eval)?.logits.detach();
-        let s = self
-            .student
-            .forward(&xb, Mode::Train { seed: i as u64 })?
-            .logits;
+        let t = self.teacher.forward(&xb, Mode::Eval)?.detach();
+        let s = self.student.forward(&xb, Mode::Train { seed: i as u64 })?;
         let kd = kd_loss(&s, &t, 4.0)?;
         let loss = (kd.affine(0.9, 0.0)? + ce_loss(&s, &yb)?.affine(0.1, 0.0)?)?;
         optimise(self.opt.as_mut(), &loss)
@@ -232,7 +238,7 @@ struct Cnn {
 impl Cnn {
     fn new(x: Tensor, y: Tensor) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_nn::init::seeded_var_builder(&varmap, 0, &Device::Cpu);
+        let vb = seeded_var_builder(&varmap, 0, &Device::Cpu);
         let cfg = candle_nn::Conv2dConfig::default();
         let conv1 = candle_nn::conv2d(1, 32, 3, cfg, vb.pp("conv1"))?;
         let conv2 = candle_nn::conv2d(32, 64, 3, cfg, vb.pp("conv2"))?;
@@ -284,43 +290,37 @@ impl Workload for Cnn {
     }
 }
 
+/// The graph plugin's `gcn-cora` task and teacher network, through the plugin contract: one full-batch step
+/// per epoch over the training split (every node; the loss is the task's, cross-entropy on the training
+/// labels plus the GCN's L2 term), Adam as the recipe's optimiser.
 struct Gcn {
+    task: Box<dyn Task>,
     net: Box<dyn Network>,
-    train: Tensor,
-    labels: Tensor,
+    batch: Batch,
     nodes: usize,
     opt: Box<dyn Optimizer>,
 }
 
 impl Gcn {
-    fn new(data_dir: &Path) -> Result<Self> {
-        let graph = distill_graph::data::load_graph_dir(
-            &data_dir.join("cora"),
-            "cora",
-            &distill_graph::data::Expect::default(),
-            true,
-            &Device::Cpu,
+    fn new(reg: &Registry, data_dir: &Path) -> Result<Self> {
+        let recipe = Recipe::parse(GCN_RECIPE, "gcn-cora.toml (built in)", false)?;
+        let plugin = find_plugin(reg, &recipe.plugin)
+            .with_context(|| format!("the gcn workload needs the `{}` plugin", recipe.plugin))?;
+        let ctx = RunContext::new(data_dir, std::env::temp_dir());
+        let task = plugin.load_task(&recipe, &ctx)?;
+        let net = plugin.build_network(
+            &recipe.teacher.model,
+            &BuildContext::new(task.info(), 0, &ctx, Some(task.as_ref())),
         )?;
-        let graph = Arc::new(graph);
-        let spec = distill_graph::models::ModelSpec::Gcn {
-            hidden: vec![16],
-            dropout: 0.5,
-            weight_decay: 5e-4,
-        };
-        let net = distill_graph::models::build_model(&spec, graph.clone(), 0)?;
         let opt = build_optimizer(&adamw(0.01, 0.0), trainable_vars(net.varmap()))?;
-        let labels: Vec<u32> = graph
-            .train
-            .iter()
-            .map(|&i| graph.labels[i as usize].unwrap_or(0))
-            .collect();
-        let labels = Tensor::new(labels.as_slice(), &Device::Cpu)?;
-        let train = Tensor::new(graph.train.as_slice(), &Device::Cpu)?;
+        let nodes = task.len(Split::Train);
+        let all: Vec<usize> = (0..nodes).collect();
+        let batch = task.batch(Split::Train, &all, None, &mut Rng::new(0))?;
         Ok(Self {
+            task,
             net,
-            train,
-            labels,
-            nodes: graph.num_nodes(),
+            batch,
+            nodes,
             opt,
         })
     }
@@ -330,11 +330,8 @@ impl Workload for Gcn {
     fn step(&mut self, i: usize) -> Result<()> {
         let out = self
             .net
-            .forward(&self.train, Mode::Train { seed: i as u64 })?;
-        let mut loss = ce_loss(&out.logits, &self.labels)?;
-        if let Ok(p) = out.feature("l2_penalty") {
-            loss = (loss + p.tensor.sum_all()?)?;
-        }
+            .forward(&self.batch.inputs, Mode::Train { seed: i as u64 })?;
+        let loss = self.task.task_loss(&out, &self.batch)?;
         optimise(self.opt.as_mut(), &loss)
     }
     fn samples(&self, _i: usize) -> usize {
@@ -346,7 +343,7 @@ impl Workload for Gcn {
 }
 
 /// Builds a workload with its data, model and optimiser.
-pub fn build(name: &str, data_dir: &Path) -> Result<Box<dyn Workload>> {
+pub fn build(reg: &Registry, name: &str, data_dir: &Path) -> Result<Box<dyn Workload>> {
     Ok(match name {
         "mlp_ce" => {
             let (x, y) = mnist(data_dir)?;
@@ -360,7 +357,7 @@ pub fn build(name: &str, data_dir: &Path) -> Result<Box<dyn Workload>> {
             let (x, y) = mnist(data_dir)?;
             Box::new(Cnn::new(x, y)?)
         }
-        "gcn" => Box::new(Gcn::new(data_dir)?),
+        "gcn" => Box::new(Gcn::new(reg, data_dir)?),
         other => bail!(
             "unknown speed workload `{other}` (known: {})",
             WORKLOADS.join(", ")
@@ -381,8 +378,13 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// Runs one workload in this process and returns its measurement (`steps` overrides the step count).
-pub fn run_worker(name: &str, data_dir: &Path, steps: Option<usize>) -> Result<Measurement> {
-    let mut w = build(name, data_dir)?;
+pub fn run_worker(
+    reg: &Registry,
+    name: &str,
+    data_dir: &Path,
+    steps: Option<usize>,
+) -> Result<Measurement> {
+    let mut w = build(reg, name, data_dir)?;
     let (n, warm) = w.schedule();
     let n = steps.unwrap_or(n);
     for i in 0..warm {
@@ -641,7 +643,10 @@ mod tests {
 
     #[test]
     fn an_unknown_workload_is_an_error_naming_the_known_ones() {
-        let e = build("nope", Path::new("/nonexistent")).err().unwrap();
+        let reg = crate::plugins::registry(None).unwrap();
+        let e = build(&reg, "nope", Path::new("/nonexistent"))
+            .err()
+            .unwrap();
         assert!(
             e.to_string().contains("mlp_ce, mlp_kd, cnn_step, gcn"),
             "{e}"

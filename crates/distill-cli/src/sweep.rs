@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use distill_core::checkpoint::{read_json, write_atomic, write_json_atomic};
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{default_out, plan, seed_finished, BenchOptions, PlannedRun};
+use crate::suite::{default_out, plan, seed_finished, BenchOptions, PlannedRun};
 
 /// One array task.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -358,18 +358,17 @@ pub fn ensure_generated(data_dir: &Path, cfg: &DigitsConfig) -> Result<PathBuf> 
         return Ok(dir);
     }
     let mnist = data_dir.join("mnist");
-    let load = |split| -> Result<DigitSource> {
-        let set = distill_vision::data::load_mnist(&mnist, split)?;
-        let [_, rows, cols] = set.shape();
+    let load = |train| -> Result<DigitSource> {
+        let set = distill_data::mnist::load_mnist(&mnist, train)?;
         Ok(DigitSource {
-            pixels: set.images,
+            pixels: set.pixels,
             labels: set.labels,
-            rows,
-            cols,
+            rows: set.rows,
+            cols: set.cols,
         })
     };
-    let train = load(distill_vision::data::Split::Train)?;
-    let test = load(distill_vision::data::Split::Test)?;
+    let train = load(true)?;
+    let test = load(false)?;
     let parent = data_dir.join("digits-canvas");
     std::fs::create_dir_all(&parent).map_err(|e| {
         Error::io(

@@ -5,11 +5,12 @@
 //! `(x / 255 - mean[c]) / std[c]` ([`Normalize`]) and `[B]` u32 labels.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use distill_core::{Error, Result, Rng};
+use distill_data::files::{check_dir, fetch_hint};
+use distill_data::mnist;
 use rayon::prelude::*;
 
 /// Which part of a data set.
@@ -400,172 +401,11 @@ impl Normalize {
 // MNIST (IDX)
 // ---------------------------------------------------------------------------------------------------------
 
-const IDX_IMAGES_MAGIC: u32 = 2051;
-const IDX_LABELS_MAGIC: u32 = 2049;
-
-fn fetch_hint(dataset: &str) -> String {
-    format!("download it with `distill data fetch {dataset}`, or set DISTILL_DATA to the folder that holds it")
-}
-
-fn check_dir(dir: &Path, dataset: &str) -> Result<()> {
-    if !dir.is_dir() {
-        return Err(Error::data(
-            dir,
-            format!(
-                "{dataset} data directory not found; {}",
-                fetch_hint(dataset)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A file's bytes, decompressed when it is gzip. A decompression error does not lose what was decoded
-/// before it: the bytes read so far come back with the error, so a truncated stream can be reported by size.
-struct FileBytes {
-    path: PathBuf,
-    bytes: Vec<u8>,
-    gz_error: Option<std::io::Error>,
-}
-
-/// Reads `dir/name`, or else `dir/name.gz` decompressed.
-fn read_raw_or_gz(dir: &Path, name: &str, dataset: &str) -> Result<FileBytes> {
-    let raw = dir.join(name);
-    let gz = dir.join(format!("{name}.gz"));
-    for path in [raw.clone(), gz] {
-        if path.is_file() {
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            return Ok(file_bytes(path, bytes));
-        }
-    }
-    check_dir(dir, dataset)?;
-    Err(Error::data(
-        &raw,
-        format!(
-            "not found (nor {}.gz); {}",
-            raw.file_name().unwrap_or_default().to_string_lossy(),
-            fetch_hint(dataset)
-        ),
-    ))
-}
-
-/// A file's bytes as read from `path`: decompressed when the name ends in `.gz`.
-fn file_bytes(path: PathBuf, bytes: Vec<u8>) -> FileBytes {
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::with_capacity(bytes.len().saturating_mul(5));
-        let mut dec = flate2::read::GzDecoder::new(bytes.as_slice());
-        let gz_error = dec.read_to_end(&mut out).err();
-        FileBytes {
-            path,
-            bytes: out,
-            gz_error,
-        }
-    } else {
-        FileBytes {
-            path,
-            bytes,
-            gz_error: None,
-        }
-    }
-}
-
-/// Parses an IDX file with `ndims` dimensions and the given magic number: returns the dimensions and the
-/// payload, checking that the payload is exactly as long as the header says.
-fn parse_idx(file: FileBytes, magic: u32, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let FileBytes {
-        path,
-        mut bytes,
-        gz_error,
-    } = file;
-    let gz_note = if gz_error.is_some() {
-        " (after decompression: the gzip stream ends early)"
-    } else {
-        ""
-    };
-    let header = 4 + 4 * ndims;
-    let u32_at = |b: &[u8], i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    if bytes.len() < 4 {
-        return Err(Error::data(
-            &path,
-            format!(
-                "truncated: expected at least {header} header bytes, found {}{gz_note}",
-                bytes.len()
-            ),
-        ));
-    }
-    let found_magic = u32_at(&bytes, 0);
-    if found_magic != magic {
-        let kind = if magic == IDX_IMAGES_MAGIC {
-            "images (idx3-ubyte)"
-        } else {
-            "labels (idx1-ubyte)"
-        };
-        let mut msg = format!(
-            "bad magic number {found_magic} (0x{found_magic:08x}); an IDX {kind} file starts with {magic}"
-        );
-        if bytes[..2] == [0x1f, 0x8b] {
-            msg.push_str("; the file looks gzip-compressed: name it with a .gz suffix");
-        }
-        return Err(Error::data(&path, msg));
-    }
-    if bytes.len() < header {
-        return Err(Error::data(
-            &path,
-            format!(
-                "truncated: expected at least {header} header bytes, found {}{gz_note}",
-                bytes.len()
-            ),
-        ));
-    }
-    let dims: Vec<usize> = (0..ndims)
-        .map(|d| u32_at(&bytes, 4 + 4 * d) as usize)
-        .collect();
-    let expected = dims
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .and_then(|p| p.checked_add(header))
-        .unwrap_or(usize::MAX);
-    if bytes.len() < expected {
-        return Err(Error::data(
-            &path,
-            format!(
-                "truncated: expected {expected} bytes, found {}{gz_note} (the header gives dimensions {dims:?})",
-                bytes.len()
-            ),
-        ));
-    }
-    if bytes.len() > expected {
-        return Err(Error::data(
-            &path,
-            format!(
-                "{} unexpected trailing bytes: expected {expected} bytes (header {dims:?}), found {}",
-                bytes.len() - expected,
-                bytes.len()
-            ),
-        ));
-    }
-    if let Some(e) = gz_error {
-        return Err(Error::data(
-            &path,
-            format!("truncated or corrupt gzip stream: {e}"),
-        ));
-    }
-    bytes.drain(..header);
-    Ok((dims, bytes))
-}
-
 /// Loads the MNIST `split` from `dir`, which holds `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
 /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each raw or gzipped (`.gz`; the raw file wins
-/// when both exist). Classes are `"0"` … `"9"`.
+/// when both exist). Classes are `"0"` … `"9"`. The reader is [`distill_data::mnist::load_mnist`].
 pub fn load_mnist(dir: &Path, split: Split) -> Result<ImageSet> {
-    check_dir(dir, "mnist")?;
-    let prefix = match split {
-        Split::Train => "train",
-        Split::Test => "t10k",
-    };
-    let images = read_raw_or_gz(dir, &format!("{prefix}-images-idx3-ubyte"), "mnist")?;
-    let labels = read_raw_or_gz(dir, &format!("{prefix}-labels-idx1-ubyte"), "mnist")?;
-    mnist_from_files(images, labels)
+    mnist::load_mnist(dir, split == Split::Train).map(image_set)
 }
 
 /// Decodes an MNIST images file and its labels file from their bytes (the IDX parser of [`load_mnist`],
@@ -577,48 +417,19 @@ pub fn decode_mnist(
     labels_path: &Path,
     labels: Vec<u8>,
 ) -> Result<ImageSet> {
-    mnist_from_files(
-        file_bytes(images_path.to_path_buf(), images),
-        file_bytes(labels_path.to_path_buf(), labels),
-    )
+    mnist::decode_mnist(images_path, images, labels_path, labels).map(image_set)
 }
 
-fn mnist_from_files(images: FileBytes, labels: FileBytes) -> Result<ImageSet> {
-    let images_path = images.path.clone();
-    let (idims, pixels) = parse_idx(images, IDX_IMAGES_MAGIC, 3)?;
-    let labels_path = labels.path.clone();
-    let (ldims, label_bytes) = parse_idx(labels, IDX_LABELS_MAGIC, 1)?;
-    let (count, rows, cols) = (idims[0], idims[1], idims[2]);
-    if rows == 0 || cols == 0 {
-        return Err(Error::data(
-            &images_path,
-            format!("header gives empty {rows}x{cols} images"),
-        ));
-    }
-    if ldims[0] != count {
-        return Err(Error::data(
-            &labels_path,
-            format!(
-                "has {} labels but {} has {count} images",
-                ldims[0],
-                images_path.display()
-            ),
-        ));
-    }
-    if let Some((i, &v)) = label_bytes.iter().enumerate().find(|(_, &v)| v >= 10) {
-        return Err(Error::data(
-            &labels_path,
-            format!("label {v} at index {i} is out of range (MNIST labels are 0-9)"),
-        ));
-    }
-    Ok(ImageSet {
-        images: pixels,
-        labels: label_bytes.into_iter().map(u32::from).collect(),
+/// The [`ImageSet`] of an MNIST split: one channel, classes `"0"` … `"9"`.
+fn image_set(set: mnist::MnistSet) -> ImageSet {
+    ImageSet {
+        images: set.pixels,
+        labels: set.labels,
         channels: 1,
-        height: rows,
-        width: cols,
+        height: set.rows,
+        width: set.cols,
         classes: (0..10).map(|d| d.to_string()).collect(),
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -906,42 +717,6 @@ fn decode_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn idx_images(pixels: &[Vec<u8>], rows: usize, cols: usize) -> Vec<u8> {
-        let mut b = Vec::new();
-        for v in [2051u32, pixels.len() as u32, rows as u32, cols as u32] {
-            b.extend_from_slice(&v.to_be_bytes());
-        }
-        for p in pixels {
-            assert_eq!(p.len(), rows * cols);
-            b.extend_from_slice(p);
-        }
-        b
-    }
-
-    fn idx_labels(labels: &[u8]) -> Vec<u8> {
-        let mut b = Vec::new();
-        for v in [2049u32, labels.len() as u32] {
-            b.extend_from_slice(&v.to_be_bytes());
-        }
-        b.extend_from_slice(labels);
-        b
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(bytes).unwrap();
-        e.finish().unwrap()
-    }
-
-    /// Three 4x5 images whose pixel j of image i is `10·i + j`, labels 7 0 9.
-    fn mnist_fixture() -> (Vec<Vec<u8>>, Vec<u8>) {
-        let imgs = (0..3)
-            .map(|i| (0..20).map(|j| (10 * i + j) as u8).collect())
-            .collect();
-        (imgs, vec![7, 0, 9])
-    }
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) {
         std::fs::write(dir.join(name), bytes).unwrap();
@@ -951,152 +726,37 @@ mod tests {
         r.unwrap_err().to_string()
     }
 
+    /// The IDX checks live in distill-data (tested there); here: the `ImageSet` the wrappers build.
     #[test]
-    fn idx_raw_and_gz() -> Result<()> {
+    fn mnist_image_set() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
-        let (imgs, labels) = mnist_fixture();
-        // train: raw files; test: gzipped
-        write(
-            dir.path(),
-            "train-images-idx3-ubyte",
-            &idx_images(&imgs, 4, 5),
-        );
-        write(dir.path(), "train-labels-idx1-ubyte", &idx_labels(&labels));
-        write(
-            dir.path(),
-            "t10k-images-idx3-ubyte.gz",
-            &gzip(&idx_images(&imgs[..2], 4, 5)),
-        );
-        write(
-            dir.path(),
-            "t10k-labels-idx1-ubyte.gz",
-            &gzip(&idx_labels(&labels[..2])),
-        );
-        let train = load_mnist(dir.path(), Split::Train)?;
-        assert_eq!(train.len(), 3);
-        assert_eq!((train.channels, train.height, train.width), (1, 4, 5));
-        assert_eq!(train.labels, [7, 0, 9]);
-        assert_eq!(train.images, imgs.concat());
-        assert_eq!(train.image(2), &imgs[2][..]);
-        assert_eq!(train.num_classes(), 10);
-        assert_eq!(train.classes[3], "3");
+        let mut images = Vec::new();
+        for v in [2051u32, 2, 4, 5] {
+            images.extend_from_slice(&v.to_be_bytes());
+        }
+        images.extend((0..40).map(|j| j as u8));
+        let mut labels = Vec::new();
+        for v in [2049u32, 2] {
+            labels.extend_from_slice(&v.to_be_bytes());
+        }
+        labels.extend_from_slice(&[7, 3]);
+        write(dir.path(), "t10k-images-idx3-ubyte", &images);
+        write(dir.path(), "t10k-labels-idx1-ubyte", &labels);
         let test = load_mnist(dir.path(), Split::Test)?;
         assert_eq!(test.len(), 2);
-        assert_eq!(test.labels, [7, 0]);
-        assert_eq!(test.images, imgs[..2].concat());
-        // When both exist, the raw file is read.
-        write(dir.path(), "t10k-labels-idx1-ubyte", &idx_labels(&[1, 2]));
-        assert_eq!(load_mnist(dir.path(), Split::Test)?.labels, [1, 2]);
+        assert_eq!(test.shape(), [1, 4, 5]);
+        assert_eq!(test.labels, [7, 3]);
+        assert_eq!(test.image(1), &(20..40).collect::<Vec<u8>>()[..]);
+        assert_eq!(test.num_classes(), 10);
+        assert_eq!(test.classes[3], "3");
+        let decoded = decode_mnist(Path::new("i"), images, Path::new("l"), labels)?;
+        assert_eq!(decoded.images, test.images);
+        let e = err_text(load_mnist(dir.path(), Split::Train));
+        assert!(
+            e.contains("train-images-idx3-ubyte") && e.contains("distill data fetch mnist"),
+            "{e}"
+        );
         Ok(())
-    }
-
-    #[test]
-    fn idx_truncated_files_are_named_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let (imgs, labels) = mnist_fixture();
-        let full = idx_images(&imgs, 4, 5); // 16 + 60 bytes
-        write(
-            dir.path(),
-            "train-images-idx3-ubyte",
-            &full[..full.len() - 3],
-        );
-        write(dir.path(), "train-labels-idx1-ubyte", &idx_labels(&labels));
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(e.contains("train-images-idx3-ubyte"), "{e}");
-        assert!(e.contains("truncated: expected 76 bytes, found 73"), "{e}");
-        // Truncated header.
-        write(dir.path(), "train-images-idx3-ubyte", &full[..10]);
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(
-            e.contains("truncated: expected at least 16 header bytes, found 10"),
-            "{e}"
-        );
-        // Trailing bytes.
-        let mut long = full.clone();
-        long.push(0);
-        write(dir.path(), "train-images-idx3-ubyte", &long);
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(e.contains("1 unexpected trailing bytes"), "{e}");
-
-        // A truncated gzip stream: the decompressed size is reported.
-        let dir = tempfile::tempdir().unwrap();
-        let big: Vec<Vec<u8>> = (0..50)
-            .map(|i| (0..400).map(|j| ((i * 7 + j * 13) % 251) as u8).collect())
-            .collect();
-        let labels: Vec<u8> = (0..50).map(|i| (i % 10) as u8).collect();
-        let gz = gzip(&idx_images(&big, 20, 20));
-        write(dir.path(), "t10k-images-idx3-ubyte.gz", &gz[..gz.len() / 2]);
-        write(
-            dir.path(),
-            "t10k-labels-idx1-ubyte.gz",
-            &gzip(&idx_labels(&labels)),
-        );
-        let e = err_text(load_mnist(dir.path(), Split::Test));
-        assert!(e.contains("t10k-images-idx3-ubyte.gz"), "{e}");
-        assert!(e.contains("truncated: expected 20016 bytes"), "{e}");
-        assert!(
-            e.contains("found") && e.contains("gzip stream ends early"),
-            "{e}"
-        );
-        // Only the gzip trailer (CRC, size) missing: all bytes decode, the stream is still reported.
-        write(dir.path(), "t10k-images-idx3-ubyte.gz", &gz[..gz.len() - 4]);
-        let e = err_text(load_mnist(dir.path(), Split::Test));
-        assert!(
-            e.contains("t10k-images-idx3-ubyte.gz") && e.contains("truncated"),
-            "{e}"
-        );
-        write(dir.path(), "t10k-images-idx3-ubyte.gz", &gz);
-        assert_eq!(load_mnist(dir.path(), Split::Test).unwrap().len(), 50);
-    }
-
-    #[test]
-    fn idx_bad_magic_labels_and_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let (imgs, labels) = mnist_fixture();
-        // labels file where the images file should be
-        write(dir.path(), "train-images-idx3-ubyte", &idx_labels(&labels));
-        write(dir.path(), "train-labels-idx1-ubyte", &idx_labels(&labels));
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(
-            e.contains("train-images-idx3-ubyte") && e.contains("bad magic number 2049"),
-            "{e}"
-        );
-        // a gzip file without the .gz suffix
-        write(
-            dir.path(),
-            "train-images-idx3-ubyte",
-            &gzip(&idx_images(&imgs, 4, 5)),
-        );
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(e.contains("bad magic") && e.contains("gzip"), "{e}");
-        write(
-            dir.path(),
-            "train-images-idx3-ubyte",
-            &idx_images(&imgs, 4, 5),
-        );
-        write(
-            dir.path(),
-            "train-labels-idx1-ubyte",
-            &idx_images(&imgs, 4, 5),
-        );
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(
-            e.contains("train-labels-idx1-ubyte") && e.contains("bad magic number 2051"),
-            "{e}"
-        );
-        write(
-            dir.path(),
-            "train-labels-idx1-ubyte",
-            &idx_labels(&[1, 10, 2]),
-        );
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(e.contains("label 10 at index 1"), "{e}");
-        write(dir.path(), "train-labels-idx1-ubyte", &idx_labels(&[1, 2]));
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(
-            e.contains("has 2 labels but") && e.contains("3 images"),
-            "{e}"
-        );
     }
 
     #[test]
@@ -1104,17 +764,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let e = err_text(load_mnist(&missing, Split::Train));
-        assert!(e.contains("nope"), "{e}");
         assert!(
-            e.contains("distill data fetch mnist") && e.contains("DISTILL_DATA"),
+            e.contains("nope")
+                && e.contains("distill data fetch mnist")
+                && e.contains("DISTILL_DATA"),
             "{e}"
         );
-        let e = err_text(load_mnist(dir.path(), Split::Train));
-        assert!(
-            e.contains("train-images-idx3-ubyte") && e.contains("not found"),
-            "{e}"
-        );
-        assert!(e.contains("distill data fetch mnist"), "{e}");
         let e = err_text(load_cifar10(&missing, Split::Test));
         assert!(e.contains("distill data fetch cifar10"), "{e}");
         let e = err_text(load_cifar100(dir.path(), Split::Test));

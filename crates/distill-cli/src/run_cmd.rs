@@ -1,0 +1,184 @@
+//! `distill run`, `distill check`, `distill eval` and `distill export`: one recipe, one saved model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use distill_core::{
+    checkpoint::read_json, pipeline::write_report, recipe::Recipe, report::Report, RunContext,
+};
+use distill_registry::Registry;
+
+use crate::cards::{write_cards, Card};
+use crate::dirs::{check_data_dir, device, dir_from, Dirs};
+use crate::plugins::find_plugin;
+
+/// The git revision of the working directory, recorded in reports (`None` outside a repository).
+pub fn git_revision() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `distill run RECIPE`.
+#[allow(clippy::too_many_arguments)]
+pub fn cmd_run(
+    reg: &Registry,
+    recipe_path: &Path,
+    quick: bool,
+    seeds: Vec<u64>,
+    out: Option<PathBuf>,
+    resume: bool,
+    allow_changed: Vec<String>,
+    cache_dir: Option<PathBuf>,
+    no_cache: bool,
+    quiet: bool,
+    dirs: &Dirs,
+) -> Result<()> {
+    let mut recipe = Recipe::load(recipe_path, quick)?;
+    if !seeds.is_empty() {
+        recipe.seeds = seeds;
+        recipe.validate("--seed")?;
+    }
+    if !allow_changed.is_empty() && !resume {
+        bail!("--allow-changed only applies with --resume");
+    }
+    let plugin = find_plugin(reg, &recipe.plugin)
+        .with_context(|| format!("{}: `plugin`", recipe_path.display()))?;
+    let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
+    check_data_dir(&data_dir)?;
+    let out_dir = out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(if quick {
+            format!("{}-quick", recipe.name)
+        } else {
+            recipe.name.clone()
+        })
+    });
+    let ctx = RunContext {
+        data_dir,
+        models_dir: dir_from(&dirs.models_dir, "DISTILL_MODELS", "models"),
+        out_dir: out_dir.clone(),
+        cache_dir: if no_cache {
+            None
+        } else {
+            Some(dir_from(&cache_dir, "DISTILL_CACHE", ".distill-cache"))
+        },
+        device: device(&dirs.device)?,
+        quick,
+        resume,
+        quiet,
+        recipe_path: Some(recipe_path.to_path_buf()),
+        git_revision: git_revision(),
+        allow_changed,
+        plugin_identity: distill_registry::identity(reg.get(&recipe.plugin)?, plugin.as_ref())?,
+        no_training: false,
+    };
+    // held until the report is written: a second run or resume of these seeds exits 2 naming this process
+    let _locks = distill_core::run_record::lock_seeds(&out_dir, &recipe.seeds)?;
+    let run = plugin.run(&recipe, &ctx)?;
+    write_cards(&run, &recipe, &out_dir)?;
+    let report = Report::new(vec![run], ctx.git_revision.clone());
+    write_report(&report, &out_dir)?;
+    println!("{}", report.to_markdown());
+    println!("wrote {}", out_dir.join("report.json").display());
+    Ok(())
+}
+
+/// `distill check RECIPE [--quick]`: builds the recipe's networks and losses on zeros, no data.
+pub fn cmd_check(reg: &Registry, recipe: &Path, quick: bool) -> Result<()> {
+    let r = Recipe::load(recipe, quick)?;
+    let plugin =
+        find_plugin(reg, &r.plugin).with_context(|| format!("{}: `plugin`", recipe.display()))?;
+    // no data is read; the models dir serves networks built on pretrained configs
+    let mut ctx = RunContext::new(dir_from(&None, "DISTILL_DATA", "datasets"), ".");
+    ctx.models_dir = dir_from(&None, "DISTILL_MODELS", "models");
+    // an error located in the recipe file already names it
+    let file = recipe.display().to_string();
+    let named = |e: distill_core::Error, label: String| {
+        let msg = e.to_string();
+        if msg.starts_with(&file) {
+            anyhow::Error::from(e)
+        } else {
+            anyhow::Error::from(e).context(label)
+        }
+    };
+    let s = plugin.check(&r, &ctx).map_err(|e| named(e, file.clone()))?;
+    if !quick && r.quick.is_some() {
+        // the [quick] overrides build too (model specs, losses, feature shapes)
+        plugin
+            .check(&Recipe::load(recipe, true)?, &ctx)
+            .map_err(|e| named(e, format!("{file} [quick]")))?;
+    }
+    println!("{}: ok", recipe.display());
+    println!("  teacher  {} ({} params)", s.teacher, s.teacher_params);
+    println!("  student  {} ({} params)", s.student, s.student_params);
+    println!("  losses   {}", s.losses.join(" + "));
+    Ok(())
+}
+
+/// `distill eval CHECKPOINT`.
+pub fn cmd_eval(reg: &Registry, checkpoint: &Path, dirs: &Dirs) -> Result<()> {
+    let dir = checkpoint.parent().unwrap_or(Path::new("."));
+    let card_path = dir.join("card.json");
+    if !checkpoint.exists() {
+        bail!("{}: file not found", checkpoint.display());
+    }
+    let card: Card = read_json(&card_path).map_err(|e| {
+        anyhow!("{e} (every saved model needs the card.json written beside it by `distill run`)")
+    })?;
+    let recipe = Recipe::parse(&card.recipe_toml, &card_path.display().to_string(), false)?;
+    let plugin = find_plugin(reg, &card.plugin)?;
+    let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
+    check_data_dir(&data_dir)?;
+    let ctx = RunContext {
+        device: device(&dirs.device)?,
+        ..RunContext::new(data_dir, dir)
+    };
+    let model: toml::Table = toml::from_str(&card.model)?;
+    let (describe, e) = plugin.evaluate(&recipe, &model, checkpoint, &ctx)?;
+    let metric = card
+        .metric
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("metric");
+    println!(
+        "{describe} ({}, {} test set): {metric} = {:.4}",
+        card.plugin, card.dataset, e.metric
+    );
+    for (k, v) in &e.extra {
+        println!("  {k} = {v:.4}");
+    }
+    Ok(())
+}
+
+/// `distill export RUN --to DIR`.
+pub fn cmd_export(run: &Path, to: &Path, phase: &str, seed: u64) -> Result<()> {
+    if !distill_core::train::files::PHASES.contains(&phase) {
+        bail!("--phase {phase}: expected teacher, scratch or distilled");
+    }
+    let src = run.join(format!("seed-{seed}")).join(phase);
+    let model = src.join("model.safetensors");
+    if !model.exists() {
+        bail!(
+            "{}: not found (is {} the output dir of a finished `distill run`?)",
+            model.display(),
+            run.display()
+        );
+    }
+    std::fs::create_dir_all(to).with_context(|| to.display().to_string())?;
+    let bytes = std::fs::read(&model).with_context(|| model.display().to_string())?;
+    distill_core::checkpoint::write_atomic(&to.join("model.safetensors"), &bytes)?;
+    let card = std::fs::read(src.join("card.json"))
+        .with_context(|| src.join("card.json").display().to_string())?;
+    distill_core::checkpoint::write_atomic(&to.join("card.json"), &card)?;
+    println!(
+        "exported {} ({} bytes) and its card to {}",
+        model.display(),
+        bytes.len(),
+        to.display()
+    );
+    Ok(())
+}
