@@ -10,7 +10,7 @@ use std::{
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::PhaseSpec;
+use super::spec::PhaseSpec;
 use crate::{
     checkpoint::{
         read_json, read_safetensors, read_safetensors_with_metadata, verify_safetensors,
@@ -50,6 +50,26 @@ pub(super) struct PhaseState {
 /// Metadata key under which a checkpoint carries the [`PhaseState`] it was written with, so any kept
 /// checkpoint can be resumed from on its own.
 const STATE_KEY: &str = "distill.state";
+
+impl PhaseState {
+    /// The state of a phase that has not trained yet.
+    pub(super) fn fresh(spec: &PhaseSpec) -> Self {
+        Self {
+            epochs_done: 0,
+            history: Vec::new(),
+            best_epoch: None,
+            best_val: None,
+            bad_epochs: 0,
+            elapsed_s: 0.0,
+            stopped_early: false,
+            lr_scale: 1.0,
+            backoffs: Vec::new(),
+            checkpoint: None,
+            previous: None,
+            recipe_hash: Some(spec.recipe_hash.clone()).filter(|h| !h.is_empty()),
+        }
+    }
+}
 
 /// The checkpoint file written after `epochs_done` epochs. Each epoch writes a new file (with its state and a
 /// checksum in the header), reads it back to verify it, then writes state.json naming it and the previous one
