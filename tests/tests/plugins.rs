@@ -486,3 +486,169 @@ fn a_plugins_toml_without_builtins_in_the_working_dir_only_adds() {
         }
     }
 }
+
+/// Three noisy spiral arms as the template's CSV (`x,y,label`), from a fixed LCG: class `i % 3`.
+fn write_spirals(path: &Path, n: usize, seed: u64) {
+    let mut state = seed;
+    let mut uniform = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut text = String::from("x,y,label\n");
+    for i in 0..n {
+        let k = i % 3;
+        let t = 0.05 + 0.95 * uniform();
+        let a = 6.0 * t + 2.0 * std::f64::consts::PI * k as f64 / 3.0;
+        let (nx, ny) = (0.1 * (uniform() - 0.5), 0.1 * (uniform() - 0.5));
+        text.push_str(&format!(
+            "{:.5},{:.5},{k}\n",
+            t * a.cos() + nx,
+            t * a.sin() + ny
+        ));
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A template recipe: `data` lines go into `[data]`, `phase` lines into `[teacher]`.
+fn template_recipe(data: &str, phase: &str) -> String {
+    format!(
+        r#"name = "spirals-val"
+plugin = "tabular"
+dataset = "csv"
+seeds = [0]
+
+[data]
+batch_size = 32
+eval_batch_size = 1000
+{data}
+options = {{ features = 2, classes = 3, train = "s/train.csv", test = "s/test.csv" }}
+
+[teacher]
+model = {{ arch = "mlp", hidden = [32, 32] }}
+epochs = 30
+optimizer = {{ kind = "adamw", lr = 0.03, weight_decay = 0.0 }}
+{phase}
+
+[student]
+model = {{ arch = "mlp", hidden = [8] }}
+epochs = 2
+optimizer = {{ kind = "adamw", lr = 0.01, weight_decay = 0.0 }}
+
+[distill]
+losses = [{{ name = "kd", temperature = 4.0, weight = 1.0 }}]
+"#
+    )
+}
+
+#[test]
+fn the_template_gets_a_validation_split_and_early_stopping_from_core() {
+    let dir = scratch();
+    let d = dir.path();
+    let reg = registry(d, &[("tabular", &rel("distill-plugin-template"))]);
+    let reg_s = reg.to_str().unwrap();
+    write_spirals(&d.join("data/s/train.csv"), 240, 1);
+    write_spirals(&d.join("data/s/test.csv"), 300, 2);
+    let run = |recipe: &str, out: &str| {
+        distill(
+            d,
+            &[
+                "run",
+                recipe,
+                "--registry",
+                reg_s,
+                "--data-dir",
+                "data",
+                "--out",
+                out,
+                "--quiet",
+                "--no-cache",
+            ],
+        )
+    };
+
+    // early stopping without a validation split is refused before anything runs
+    std::fs::write(
+        d.join("no-val.toml"),
+        template_recipe("", "early_stopping = { patience = 3 }"),
+    )
+    .unwrap();
+    let o = distill(d, &["check", "no-val.toml", "--registry", reg_s]);
+    fails_with(&o, "teacher.early_stopping");
+    assert!(
+        stderr(&o).contains("needs a validation split"),
+        "{}",
+        stderr(&o)
+    );
+
+    // a hold-out of every training row is refused, naming the key
+    std::fs::write(
+        d.join("all-val.toml"),
+        template_recipe("validation = 240", "early_stopping = { patience = 3 }"),
+    )
+    .unwrap();
+    fails_with(
+        &run("all-val.toml", "o1"),
+        "data.validation: holds out 240 samples but the training set has only 240",
+    );
+
+    // 60 of 240 training rows held out, 100 of 300 test rows kept: validation is evaluated after every
+    // epoch and the best validation epoch's weights are kept
+    std::fs::write(
+        d.join("val.toml"),
+        template_recipe(
+            "validation = 60\ntest_limit = 100",
+            "early_stopping = { patience = 4 }",
+        ),
+    )
+    .unwrap();
+    let o = distill(d, &["check", "val.toml", "--registry", reg_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run("val.toml", "out");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let res: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out/seed-0/teacher/result.json")).unwrap())
+            .unwrap();
+    let curve = res["curve"].as_array().unwrap();
+    let epochs = res["epochs"].as_u64().unwrap() as usize;
+    assert!((1..=30).contains(&epochs) && curve.len() == epochs, "{res}");
+    let val: Vec<f64> = curve
+        .iter()
+        .map(|e| {
+            e["val_metric"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no validation metric in epoch {e}"))
+        })
+        .collect();
+    // accuracies over 60 rows: multiples of 1/60
+    for v in &val {
+        assert!((v * 60.0 - (v * 60.0).round()).abs() < 1e-6, "{val:?}");
+    }
+    // the best epoch is the first with the highest validation accuracy
+    let best = res["best_val_epoch"].as_u64().expect("a best epoch") as usize;
+    let max = val.iter().cloned().fold(f64::MIN, f64::max);
+    assert_eq!(
+        best,
+        val.iter().position(|&v| v == max).unwrap() + 1,
+        "{val:?}"
+    );
+    // stopped early exactly `patience` epochs after the best one, or ran every epoch
+    assert!(
+        epochs == 30 || epochs == best + 4,
+        "best {best}, {epochs} epochs"
+    );
+    // the kept weights are the best epoch's: the headline is its test metric
+    let metric = res["metric"].as_f64().unwrap();
+    let best_test = curve[best - 1]["test_metric"].as_f64().unwrap();
+    assert!((metric - best_test).abs() < 1e-9, "{metric} vs {best_test}");
+    assert!(d.join("out/seed-0/teacher/best.safetensors").exists());
+    // test_limit: 100 of the 300 test rows are evaluated, so errors = 100 * (1 - accuracy)
+    let errors = res["extra"]["errors"].as_f64().unwrap();
+    assert!((errors - 100.0 * (1.0 - metric)).abs() < 1e-6, "{res}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("out/report.json")).unwrap()).unwrap();
+    assert_eq!(report["runs"][0]["teacher"]["headline"], "best_val_epoch");
+    assert_eq!(report["runs"][0]["scratch"]["headline"], "last_epoch");
+}

@@ -25,6 +25,7 @@
 
 pub mod abi;
 pub mod checkpoint;
+pub mod examples;
 pub mod losses;
 pub mod network;
 mod outputs;
@@ -46,6 +47,7 @@ pub mod teacher_cache;
 pub mod testing;
 pub mod train;
 
+pub use examples::{Examples, Holdout, Source, SplitTask};
 pub use host::Plugin;
 pub use plugin::{BuildContext, Domain, Manifest, RunContext};
 pub use task::{Evaluation, Split, Task, TaskInfo};

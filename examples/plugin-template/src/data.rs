@@ -6,14 +6,18 @@
 //! 0.12,-1.5,2
 //! ```
 //!
-//! Recipe options (`[data] options = { ... }`): `features` and `classes` (required), `train`, `test` (files
-//! relative to the data dir, required), `val` (optional), `standardize` (default true: features scaled to
-//! zero mean and unit variance with the training set's statistics).
+//! Recipe options (`[data] options = { ... }`, [`CsvOptions`]): `features` and `classes` (required), `train`,
+//! `test` (files relative to the data dir, required), `standardize` (default true: features scaled to zero
+//! mean and unit variance with the training split's statistics). The validation split is not a file of its
+//! own: `[data] validation = N` holds out the training file's last N rows (distill-core's [`Holdout`]).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use distill_core::{Batch, Error, Result, Rng, Split, Task, TaskInfo};
+use distill_core::{
+    recipe::DataConfig, Batch, Error, Examples, Holdout, Result, Rng, Source, Split, TaskInfo,
+};
+use serde::Deserialize;
 
 /// Rows of one CSV file.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,61 +90,79 @@ pub fn parse_csv(text: &str, path: &Path, features: usize, classes: usize) -> Re
     Ok(Rows { x, y })
 }
 
-/// A classification task over CSV files, kept in memory as tensors.
-pub struct CsvTask {
-    info: TaskInfo,
-    splits: Vec<(Split, Tensor, Tensor)>,
+/// The recipe's `[data] options`, checked once: unknown keys are an error.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// Numbers per row.
+    pub features: usize,
+    /// Number of classes (labels are `0..classes`).
+    pub classes: usize,
+    /// The training file, relative to the data dir (the validation split is cut from its last rows).
+    pub train: String,
+    /// The test file, relative to the data dir.
+    pub test: String,
+    /// Scale features to zero mean and unit variance with the training split's statistics (default true).
+    #[serde(default = "yes")]
+    pub standardize: bool,
 }
 
-fn option_path(options: &toml::Table, key: &str) -> Result<Option<String>> {
-    match options.get(key) {
-        None => Ok(None),
-        Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| {
-            Error::config(
-                "data.options",
-                format!("`{key}` must be a file name, got {v}"),
-            )
-        }),
+fn yes() -> bool {
+    true
+}
+
+impl CsvOptions {
+    /// Reads `data.options` (absent: an empty table, which names the first missing key).
+    pub fn from_recipe(data: &DataConfig) -> Result<Self> {
+        let table = data.options.clone().unwrap_or_default();
+        let options: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("data.options", e.message()))?;
+        for (key, n) in [("features", options.features), ("classes", options.classes)] {
+            if n == 0 {
+                return Err(Error::config(
+                    "data.options",
+                    format!("`{key}` must be a positive integer, got 0"),
+                ));
+            }
+        }
+        Ok(options)
     }
 }
 
-impl CsvTask {
-    /// Reads the files the options name from `data_dir`.
+/// The examples of a CSV data set, kept in memory as tensors: `(features, labels)` per source. The splits
+/// are cut by distill-core ([`distill_core::SplitTask`]).
+pub struct CsvExamples {
+    info: TaskInfo,
+    train: (Tensor, Tensor),
+    test: (Tensor, Tensor),
+}
+
+impl CsvExamples {
+    /// Reads the files `options` names from `data_dir`; the statistics for standardising come from the
+    /// rows `data` leaves for training (never the validation or test rows).
     pub fn load(
         info: TaskInfo,
-        options: &toml::Table,
+        options: &CsvOptions,
+        data: &DataConfig,
         data_dir: &Path,
         device: &Device,
     ) -> Result<Self> {
-        let features = info.input_shape[0];
-        let read = |key: &str| -> Result<Option<Rows>> {
-            let Some(file) = option_path(options, key)? else {
-                return Ok(None);
-            };
+        let features = options.features;
+        let read = |file: &str| -> Result<Rows> {
             let path = data_dir.join(file);
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            parse_csv(&text, &path, features, info.num_classes).map(Some)
+            parse_csv(&text, &path, features, options.classes)
         };
-        let required =
-            |key: &str| Error::config("data.options", format!("`{key}` (a CSV file) is required"));
-        let train = read("train")?.ok_or_else(|| required("train"))?;
-        let test = read("test")?.ok_or_else(|| required("test"))?;
-        let val = read("val")?;
-        let standardize = match options.get("standardize") {
-            None => true,
-            Some(v) => v.as_bool().ok_or_else(|| {
-                Error::config(
-                    "data.options",
-                    format!("`standardize` must be true or false, got {v}"),
-                )
-            })?,
-        };
-        // training-set statistics, applied to every split
-        let n = train.y.len() as f64;
+        let train = read(&options.train)?;
+        let test = read(&options.test)?;
+        let train_rows = Holdout::new(data, train.y.len(), test.y.len())?.indices(Split::Train);
         let (mut mean, mut std) = (vec![0f32; features], vec![1f32; features]);
-        if standardize {
+        if options.standardize {
+            let n = train_rows.len().max(1) as f64;
+            let rows = &train.x[train_rows.start * features..train_rows.end * features];
             for f in 0..features {
-                let col = train.x.iter().skip(f).step_by(features).map(|&v| v as f64);
+                let col = rows.iter().skip(f).step_by(features).map(|&v| v as f64);
                 let m = col.clone().sum::<f64>() / n;
                 let var = col.map(|v| (v - m) * (v - m)).sum::<f64>() / n;
                 mean[f] = m as f32;
@@ -160,44 +182,38 @@ impl CsvTask {
                 Tensor::from_vec(rows.y, len, device)?,
             ))
         };
-        let mut splits = Vec::new();
-        for (split, rows) in [
-            (Split::Train, Some(train)),
-            (Split::Val, val),
-            (Split::Test, Some(test)),
-        ] {
-            if let Some(rows) = rows {
-                let (x, y) = tensors(rows)?;
-                splits.push((split, x, y));
-            }
-        }
-        Ok(Self { info, splits })
+        Ok(Self {
+            info,
+            train: tensors(train)?,
+            test: tensors(test)?,
+        })
     }
 
-    fn split(&self, split: Split) -> Option<&(Split, Tensor, Tensor)> {
-        self.splits.iter().find(|(s, _, _)| *s == split)
+    fn source(&self, source: Source) -> &(Tensor, Tensor) {
+        match source {
+            Source::Train => &self.train,
+            Source::Test => &self.test,
+        }
     }
 }
 
-impl Task for CsvTask {
+impl Examples for CsvExamples {
     fn info(&self) -> &TaskInfo {
         &self.info
     }
 
-    fn len(&self, split: Split) -> usize {
-        self.split(split).map(|(_, _, y)| y.dims()[0]).unwrap_or(0)
+    fn len(&self, source: Source) -> usize {
+        self.source(source).1.dims()[0]
     }
 
     fn batch(
         &self,
-        split: Split,
+        source: Source,
         indices: &[usize],
         _augment: Option<&str>,
         _rng: &mut Rng,
     ) -> Result<Batch> {
-        let (_, x, y) = self
-            .split(split)
-            .ok_or_else(|| Error::msg(format!("the CSV task has no {split:?} split")))?;
+        let (x, y) = self.source(source);
         let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
         let idx = Tensor::new(idx.as_slice(), x.device())?;
         Ok(Batch {
@@ -245,6 +261,36 @@ mod tests {
         assert_eq!(
             e("a,b,label\n1,inf,0\n"),
             "d.csv:2: column 2: `inf` is not a finite number"
+        );
+    }
+
+    #[test]
+    fn options_are_typed_and_unknown_keys_refused() {
+        let data = |text: &str| DataConfig {
+            options: Some(text.parse().unwrap()),
+            ..Default::default()
+        };
+        let o = CsvOptions::from_recipe(&data(
+            "features = 2\nclasses = 3\ntrain = \"a.csv\"\ntest = \"b.csv\"",
+        ))
+        .unwrap();
+        assert_eq!((o.features, o.classes, o.standardize), (2, 3, true));
+        let e = |text: &str| {
+            CsvOptions::from_recipe(&data(text))
+                .unwrap_err()
+                .to_string()
+        };
+        let unknown = e("features = 2\nclasses = 3\ntrain = \"a\"\ntest = \"b\"\nval = \"c\"");
+        assert!(
+            unknown.contains("data.options") && unknown.contains("unknown field `val`"),
+            "{unknown}"
+        );
+        let missing = e("features = 2\nclasses = 3\ntest = \"b\"");
+        assert!(missing.contains("missing field `train`"), "{missing}");
+        let zero = e("features = 0\nclasses = 3\ntrain = \"a\"\ntest = \"b\"");
+        assert!(
+            zero.contains("`features` must be a positive integer"),
+            "{zero}"
         );
     }
 }

@@ -1,7 +1,9 @@
 //! A third-party **distill** plugin, built as a dynamic library: tabular classification from CSV files.
 //!
-//! It uses nothing but distill-core's public API: a [`Task`] over CSV rows ([`data`]), an MLP [`Network`]
-//! ([`model`]), and the core's pipeline, losses and training loop through [`run_recipe`]. The last line,
+//! It uses nothing but the public APIs of distill-core and distill-nn: the examples of a CSV data set
+//! ([`data`], cut into training, validation and test splits by [`SplitTask`]), an MLP [`Network`] composed
+//! from distill-nn's layers ([`model`]), and the core's pipeline, losses and training loop through the
+//! default [`Plugin`] entry points. The last line,
 //! `export_plugin!`, is what makes the library loadable by `distill` (see docs/plugin-guide.md).
 
 pub mod data;
@@ -9,30 +11,11 @@ pub mod model;
 
 use distill_core::{
     recipe::Recipe, task::MetricInfo, BuildContext, Domain, Error, Manifest, Network, Plugin,
-    Result, RunContext, Task, TaskInfo,
+    Result, RunContext, SplitTask, Task, TaskInfo,
 };
 
 /// The plugin: one data set kind (`csv`), one model kind (`mlp`).
 pub struct TabularPlugin;
-
-/// Reads `data.options.<key>` as a positive integer.
-fn option_usize(recipe: &Recipe, key: &str) -> Result<usize> {
-    let v = recipe
-        .data
-        .options
-        .as_ref()
-        .and_then(|o| o.get(key))
-        .ok_or_else(|| Error::config("data.options", format!("`{key}` is required")))?;
-    v.as_integer()
-        .filter(|n| *n > 0)
-        .map(|n| n as usize)
-        .ok_or_else(|| {
-            Error::config(
-                "data.options",
-                format!("`{key}` must be a positive integer, got {v}"),
-            )
-        })
-}
 
 impl Plugin for TabularPlugin {}
 
@@ -60,10 +43,11 @@ impl Domain for TabularPlugin {
                 known: "csv".into(),
             });
         }
+        let options = data::CsvOptions::from_recipe(&recipe.data)?;
         Ok(TaskInfo {
             dataset: recipe.dataset.clone(),
-            input_shape: vec![option_usize(recipe, "features")?],
-            num_classes: option_usize(recipe, "classes")?,
+            input_shape: vec![options.features],
+            num_classes: options.classes,
             metric: MetricInfo {
                 name: "accuracy".into(),
                 higher_is_better: true,
@@ -73,18 +57,15 @@ impl Domain for TabularPlugin {
 
     fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
         let info = self.task_info(recipe)?;
-        let options = recipe.data.options.clone().unwrap_or_default();
-        Ok(Box::new(data::CsvTask::load(
-            info,
-            &options,
-            &ctx.data_dir,
-            &ctx.device,
-        )?))
+        let options = data::CsvOptions::from_recipe(&recipe.data)?;
+        let examples =
+            data::CsvExamples::load(info, &options, &recipe.data, &ctx.data_dir, &ctx.device)?;
+        // distill-core cuts the splits: `data.validation`, `train_limit`, `test_limit`
+        Ok(Box::new(SplitTask::new(examples, &recipe.data)?))
     }
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
-        let (info, seed, device) = (ctx.info, ctx.seed, ctx.device);
-        Ok(Box::new(model::Mlp::from_table(model, info, seed, device)?))
+        Ok(Box::new(model::MlpNet::from_table(model, ctx)?))
     }
 }
 

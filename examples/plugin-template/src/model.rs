@@ -1,123 +1,86 @@
-//! The plugin's network: an MLP, `features -> hidden... -> classes`, ReLU and optional dropout, with its
-//! hidden activations exposed as features (`hidden1`, ...) for feature-based distillation losses.
+//! The plugin's network: an MLP, `features -> hidden... -> classes`, ReLU and optional dropout, composed from
+//! distill-nn's [`Mlp`] layer, with its hidden activations exposed as features (`hidden1`, ...) for
+//! feature-based distillation losses. Parameters are named as PyTorch names an `nn.Sequential`-free MLP's
+//! (`fc1.weight`, `fc1.bias`, `fc2.weight`, ...), so a state dict loads both ways.
 
-use candle_core::{Device, Tensor};
-use candle_nn::{Linear, Module, VarMap};
-use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result, TaskInfo};
-use distill_nn::layers::dropout;
+use candle_core::Tensor;
+use candle_nn::VarMap;
+use distill_core::{BuildContext, Error, FeatureKind, Mode, Network, Outputs, Result};
+use distill_nn::layers::{Mlp, MlpConfig};
+use serde::Deserialize;
 
-/// A multi-layer perceptron.
-pub struct Mlp {
-    layers: Vec<Linear>,
-    sizes: Vec<usize>,
-    dropout: f64,
+/// A recipe's `model` table, checked once: `{ arch = "mlp", hidden = [64, 64], dropout = 0.1 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpOptions {
+    /// Must be `"mlp"`.
+    pub arch: String,
+    /// Hidden layer widths (at least one).
+    pub hidden: Vec<usize>,
+    /// Dropout after each hidden layer while training (default 0).
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+impl MlpOptions {
+    /// Reads a recipe's `model` table.
+    pub fn from_table(model: &toml::Table) -> Result<Self> {
+        let options: Self = toml::Value::Table(model.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("model", e.message()))?;
+        if options.arch != "mlp" {
+            return Err(Error::Unknown {
+                what: "model",
+                name: options.arch,
+                known: "mlp".into(),
+            });
+        }
+        Ok(options)
+    }
+}
+
+/// The plugin's network: a [`Mlp`] and the variables it trains.
+pub struct MlpNet {
+    mlp: Mlp,
     varmap: VarMap,
 }
 
-impl Mlp {
-    /// Reads a recipe's `model` table: `{ arch = "mlp", hidden = [64, 64], dropout = 0.1 }`.
-    pub fn from_table(
-        model: &toml::Table,
-        info: &TaskInfo,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
-        let err = |msg: String| Error::config("model", msg);
-        for key in model.keys() {
-            if !["arch", "hidden", "dropout"].contains(&key.as_str()) {
-                return Err(err(format!(
-                    "unknown key `{key}` (known: arch, hidden, dropout)"
-                )));
-            }
-        }
-        match model.get("arch").and_then(|a| a.as_str()) {
-            Some("mlp") => {}
-            other => {
-                return Err(Error::Unknown {
-                    what: "model",
-                    name: other.unwrap_or("(missing `arch`)").to_string(),
-                    known: "mlp".into(),
-                })
-            }
-        }
-        let hidden = model
-            .get("hidden")
-            .and_then(|h| h.as_array())
-            .ok_or_else(|| err("`hidden` must be a list of layer sizes, e.g. [64, 64]".into()))?
-            .iter()
-            .map(|v| v.as_integer().filter(|n| *n > 0).map(|n| n as usize))
-            .collect::<Option<Vec<_>>>()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| err("`hidden` must hold at least one positive integer".into()))?;
-        let dropout = match model.get("dropout") {
-            None => 0.0,
-            Some(v) => v
-                .as_float()
-                .filter(|p| (0.0..1.0).contains(p))
-                .ok_or_else(|| err(format!("`dropout` must be a number in [0, 1), got {v}")))?,
+impl MlpNet {
+    /// Builds the network a recipe's `model` table describes for `ctx.info`, its parameters drawn from
+    /// `ctx.seed`.
+    pub fn from_table(model: &toml::Table, ctx: &BuildContext) -> Result<Self> {
+        let options = MlpOptions::from_table(model)?;
+        let cfg = MlpConfig {
+            dropout: options.dropout,
+            ..MlpConfig::new(
+                ctx.info.input_shape[0],
+                &options.hidden,
+                ctx.info.num_classes,
+            )
         };
-        Self::new(
-            info.input_shape[0],
-            &hidden,
-            info.num_classes,
-            dropout,
-            seed,
-            device,
-        )
-    }
-
-    /// An MLP with the given sizes, its parameters drawn from `seed`.
-    pub fn new(
-        inputs: usize,
-        hidden: &[usize],
-        classes: usize,
-        dropout: f64,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
         let varmap = VarMap::new();
-        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device);
-        let sizes: Vec<usize> = std::iter::once(inputs)
-            .chain(hidden.iter().copied())
-            .chain(std::iter::once(classes))
-            .collect();
-        let layers = sizes
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| candle_nn::linear(w[0], w[1], vb.pp(format!("fc{}", i + 1))))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            sizes,
-            dropout,
-            varmap,
-        })
+        let vb = distill_nn::init::seeded_var_builder(&varmap, ctx.seed, ctx.device);
+        let mlp = Mlp::new(&cfg, vb)?;
+        Ok(Self { mlp, varmap })
     }
 }
 
-impl Network for Mlp {
+impl Network for MlpNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
-        if input.rank() != 2 || input.dim(1)? != self.sizes[0] {
+        let inputs = self.mlp.config().input;
+        if input.rank() != 2 || input.dim(1)? != inputs {
             return Err(Error::Shape(format!(
-                "{} expects [B, {}] input, got {:?}",
+                "{} expects [B, {inputs}] input, got {:?}",
                 self.describe(),
-                self.sizes[0],
                 input.dims()
             )));
         }
-        let (last, hidden) = self.layers.split_last().expect("at least one hidden layer");
-        let mut x = input.clone();
-        let mut features = Vec::new();
-        for (i, layer) in hidden.iter().enumerate() {
-            let h = layer.forward(&x)?.relu()?;
-            x = dropout(&h, self.dropout, mode, &format!("hidden{}", i + 1))?;
-            features.push((format!("hidden{}", i + 1), h));
+        let out = self.mlp.forward_all(input, mode, "mlp")?;
+        let mut outputs = Outputs::logits(out.output);
+        for (i, h) in out.hidden.into_iter().enumerate() {
+            outputs = outputs.with_feature(&format!("hidden{}", i + 1), FeatureKind::Vector, h)?;
         }
-        let mut out = Outputs::logits(last.forward(&x)?);
-        for (name, h) in features {
-            out = out.with_feature(&name, FeatureKind::Vector, h)?;
-        }
-        Ok(out)
+        Ok(outputs)
     }
 
     fn varmap(&self) -> &VarMap {
@@ -125,14 +88,37 @@ impl Network for Mlp {
     }
 
     fn flops(&self) -> u64 {
-        self.sizes
-            .windows(2)
-            .map(|w| 2 * (w[0] * w[1]) as u64)
-            .sum()
+        self.mlp.flops()
     }
 
     fn describe(&self) -> String {
-        let sizes: Vec<String> = self.sizes.iter().map(|s| s.to_string()).collect();
+        let sizes: Vec<String> = self
+            .mlp
+            .config()
+            .sizes()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         format!("mlp {}", sizes.join("-"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_options_are_typed_and_unknown_keys_refused() {
+        let e = |text: &str| {
+            MlpOptions::from_table(&text.parse().unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e("arch = \"mlp\"\nhidden = [4]\nwidth = 3").contains("unknown field `width`"));
+        assert!(e("arch = \"cnn\"\nhidden = [4]").contains("cnn"));
+        assert!(e("arch = \"mlp\"").contains("missing field `hidden`"));
+        let o =
+            MlpOptions::from_table(&"arch = \"mlp\"\nhidden = [4, 2]".parse().unwrap()).unwrap();
+        assert_eq!((o.hidden, o.dropout), (vec![4, 2], 0.0));
     }
 }
