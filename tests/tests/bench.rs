@@ -346,7 +346,7 @@ fn builtin_recipes() -> Vec<String> {
 #[test]
 fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
     let Some(data) =
-        distill_core::testing::required_dir("DISTILL_DATA", None, "the real-data quick suite")
+        distill_data::testing::required_dir("DISTILL_DATA", None, "the real-data quick suite")
     else {
         return;
     };
@@ -561,7 +561,7 @@ fn graph_checks(
 /// process per round, a table with the workload's row, speed.json with one measurement per round.
 #[test]
 fn speed_bench_runs_a_workload_in_its_own_process_and_writes_the_table() {
-    let Some(data) = distill_core::testing::required_dir(
+    let Some(data) = distill_data::testing::required_dir(
         "DISTILL_DATA",
         Some("cora"),
         "the speed bench on Cora",

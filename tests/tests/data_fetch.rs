@@ -165,7 +165,7 @@ fn data(args: &[&str]) -> Output {
 }
 
 fn shared_data() -> Option<PathBuf> {
-    distill_core::testing::required_dir("DISTILL_DATA", Some("cora"), "the real-data fetch test")
+    distill_data::testing::required_dir("DISTILL_DATA", Some("cora"), "the real-data fetch test")
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

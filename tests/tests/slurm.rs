@@ -131,7 +131,7 @@ fn a_slurm_sweep_equals_the_local_bench() {
     if !slurm_up() && !required("no Slurm answers `sinfo` (run .ci/slurm-up.sh as root)") {
         return;
     }
-    let Some(data) = distill_core::testing::required_dir("DISTILL_DATA", None, "the Slurm sweep")
+    let Some(data) = distill_data::testing::required_dir("DISTILL_DATA", None, "the Slurm sweep")
     else {
         return;
     };

@@ -11,7 +11,6 @@ use std::{
 use anyhow::{bail, Context, Result};
 use distill_core::{
     checkpoint::read_json,
-    pipeline::write_report,
     recipe::Recipe,
     report::{BenchInfo, Report, RunReport},
     Plugin, RunContext,
@@ -342,7 +341,10 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
             let mut run = plugin.run(&planned.recipe, &ctx)?;
             complete(&mut run, &plugin.manifest().domain);
             write_cards(&run, &planned.recipe, &dir)?;
-            write_report(&Report::new(vec![run.clone()], git_revision.clone()), &dir)?;
+            crate::run_markdown::write_report(
+                &Report::new(vec![run.clone()], git_revision.clone()),
+                &dir,
+            )?;
             Ok(run)
         })();
         match ran {

@@ -13,6 +13,7 @@ mod plots;
 mod plugins;
 mod report_cmd;
 mod run_cmd;
+mod run_markdown;
 mod speed;
 mod stats;
 mod suite;

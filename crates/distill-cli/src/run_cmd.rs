@@ -3,14 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use distill_core::{
-    checkpoint::read_json, pipeline::write_report, recipe::Recipe, report::Report, RunContext,
-};
+use distill_core::{checkpoint::read_json, recipe::Recipe, report::Report, RunContext};
 use distill_registry::Registry;
 
 use crate::cards::{write_cards, Card};
 use crate::dirs::{check_data_dir, device, dir_from, Dirs};
 use crate::plugins::find_plugin;
+use crate::run_markdown::write_report;
 
 /// The git revision of the working directory, recorded in reports (`None` outside a repository).
 pub fn git_revision() -> Option<String> {
@@ -82,7 +81,7 @@ pub fn cmd_run(
     write_cards(&run, &recipe, &out_dir)?;
     let report = Report::new(vec![run], ctx.git_revision.clone());
     write_report(&report, &out_dir)?;
-    println!("{}", report.to_markdown());
+    println!("{}", crate::run_markdown::run_markdown(&report));
     println!("wrote {}", out_dir.join("report.json").display());
     Ok(())
 }

@@ -44,7 +44,6 @@ pub mod run_record;
 pub mod runtime;
 pub mod task;
 pub mod teacher_cache;
-pub mod testing;
 pub mod train;
 
 pub use examples::{Examples, Holdout, Source, SplitTask};

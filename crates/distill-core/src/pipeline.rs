@@ -9,7 +9,7 @@ use crate::{
     network::{load_network, save_network},
     plugin::{BuildContext, Domain, RunContext},
     recipe::Recipe,
-    report::{PhaseResult, PhaseSummary, Report, RunReport},
+    report::{PhaseResult, PhaseSummary, RunReport},
     task::{Split, Task},
     teacher_cache::{data_fingerprint, teacher_cache_key, EntryInfo, Lookup, TeacherCache},
     train::{files, finish_phase, train_phase, Objective, PhaseSpec, Term},
@@ -453,12 +453,6 @@ pub fn run_recipe<P: Domain + ?Sized>(
             .map(|p| p.display().to_string()),
         copied_from: None,
     })
-}
-
-/// Writes `report.json` and `report.md` into `dir`.
-pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
-    write_json_atomic(report, &dir.join("report.json"))?;
-    crate::checkpoint::write_atomic(&dir.join("report.md"), report.to_markdown().as_bytes())
 }
 
 /// Loads the task, builds the network `model`, loads its `weights` and evaluates it on the test split: the

@@ -1,6 +1,6 @@
 //! The result schema shared by every domain (`report.json`) and its Markdown rendering (`report.md`).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -338,97 +338,6 @@ impl Report {
             runs,
             bench: None,
         }
-    }
-
-    /// Markdown: one table per run.
-    pub fn to_markdown(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "# distill report\n");
-        let _ = writeln!(
-            s,
-            "distill {} · git {} · schema {}\n",
-            self.distill_version,
-            self.git_revision.as_deref().unwrap_or("unknown"),
-            self.schema_version
-        );
-        for r in &self.runs {
-            let _ = writeln!(
-                s,
-                "## {} ({}, {}{})\n\nseeds {:?}; metric: {} ({} is better)\n",
-                r.recipe,
-                r.plugin,
-                r.dataset,
-                if r.quick { ", quick" } else { "" },
-                r.seeds,
-                r.metric.name,
-                if r.metric.higher_is_better {
-                    "higher"
-                } else {
-                    "lower"
-                }
-            );
-            let extra_keys: Vec<&String> = r.teacher.extra.keys().collect();
-            let mut header = format!("| | {} |", r.metric.name);
-            for k in &extra_keys {
-                header.push_str(&format!(" {k} |"));
-            }
-            header.push_str(" params | bytes | latency b1 (ms) | latency b256 (ms) | peak RSS (MiB) | wall (s) |");
-            let _ = writeln!(s, "{header}");
-            let _ = writeln!(s, "|{}", "---|".repeat(8 + extra_keys.len()));
-            for (name, p) in [
-                ("teacher", &r.teacher),
-                ("scratch", &r.scratch),
-                ("distilled", &r.distilled),
-            ] {
-                let mut row = format!("| {name} | {} |", fmt_stat(&p.metric));
-                for k in &extra_keys {
-                    row.push_str(&format!(
-                        " {} |",
-                        p.extra.get(*k).map(fmt_stat).unwrap_or_default()
-                    ));
-                }
-                let _ = writeln!(
-                    s,
-                    "{row} {} | {} | {:.3} | {:.2} | {:.0} | {:.1} |",
-                    p.params,
-                    p.bytes,
-                    p.latency_ms.batch1,
-                    p.latency_ms.batch256,
-                    p.peak_rss_mb,
-                    p.wall_s
-                );
-            }
-            let d = &r.derived;
-            let _ = writeln!(
-                s,
-                "\ncompression {:.1}% · speed-up {:.2}x (batch 256), {:.2}x (batch 1) · retention {} · KD gain {:+.4}\n",
-                d.compression * 100.0,
-                d.speedup,
-                d.speedup_batch1,
-                // undefined against a teacher that scored 0
-                if d.retention.is_finite() {
-                    format!("{:.4}", d.retention)
-                } else {
-                    "n/a".into()
-                },
-                d.kd_gain
-            );
-            for (k, v) in &r.notes {
-                let _ = writeln!(s, "- {k}: {v}");
-            }
-            if !r.notes.is_empty() {
-                let _ = writeln!(s);
-            }
-        }
-        s
-    }
-}
-
-fn fmt_stat(s: &Stat) -> String {
-    if s.values.len() > 1 {
-        format!("{:.4} ± {:.4}", s.mean, s.std)
-    } else {
-        format!("{:.4}", s.mean)
     }
 }
 

@@ -20,3 +20,4 @@
 pub mod files;
 pub mod idx;
 pub mod mnist;
+pub mod testing;

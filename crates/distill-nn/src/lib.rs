@@ -32,6 +32,7 @@
 mod error;
 pub mod init;
 pub mod layers;
+pub mod loss;
 pub mod ops;
 pub mod optim;
 mod rng;

@@ -128,7 +128,7 @@ fn bad_inputs_are_clear_errors() {
 #[test]
 fn coco128_loads_real_photos() {
     let Some(data) =
-        distill_core::testing::required_dir("DISTILL_DATA", Some("coco128"), "coco128")
+        distill_data::testing::required_dir("DISTILL_DATA", Some("coco128"), "coco128")
     else {
         return;
     };

@@ -12,7 +12,7 @@ use distill_text::{
 };
 
 fn models_dir() -> Option<PathBuf> {
-    distill_core::testing::required_dir(
+    distill_data::testing::required_dir(
         "DISTILL_MODELS",
         Some("all-MiniLM-L6-v2"),
         "the pretrained-model fixture test",

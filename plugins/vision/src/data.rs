@@ -778,7 +778,7 @@ mod tests {
 
     /// `DISTILL_DATA/mnist` (or `DISTILL_DATA` itself when it holds the IDX files).
     fn real_mnist_dir() -> Option<PathBuf> {
-        let root = distill_core::testing::required_dir("DISTILL_DATA", None, "real_mnist")?;
+        let root = distill_data::testing::required_dir("DISTILL_DATA", None, "real_mnist")?;
         let sub = root.join("mnist");
         Some(if sub.is_dir() { sub } else { root })
     }

@@ -1,0 +1,225 @@
+use super::*;
+use candle_core::DType;
+
+fn val(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn zeros(dims: &[usize]) -> Tensor {
+    Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap()
+}
+
+fn outputs(features: &[(&str, FeatureKind, &[usize])]) -> Outputs {
+    let mut o = Outputs::logits(zeros(&[4, 10]));
+    for (name, kind, dims) in features {
+        o = o.with_feature(name, *kind, zeros(dims)).unwrap();
+    }
+    o
+}
+
+fn spec(name: &str, sf: Option<&str>, tf: Option<&str>) -> LossSpec {
+    let mut s = LossSpec::named(name);
+    s.student_feature = sf.map(str::to_string);
+    s.teacher_feature = tf.map(str::to_string);
+    s
+}
+
+fn build_err(spec: &LossSpec, s: &Outputs, t: &Outputs) -> String {
+    match build_core_loss(spec, s, t, 0) {
+        Ok(_) => panic!("spec {spec:?} should be rejected"),
+        Err(e) => {
+            eprintln!("{}: {e}", spec.name);
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn non_core_names_are_left_to_plugins() {
+    let o = outputs(&[]);
+    assert!(build_core_loss(&LossSpec::named("crf_kd"), &o, &o, 0)
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn every_core_loss_builds_with_defaults() {
+    let s = outputs(&[("feat", FeatureKind::Map, &[4, 3, 4, 4])]);
+    let t = outputs(&[("feat", FeatureKind::Map, &[4, 6, 4, 4])]);
+    for name in CORE_LOSSES {
+        let sp = if matches!(*name, "hint" | "at" | "sp") {
+            spec(name, Some("feat"), Some("feat"))
+        } else {
+            LossSpec::named(name)
+        };
+        let loss = build_core_loss(&sp, &s, &t, 0).unwrap().unwrap();
+        assert_eq!(loss.name(), *name);
+        assert_eq!(loss.uses_teacher(), *name != "ce");
+        assert_eq!(loss.uses_features(), matches!(*name, "hint" | "at" | "sp"));
+    }
+}
+
+#[test]
+fn unknown_feature_names_list_the_available_ones() {
+    let s = outputs(&[
+        ("hidden1", FeatureKind::Vector, &[4, 8]),
+        ("hidden2", FeatureKind::Vector, &[4, 8]),
+    ]);
+    let t = outputs(&[("penultimate", FeatureKind::Vector, &[4, 16])]);
+    let e = build_err(&spec("hint", Some("hiden1"), Some("penultimate")), &s, &t);
+    assert!(
+        e.contains("hint") && e.contains("hiden1") && e.contains("hidden1, hidden2"),
+        "{e}"
+    );
+    let e = build_err(&spec("sp", Some("hidden1"), Some("layer3")), &s, &t);
+    assert!(
+        e.contains("teacher") && e.contains("layer3") && e.contains("penultimate"),
+        "{e}"
+    );
+    let e = build_err(&spec("at", Some("x"), Some("y")), &outputs(&[]), &t);
+    assert!(e.contains("no features"), "{e}");
+    let e = build_err(&spec("hint", Some("hidden1"), None), &s, &t);
+    assert!(
+        e.contains("teacher_feature") && e.contains("required"),
+        "{e}"
+    );
+    let e = build_err(&spec("rkd", Some("hidden1"), None), &s, &t);
+    assert!(e.contains("neither"), "{e}");
+}
+
+#[test]
+fn bad_temperatures_and_weights_are_rejected() {
+    let o = outputs(&[]);
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        for name in ["kd", "dkd"] {
+            let mut s = LossSpec::named(name);
+            s.temperature = Some(bad);
+            let e = build_err(&s, &o, &o);
+            assert!(e.contains("temperature") && e.contains(name), "{e}");
+        }
+    }
+    let mut s = LossSpec::named("dkd");
+    s.beta = Some(-8.0);
+    assert!(build_err(&s, &o, &o).contains("beta"));
+    let mut s = LossSpec::named("rkd");
+    s.angle_weight = Some(f64::NAN);
+    assert!(build_err(&s, &o, &o).contains("angle_weight"));
+    let mut s = LossSpec::named("rkd");
+    (s.angle_weight, s.distance_weight) = (Some(0.0), Some(0.0));
+    assert!(build_err(&s, &o, &o).contains("both 0"));
+}
+
+#[test]
+fn fields_that_do_not_apply_are_rejected() {
+    let o = outputs(&[("f", FeatureKind::Map, &[4, 3, 4, 4])]);
+    let mut s = LossSpec::named("kd");
+    s.p = Some(2.0);
+    let e = build_err(&s, &o, &o);
+    assert!(
+        e.contains("`p`") && e.contains("`kd`") && e.contains("temperature"),
+        "{e}"
+    );
+    let mut s = LossSpec::named("ce");
+    s.temperature = Some(4.0);
+    let e = build_err(&s, &o, &o);
+    assert!(
+        e.contains("temperature") && e.contains("no parameters"),
+        "{e}"
+    );
+    let mut s = spec("hint", Some("f"), Some("f"));
+    s.params = Some(toml::Table::new());
+    assert!(build_err(&s, &o, &o).contains("params"));
+}
+
+#[test]
+fn at_rejects_mismatched_spatial_sizes_and_non_maps() {
+    let s = outputs(&[
+        ("layer2", FeatureKind::Map, &[4, 16, 8, 8]),
+        ("emb", FeatureKind::Vector, &[4, 16]),
+    ]);
+    let t = outputs(&[("layer3", FeatureKind::Map, &[4, 32, 4, 4])]);
+    let e = build_err(&spec("at", Some("layer2"), Some("layer3")), &s, &t);
+    assert!(
+        e.contains("at")
+            && e.contains("layer2")
+            && e.contains("layer3")
+            && e.contains("[4, 16, 8, 8]")
+            && e.contains("[4, 32, 4, 4]"),
+        "{e}"
+    );
+    let e = build_err(&spec("at", Some("emb"), Some("layer3")), &s, &t);
+    assert!(e.contains("emb") && e.contains("Vector"), "{e}");
+    // channels may differ
+    let t = outputs(&[("layer3", FeatureKind::Map, &[4, 32, 8, 8])]);
+    assert!(build_core_loss(&spec("at", Some("layer2"), Some("layer3")), &s, &t, 0).is_ok());
+}
+
+#[test]
+fn feature_kinds_and_batches_must_fit() {
+    let s = outputs(&[
+        ("seq", FeatureKind::Sequence, &[4, 7, 8]),
+        ("emb", FeatureKind::Vector, &[4, 8]),
+        ("small_batch", FeatureKind::Vector, &[2, 8]),
+    ]);
+    let t = outputs(&[
+        ("seq", FeatureKind::Sequence, &[4, 9, 16]),
+        ("emb", FeatureKind::Vector, &[4, 16]),
+    ]);
+    let e = build_err(&spec("hint", Some("seq"), Some("emb")), &s, &t);
+    assert!(e.contains("Sequence") && e.contains("Vector"), "{e}");
+    let e = build_err(&spec("hint", Some("seq"), Some("seq")), &s, &t);
+    assert!(e.contains("[4, 7, 8]") && e.contains("[4, 9, 16]"), "{e}");
+    let e = build_err(&spec("sp", Some("small_batch"), Some("emb")), &s, &t);
+    assert!(e.contains("[2, 8]") && e.contains("batch"), "{e}");
+}
+
+#[test]
+fn hint_adapter_exists_only_when_widths_differ() -> Result<()> {
+    let s = outputs(&[
+        ("map", FeatureKind::Map, &[4, 3, 5, 5]),
+        ("emb", FeatureKind::Vector, &[4, 8]),
+        ("seq", FeatureKind::Sequence, &[4, 7, 8]),
+    ]);
+    let t = outputs(&[
+        ("map", FeatureKind::Map, &[4, 6, 5, 5]),
+        ("map3", FeatureKind::Map, &[4, 3, 5, 5]),
+        ("emb", FeatureKind::Vector, &[4, 12]),
+        ("seq", FeatureKind::Sequence, &[4, 7, 12]),
+    ]);
+    let batch = Batch {
+        inputs: zeros(&[4, 1]),
+        targets: Tensor::zeros(4, DType::U32, &Device::Cpu)?,
+        indices: vec![0, 1, 2, 3],
+    };
+    for (sf, tf, adapter, weight_dims) in [
+        ("map", "map", true, vec![6, 3, 1, 1]),
+        ("emb", "emb", true, vec![12, 8]),
+        ("seq", "seq", true, vec![12, 8]),
+        ("map", "map3", false, vec![]),
+    ] {
+        let loss = build_core_loss(&spec("hint", Some(sf), Some(tf)), &s, &t, 1)?.unwrap();
+        assert_eq!(loss.varmap().is_some(), adapter, "{sf} -> {tf}");
+        if let Some(vm) = loss.varmap() {
+            let data = vm.data().lock().unwrap();
+            assert_eq!(data["adapter.weight"].dims(), weight_dims.as_slice());
+            assert_eq!(data["adapter.bias"].dims(), &[weight_dims[0]]);
+        }
+        assert!(val(&loss.compute(&s, &t, &batch)?).is_finite());
+    }
+    let hint = Hint::new("map", "map", FeatureKind::Map, 3, 6, 1, &Device::Cpu)?;
+    assert!(hint.has_adapter());
+    assert_eq!(hint.adapt(&zeros(&[4, 3, 5, 5]))?.dims(), &[4, 6, 5, 5]);
+    let hint = Hint::new("seq", "seq", FeatureKind::Sequence, 8, 12, 1, &Device::Cpu)?;
+    assert_eq!(hint.adapt(&zeros(&[4, 7, 8]))?.dims(), &[4, 7, 12]);
+    let same = Hint::new("emb", "emb", FeatureKind::Vector, 8, 8, 1, &Device::Cpu)?;
+    assert!(!same.has_adapter() && same.varmap().is_none());
+    // the adapter is seeded: same seed, same weights
+    let w = |seed| -> Vec<f32> {
+        let h = Hint::new("e", "e", FeatureKind::Vector, 8, 12, seed, &Device::Cpu).unwrap();
+        let vm = h.varmap().unwrap().data().lock().unwrap()["adapter.weight"].clone();
+        vm.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+    };
+    assert_eq!(w(5), w(5));
+    assert_ne!(w(5), w(6));
+    Ok(())
+}
