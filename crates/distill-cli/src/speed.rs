@@ -73,6 +73,7 @@ fn adamw(lr: f64, wd: f64) -> OptimizerConfig {
         weight_decay: Some(wd),
         betas: None,
         eps: None,
+        decay_only: None,
     }
 }
 
@@ -252,6 +253,7 @@ impl Cnn {
             weight_decay: None,
             betas: None,
             eps: None,
+            decay_only: None,
         };
         let opt = build_optimizer(&sgd, trainable_vars(&varmap))?;
         let n = x.dim(0)?;
@@ -312,7 +314,8 @@ impl Gcn {
             &recipe.teacher.model,
             &BuildContext::new(task.info(), 0, &ctx, Some(task.as_ref())),
         )?;
-        let opt = build_optimizer(&adamw(0.01, 0.0), trainable_vars(net.varmap()))?;
+        // the recipe's optimiser: Adam, lr 0.01, Kipf's L2 5e-4 on conv1's weights
+        let opt = build_optimizer(&recipe.teacher.optimizer, trainable_vars(net.varmap()))?;
         let nodes = task.len(Split::Train);
         let all: Vec<usize> = (0..nodes).collect();
         let batch = task.batch(Split::Train, &all, None, &mut Rng::new(0))?;

@@ -67,7 +67,7 @@ fn make_optimizer(
             o.set_fused(false);
             Box::new(o)
         }
-        OptimizerKind::Adamw => {
+        OptimizerKind::Adamw | OptimizerKind::Adam => {
             let [beta1, beta2] = cfg.betas_or_default();
             let mut o = AdamW::new(
                 vars,
@@ -77,6 +77,7 @@ fn make_optimizer(
                     beta2,
                     eps: cfg.eps_or_default(),
                     weight_decay: cfg.weight_decay_or_default(),
+                    coupled: cfg.kind == OptimizerKind::Adam,
                 },
             )?;
             o.set_fused(false);
@@ -191,6 +192,7 @@ fn sgd_cfg() -> OptimizerConfig {
         weight_decay: Some(0.01),
         betas: None,
         eps: None,
+        decay_only: None,
     }
 }
 
@@ -203,6 +205,7 @@ fn adamw_cfg() -> OptimizerConfig {
         weight_decay: Some(0.1),
         betas: Some([0.8, 0.95]),
         eps: Some(1e-6),
+        decay_only: None,
     }
 }
 
@@ -235,7 +238,7 @@ fn state_round_trip_continues_bit_identically() -> Result<()> {
                 OptimizerKind::Sgd => {
                     assert_eq!(keys, ["momentum.fc.bias", "momentum.fc.weight", "step"])
                 }
-                OptimizerKind::Adamw => assert_eq!(
+                OptimizerKind::Adamw | OptimizerKind::Adam => assert_eq!(
                     keys,
                     [
                         "adam_m.fc.bias",
@@ -770,6 +773,7 @@ fn optimizer_validation_names_the_field() {
         weight_decay: None,
         betas: None,
         eps: None,
+        decay_only: None,
         ..adamw_cfg()
     };
     sgd.validate().unwrap();
@@ -852,7 +856,7 @@ fn optimizer_validation_names_the_field() {
                 betas: Some([0.9, 0.99]),
                 ..sgd.clone()
             },
-            "optimizer.betas is only used by kind = \"adamw\" (kind is \"sgd\")",
+            "optimizer.betas is only used by kind = \"adamw\" or \"adam\" (kind is \"sgd\")",
         ),
         (
             OptimizerConfig {
@@ -866,7 +870,7 @@ fn optimizer_validation_names_the_field() {
                 eps: Some(1e-8),
                 ..sgd.clone()
             },
-            "optimizer.eps is only used by kind = \"adamw\" (kind is \"sgd\")",
+            "optimizer.eps is only used by kind = \"adamw\" or \"adam\" (kind is \"sgd\")",
         ),
     ];
     for (cfg, want) in bad {

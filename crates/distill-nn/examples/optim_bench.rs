@@ -81,6 +81,7 @@ fn main() -> Result<()> {
         beta2: 0.999,
         eps: 1e-8,
         weight_decay: 0.01,
+        coupled: false,
     };
 
     let vars = params(1)?;

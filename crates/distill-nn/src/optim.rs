@@ -22,6 +22,7 @@
 //!     weight_decay: None,
 //!     betas: None,
 //!     eps: None,
+//!     decay_only: None,
 //! };
 //! let mut opt = build_optimizer(&cfg, vec![("w".to_string(), w.clone())])?;
 //! let loss = w.as_tensor().sqr()?.sum_all()?; // gradient 2w
@@ -49,6 +50,9 @@ pub enum OptimizerKind {
     Sgd,
     /// AdamW (decoupled weight decay, Loshchilov & Hutter).
     Adamw,
+    /// Adam with PyTorch's `torch.optim.Adam` weight decay: L2 added to the gradient (`g += wd·w`) before
+    /// the moments (Kipf & Welling's GCN recipe).
+    Adam,
 }
 
 /// Optimiser settings as written in a recipe, e.g. `{ kind = "sgd", lr = 0.1, momentum = 0.9 }`.
@@ -65,8 +69,13 @@ pub struct OptimizerConfig {
     /// SGD Nesterov momentum (default false).
     #[serde(default)]
     pub nesterov: bool,
-    /// Weight decay: L2 added to the gradient for SGD, decoupled for AdamW (default 0 for SGD, 0.01 for AdamW).
+    /// Weight decay: L2 added to the gradient for SGD and Adam, decoupled for AdamW (default 0 for SGD and
+    /// Adam, 0.01 for AdamW).
     pub weight_decay: Option<f64>,
+    /// Only these parameters decay (PyTorch's parameter groups): names as the network names them
+    /// (`layers.0.weight`), or a module prefix (`layers.0` covers `layers.0.weight` and `layers.0.bias`).
+    /// Default: every parameter.
+    pub decay_only: Option<Vec<String>>,
     /// AdamW β1, β2 (default 0.9, 0.999).
     pub betas: Option<[f64; 2]>,
     /// AdamW ε (default 1e-8).
@@ -138,6 +147,7 @@ impl OptimizerKind {
         match self {
             OptimizerKind::Sgd => "sgd",
             OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Adam => "adam",
         }
     }
 }
@@ -146,7 +156,7 @@ impl OptimizerConfig {
     /// Weight decay with the kind's default filled in (0 for SGD, 0.01 for AdamW).
     pub fn weight_decay_or_default(&self) -> f64 {
         self.weight_decay.unwrap_or(match self.kind {
-            OptimizerKind::Sgd => 0.0,
+            OptimizerKind::Sgd | OptimizerKind::Adam => 0.0,
             OptimizerKind::Adamw => 0.01,
         })
     }
@@ -199,10 +209,18 @@ impl OptimizerConfig {
                 )));
             }
         }
+        if let Some(patterns) = &self.decay_only {
+            if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
+                return Err(optimizer_error(
+                    "optimizer.decay_only must list parameter names or module prefixes (omit it for all)"
+                        .to_string(),
+                ));
+            }
+        }
         if let Some(betas) = self.betas {
-            if self.kind != OptimizerKind::Adamw {
+            if self.kind == OptimizerKind::Sgd {
                 return Err(optimizer_error(format!(
-                    "optimizer.betas is only used by kind = \"adamw\" (kind is \"{kind}\")"
+                    "optimizer.betas is only used by kind = \"adamw\" or \"adam\" (kind is \"{kind}\")"
                 )));
             }
             for (i, b) in betas.iter().enumerate() {
@@ -214,9 +232,9 @@ impl OptimizerConfig {
             }
         }
         if let Some(eps) = self.eps {
-            if self.kind != OptimizerKind::Adamw {
+            if self.kind == OptimizerKind::Sgd {
                 return Err(optimizer_error(format!(
-                    "optimizer.eps is only used by kind = \"adamw\" (kind is \"{kind}\")"
+                    "optimizer.eps is only used by kind = \"adamw\" or \"adam\" (kind is \"{kind}\")"
                 )));
             }
             if !(eps.is_finite() && eps > 0.0) {
@@ -395,28 +413,36 @@ pub fn build_optimizer(
     vars: Vec<(String, Var)>,
 ) -> Result<Box<dyn Optimizer>> {
     cfg.validate()?;
+    let only = cfg.decay_only.as_deref();
     Ok(match cfg.kind {
-        OptimizerKind::Sgd => Box::new(Sgd::new(
-            vars,
-            SgdParams {
-                lr: cfg.lr,
-                momentum: cfg.momentum,
-                nesterov: cfg.nesterov,
-                weight_decay: cfg.weight_decay_or_default(),
-            },
-        )?),
-        OptimizerKind::Adamw => {
-            let [beta1, beta2] = cfg.betas_or_default();
-            Box::new(AdamW::new(
+        OptimizerKind::Sgd => Box::new(
+            Sgd::new(
                 vars,
-                AdamWParams {
+                SgdParams {
                     lr: cfg.lr,
-                    beta1,
-                    beta2,
-                    eps: cfg.eps_or_default(),
+                    momentum: cfg.momentum,
+                    nesterov: cfg.nesterov,
                     weight_decay: cfg.weight_decay_or_default(),
                 },
-            )?)
+            )?
+            .decay_only(only),
+        ),
+        OptimizerKind::Adamw | OptimizerKind::Adam => {
+            let [beta1, beta2] = cfg.betas_or_default();
+            Box::new(
+                AdamW::new(
+                    vars,
+                    AdamWParams {
+                        lr: cfg.lr,
+                        beta1,
+                        beta2,
+                        eps: cfg.eps_or_default(),
+                        weight_decay: cfg.weight_decay_or_default(),
+                        coupled: cfg.kind == OptimizerKind::Adam,
+                    },
+                )?
+                .decay_only(only),
+            )
         }
     })
 }
@@ -447,6 +473,25 @@ struct Param {
     var: Var,
     /// A contiguous f32 CPU tensor: eligible for the fused kernels.
     cpu_f32: bool,
+    /// Whether weight decay applies to it ([`OptimizerConfig::decay_only`]).
+    decay: bool,
+}
+
+/// Whether the parameter `name` (as the optimiser sees it: `model.` and `loss{i}.` prefixes allowed) is one
+/// that `patterns` (names or module prefixes of the network's parameters) select.
+fn selected(name: &str, patterns: &[String]) -> bool {
+    let local = name.strip_prefix("model.").unwrap_or(name);
+    patterns.iter().any(|p| {
+        let p = p.trim_end_matches('.');
+        local == p || local.strip_prefix(p).is_some_and(|r| r.starts_with('.'))
+    })
+}
+
+/// Marks which of `params` decay: all of them when `only` is `None`.
+fn mark_decay(params: &mut [Param], only: Option<&[String]>) {
+    for p in params {
+        p.decay = only.is_none_or(|pats| selected(&p.name, pats));
+    }
 }
 
 impl Param {
@@ -470,7 +515,12 @@ impl Param {
                 )));
             }
             let cpu_f32 = t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
-            params.push(Param { name, var, cpu_f32 });
+            params.push(Param {
+                name,
+                var,
+                cpu_f32,
+                decay: true,
+            });
         }
         Ok(params)
     }
@@ -847,6 +897,8 @@ struct AdamWKernel<'a> {
     m: RefCell<&'a mut [f32]>,
     v: RefCell<&'a mut [f32]>,
     decay: f32,
+    /// Adam's coupled L2 (`g += l2·w`); 0 for AdamW.
+    l2: f32,
     beta1: f32,
     beta2: f32,
     step_size: f32,
@@ -878,8 +930,9 @@ impl InplaceOp2 for AdamWKernel<'_> {
         if m.len() != w.len() || v.len() != w.len() {
             candle_core::bail!("{}: state buffer size mismatch", Self::NAME)
         }
-        let (decay, b1, b2, step_size, bc2_sqrt, eps) = (
+        let (decay, l2, b1, b2, step_size, bc2_sqrt, eps) = (
             self.decay,
+            self.l2,
             self.beta1,
             self.beta2,
             self.step_size,
@@ -891,6 +944,7 @@ impl InplaceOp2 for AdamWKernel<'_> {
             let mut scratch = Vec::new();
             let g = grad.chunk(c * CHUNK, w.len(), &mut scratch);
             for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                let g = if l2 != 0.0 { g + l2 * *w } else { g };
                 let nm = b1 * *m + one_b1 * g;
                 let nv = b2 * *v + one_b2 * (g * g);
                 *m = nm;
@@ -960,6 +1014,12 @@ impl Sgd {
         self.fused = fused;
     }
 
+    /// Weight decay for the parameters `only` selects ([`OptimizerConfig::decay_only`]); all when `None`.
+    pub fn decay_only(mut self, only: Option<&[String]>) -> Self {
+        mark_decay(&mut self.params, only);
+        self
+    }
+
     /// The hyper-parameters (with the current learning rate).
     pub fn params(&self) -> SgdParams {
         self.cfg
@@ -985,7 +1045,7 @@ impl Sgd {
             first,
             lr: c.lr as f32,
             momentum: c.momentum as f32,
-            weight_decay: c.weight_decay as f32,
+            weight_decay: if p.decay { c.weight_decay as f32 } else { 0.0 },
             nesterov: c.nesterov,
         };
         p.var.as_tensor().inplace_op2(grad, &kernel)?;
@@ -997,7 +1057,7 @@ impl Sgd {
         let c = self.cfg;
         let w = p.var.as_tensor();
         let mut d = grad.clone();
-        if c.weight_decay != 0.0 {
+        if c.weight_decay != 0.0 && p.decay {
             d = (d + w.affine(c.weight_decay, 0.0)?)?;
         }
         if c.momentum != 0.0 {
@@ -1089,8 +1149,11 @@ pub struct AdamWParams {
     pub beta2: f64,
     /// ε, added after `√v̂`.
     pub eps: f64,
-    /// Decoupled weight decay (`w *= 1 − lr·wd`).
+    /// Weight decay: decoupled (`w *= 1 − lr·wd`), or with `coupled` added to the gradient (`g += wd·w`,
+    /// PyTorch's `Adam`).
     pub weight_decay: f64,
+    /// Adam's L2 (`torch.optim.Adam`) instead of AdamW's decoupled decay.
+    pub coupled: bool,
 }
 
 /// AdamW with PyTorch's semantics (`torch.optim.AdamW`, `amsgrad = False`): per parameter and step `t`,
@@ -1129,6 +1192,12 @@ impl AdamW {
         self.fused = fused;
     }
 
+    /// Weight decay for the parameters `only` selects ([`OptimizerConfig::decay_only`]); all when `None`.
+    pub fn decay_only(mut self, only: Option<&[String]>) -> Self {
+        mark_decay(&mut self.params, only);
+        self
+    }
+
     /// The hyper-parameters (with the current learning rate).
     pub fn params(&self) -> AdamWParams {
         self.cfg
@@ -1139,17 +1208,28 @@ impl AdamW {
         self.step
     }
 
-    /// `(1 − lr·wd, lr / (1 − β1ᵗ), √(1 − β2ᵗ))` for a parameter's step `t`.
-    fn factors(&self, t: u64) -> (f64, f64, f64) {
+    /// `(1 − lr·wd, lr / (1 − β1ᵗ), √(1 − β2ᵗ), l2)` for parameter `i`'s step `t`: the decoupled decay factor
+    /// (1 when coupled or not decaying) and the coupled L2 coefficient (0 unless coupled and decaying).
+    fn factors(&self, i: usize, t: u64) -> (f64, f64, f64, f64) {
         let c = &self.cfg;
         let t = t.min(i32::MAX as u64) as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
-        (1.0 - c.lr * c.weight_decay, c.lr / bc1, bc2.sqrt())
+        let wd = if self.params[i].decay {
+            c.weight_decay
+        } else {
+            0.0
+        };
+        let (decay, l2) = if c.coupled {
+            (1.0, wd)
+        } else {
+            (1.0 - c.lr * wd, 0.0)
+        };
+        (decay, c.lr / bc1, bc2.sqrt(), l2)
     }
 
     fn step_fused(&mut self, i: usize, grad: &Tensor) -> Result<()> {
-        let (decay, step_size, bc2_sqrt) = self.factors(self.steps[i]);
+        let (decay, step_size, bc2_sqrt, l2) = self.factors(i, self.steps[i]);
         let c = self.cfg;
         let p = &self.params[i];
         let (m, v) = (&mut self.m[i], &mut self.v[i]);
@@ -1157,6 +1237,7 @@ impl AdamW {
             m: RefCell::new(m.host(p)?.as_mut_slice()),
             v: RefCell::new(v.host(p)?.as_mut_slice()),
             decay: decay as f32,
+            l2: l2 as f32,
             beta1: c.beta1 as f32,
             beta2: c.beta2 as f32,
             step_size: step_size as f32,
@@ -1168,10 +1249,17 @@ impl AdamW {
     }
 
     fn step_generic(&mut self, i: usize, grad: &Tensor) -> Result<()> {
-        let (decay, step_size, bc2_sqrt) = self.factors(self.steps[i]);
+        let (decay, step_size, bc2_sqrt, l2) = self.factors(i, self.steps[i]);
         let c = self.cfg;
         let p = &self.params[i];
         let w = p.var.as_tensor();
+        let coupled;
+        let grad = if l2 != 0.0 {
+            coupled = (grad + w.affine(l2, 0.0)?)?;
+            &coupled
+        } else {
+            grad
+        };
         let m = match self.m[i].dev(p)? {
             None => grad.affine(1.0 - c.beta1, 0.0)?,
             Some(m) => (m.affine(c.beta1, 0.0)? + grad.affine(1.0 - c.beta1, 0.0)?)?,
@@ -1378,4 +1466,117 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f
         }
     }
     Ok(norm)
+}
+
+#[cfg(test)]
+mod decay_tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn var(v: &[f32]) -> Var {
+        Var::new(v, &Device::Cpu).unwrap()
+    }
+
+    fn cfg(kind: OptimizerKind, wd: f64, only: Option<&[&str]>) -> OptimizerConfig {
+        OptimizerConfig {
+            kind,
+            lr: 0.05,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: Some(wd),
+            betas: None,
+            eps: None,
+            decay_only: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    /// `(a, b)` after 5 steps of loss `Σ(a·x)² + Σ(b·x)²` with `opt`, adding `extra_l2·a` to `a`'s gradient
+    /// by hand when given.
+    fn run(opt_cfg: &OptimizerConfig, extra_l2: f64) -> (Vec<f32>, Vec<f32>) {
+        let (a, b) = (var(&[1.0, -2.0, 0.5]), var(&[0.3, 0.7, -1.1]));
+        // the last input is 0: without decay, the last weights get no gradient and stay put
+        let x = Tensor::new(&[0.5f32, 1.5, 0.0], &Device::Cpu).unwrap();
+        let vars = vec![
+            ("model.layers.0.weight".to_string(), a.clone()),
+            ("model.layers.1.weight".to_string(), b.clone()),
+        ];
+        let mut opt = build_optimizer(opt_cfg, vars).unwrap();
+        for _ in 0..5 {
+            let loss = (a
+                .as_tensor()
+                .mul(&x)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                + b.as_tensor()
+                    .mul(&x)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap())
+            .unwrap();
+            let mut g = loss.backward().unwrap();
+            if extra_l2 != 0.0 {
+                let ga = g.get(a.as_tensor()).unwrap().clone();
+                let ga = (ga + a.as_tensor().affine(extra_l2, 0.0).unwrap()).unwrap();
+                g.insert(a.as_tensor(), ga);
+            }
+            opt.step(&g).unwrap();
+        }
+        (
+            a.as_tensor().to_vec1().unwrap(),
+            b.as_tensor().to_vec1().unwrap(),
+        )
+    }
+
+    fn close(x: &[f32], y: &[f32]) {
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() < 1e-6, "{x:?} vs {y:?}");
+        }
+    }
+
+    /// Adam's coupled L2 on the selected parameter equals AdamW without decay fed `g + wd·w` by hand; the
+    /// unselected parameter trains as if there were no decay at all.
+    #[test]
+    fn adam_l2_on_selected_parameters_equals_the_gradient_term_by_hand() {
+        let wd = 0.3;
+        let ours = run(&cfg(OptimizerKind::Adam, wd, Some(&["layers.0"])), 0.0);
+        let by_hand = run(&cfg(OptimizerKind::Adamw, 0.0, None), wd);
+        close(&ours.0, &by_hand.0);
+        close(&ours.1, &by_hand.1);
+        // the decay moved the selected parameter's weight that has no data gradient, and only that one
+        let none = run(&cfg(OptimizerKind::Adamw, 0.0, None), 0.0);
+        assert_eq!((none.0[2], none.1[2]), (0.5, -1.1));
+        assert!((ours.0[2] - 0.5).abs() > 0.1, "{ours:?}");
+        assert_eq!(ours.1[2], -1.1);
+        // SGD: the same selection
+        let sgd = run(
+            &cfg(OptimizerKind::Sgd, wd, Some(&["layers.0.weight"])),
+            0.0,
+        );
+        let sgd_hand = run(&cfg(OptimizerKind::Sgd, 0.0, None), wd);
+        close(&sgd.0, &sgd_hand.0);
+        close(&sgd.1, &sgd_hand.1);
+    }
+
+    #[test]
+    fn decay_only_selects_names_and_module_prefixes() {
+        let pats = vec!["layers.0".to_string(), "fc.weight".to_string()];
+        assert!(selected("model.layers.0.weight", &pats));
+        assert!(selected("layers.0.bias", &pats));
+        assert!(!selected("model.layers.01.weight", &pats));
+        assert!(selected("model.fc.weight", &pats));
+        assert!(!selected("model.fc.bias", &pats));
+        let mut bad = cfg(OptimizerKind::Adam, 0.1, Some(&[]));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("decay_only"));
+        bad.decay_only = None;
+        bad.validate().unwrap();
+    }
 }

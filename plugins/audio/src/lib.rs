@@ -12,7 +12,7 @@
 //! count them in the report's `notes`), and `[data.options.frontend]` ([`frontend::FrontEndConfig`]).
 //!
 //! ```
-//! use distill_core::Plugin;
+//! use distill_core::Domain;
 //! let m = distill_audio::AudioPlugin.manifest();
 //! assert_eq!(m.name, "audio-classification");
 //! assert!(m.models.iter().any(|a| a == "ds-cnn"));

@@ -16,7 +16,7 @@
 //! [`postprocess::PostProcess`] table).
 //!
 //! ```
-//! use distill_core::Plugin;
+//! use distill_core::Domain;
 //! let m = distill_detection::DetectionPlugin.manifest();
 //! assert_eq!(m.name, "object-detection");
 //! assert!(m.losses.iter().any(|l| l == "fgfi"));

@@ -84,11 +84,13 @@ fn main() -> Result<()> {
         })
         .collect();
     let targets = Tensor::from_vec(targets, n, &dev)?;
-    let adam: OptimizerConfig = toml::from_str("kind = \"adamw\"\nlr = 0.01\nweight_decay = 0.0")
-        .map_err(|e| distill_core::Error::msg(e.to_string()))?;
+    let adam: OptimizerConfig = toml::from_str(
+        "kind = \"adam\"\nlr = 0.01\nweight_decay = 5e-4\ndecay_only = [\"conv1.lin.weight\"]",
+    )
+    .map_err(|e| distill_core::Error::msg(e.to_string()))?;
 
     // GCN, full batch
-    let gcn = Gcn::new(g.clone(), &[hidden], 0.5, 5e-4, seed)?;
+    let gcn = Gcn::new(g.clone(), &[hidden], 0.5, seed)?;
     let mut opt = build_optimizer(&adam, trainable_vars(gcn.varmap()))?;
     reset_peak_rss();
     let base = peak_rss_mb();
@@ -117,7 +119,7 @@ fn main() -> Result<()> {
         "GCN inference over all nodes: {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let mlp = Mlp::new(g.clone(), &[hidden], 0.5, 0.0, 0.0, seed)?;
+    let mlp = Mlp::new(g.clone(), &[hidden], 0.5, 0.0, seed)?;
     let mut opt = build_optimizer(&adam, trainable_vars(mlp.varmap()))?;
     reset_peak_rss();
     let mut times = Vec::new();

@@ -13,7 +13,7 @@
 //! full-batch training (one step per epoch).
 //!
 //! ```
-//! use distill_core::Plugin;
+//! use distill_core::Domain;
 //! let m = distill_graph::GraphPlugin::default().manifest();
 //! assert_eq!(m.name, "graph");
 //! assert!(m.losses.iter().any(|l| l == "lsp"));
@@ -218,13 +218,10 @@ impl Task for GraphTask {
         })
     }
 
-    /// Cross-entropy over the labelled training nodes of the batch, plus the model's L2 penalty if it has one.
+    /// Cross-entropy over the labelled training nodes of the batch (Kipf's L2 is the optimiser's
+    /// `weight_decay` with `decay_only`).
     fn task_loss(&self, outputs: &Outputs, batch: &Batch) -> Result<Tensor> {
-        let ce = masked_ce(&outputs.logits, &batch.targets)?;
-        match outputs.features.get("l2_penalty") {
-            Some(p) => Ok((ce + p.tensor.sum_all()?)?),
-            None => Ok(ce),
-        }
+        masked_ce(&outputs.logits, &batch.targets)
     }
 
     /// Accuracy; on the test split also `latency_all_nodes_ms`, one timed eval pass over every node.
@@ -347,6 +344,13 @@ impl Domain for GraphPlugin {
     }
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
+        if model.contains_key("weight_decay") {
+            return Err(Error::config(
+                format!("`{}`", ctx.model_key),
+                "`weight_decay` is an optimiser option now: optimizer = { kind = \"adam\", lr = 0.01, \
+                 weight_decay = 5e-4, decay_only = [\"conv1.lin.weight\"] } (Kipf's L2 on the first layer)",
+            ));
+        }
         let spec: ModelSpec = ctx.model(model)?;
         let graph = ctx
             .task

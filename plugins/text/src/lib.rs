@@ -14,7 +14,7 @@
 //! `tsv-classification`: `root` (folder with `train.tsv` and `test.tsv`) and `num_classes`.
 //!
 //! ```
-//! use distill_core::Plugin;
+//! use distill_core::Domain;
 //! let m = distill_text::TextPlugin::default().manifest();
 //! assert_eq!(m.name, "text");
 //! assert!(m.losses.iter().any(|l| l == "pkd"));

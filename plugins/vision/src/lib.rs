@@ -7,7 +7,7 @@
 //! Distillation losses are distill-core's (KD, DKD, FitNets, AT, SP, RKD).
 //!
 //! ```
-//! use distill_core::Plugin;
+//! use distill_core::Domain;
 //! let m = distill_vision::VisionPlugin.manifest();
 //! assert_eq!(m.name, "image-classification");
 //! assert!(m.models.iter().any(|a| a == "resnet8x4"));

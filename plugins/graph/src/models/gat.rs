@@ -96,7 +96,6 @@ pub struct Gat {
     layers: [GatLayer; 2],
     dropout: f64,
     attn_dropout: f64,
-    weight_decay: f64,
     varmap: VarMap,
 }
 
@@ -110,7 +109,6 @@ impl Gat {
         out_heads: usize,
         dropout: f64,
         attn_dropout: f64,
-        weight_decay: f64,
         seed: u64,
     ) -> Result<Self> {
         let varmap = VarMap::new();
@@ -128,7 +126,6 @@ impl Gat {
             layers: [l1, l2],
             dropout,
             attn_dropout,
-            weight_decay,
             varmap,
         })
     }
@@ -143,18 +140,9 @@ impl Network for Gat {
                 .elu(1.0)?;
             let h2 = dropout(&h, self.dropout, mode, "gat.layer1")?;
             let out = self.layers[1].forward(view, &h2, self.attn_dropout, mode, "gat.attn1")?;
-            let penalty = if mode.is_train() && self.weight_decay > 0.0 {
-                Some(
-                    (self.layers[0].lin.l2(self.weight_decay)?
-                        + self.layers[1].lin.l2(self.weight_decay)?)?,
-                )
-            } else {
-                None
-            };
             Ok(Pass {
                 out,
                 hidden: vec![h],
-                penalty,
             })
         })
     }

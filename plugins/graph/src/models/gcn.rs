@@ -15,19 +15,12 @@ pub struct Gcn {
     layers: Vec<Lin>,
     sizes: Vec<usize>,
     dropout: f64,
-    weight_decay: f64,
     varmap: VarMap,
 }
 
 impl Gcn {
     /// A GCN over `graph` with `hidden` sizes.
-    pub fn new(
-        graph: Arc<Graph>,
-        hidden: &[usize],
-        dropout: f64,
-        weight_decay: f64,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(graph: Arc<Graph>, hidden: &[usize], dropout: f64, seed: u64) -> Result<Self> {
         let varmap = VarMap::new();
         let vb = distill_nn::init::seeded_var_builder(&varmap, seed, graph.device());
         let mut sizes = vec![graph.num_features];
@@ -45,7 +38,6 @@ impl Gcn {
             layers,
             sizes,
             dropout,
-            weight_decay,
             varmap,
         })
     }
@@ -70,16 +62,7 @@ impl Network for Gcn {
                     hidden.push(h.clone());
                 }
             }
-            let penalty = if mode.is_train() && self.weight_decay > 0.0 {
-                Some(self.layers[0].l2(self.weight_decay)?)
-            } else {
-                None
-            };
-            Ok(Pass {
-                out: h,
-                hidden,
-                penalty,
-            })
+            Ok(Pass { out: h, hidden })
         })
     }
 

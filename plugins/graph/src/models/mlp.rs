@@ -16,7 +16,6 @@ pub struct Mlp {
     sizes: Vec<usize>,
     dropout: f64,
     input_dropout: f64,
-    weight_decay: f64,
     varmap: VarMap,
 }
 
@@ -27,7 +26,6 @@ impl Mlp {
         hidden: &[usize],
         dropout: f64,
         input_dropout: f64,
-        weight_decay: f64,
         seed: u64,
     ) -> Result<Self> {
         let varmap = VarMap::new();
@@ -46,7 +44,6 @@ impl Mlp {
             sizes,
             dropout,
             input_dropout,
-            weight_decay,
             varmap,
         })
     }
@@ -80,10 +77,6 @@ impl Network for Mlp {
             out = out.with_feature(&format!("hidden{}", i + 1), FeatureKind::Vector, t)?;
         }
         out = out.with_feature("output", FeatureKind::Vector, h)?;
-        if mode.is_train() && self.weight_decay > 0.0 {
-            let pen = self.layers[0].l2(self.weight_decay)?.reshape((1, 1))?;
-            out = out.with_feature("l2_penalty", FeatureKind::Vector, pen)?;
-        }
         Ok(out)
     }
 

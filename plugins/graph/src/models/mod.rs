@@ -9,9 +9,9 @@
 //! "one node at a time" path. The MLP reads only the batch's feature rows.
 //!
 //! Features: `hidden1` … `hiddenK` (post-activation hidden states) and `output` (logits) for the nodes the
-//! pass ran on, kind `Nodes` for GNNs (the whole graph in training) and `Vector` for the MLP. A model with
-//! `weight_decay > 0` adds the feature `l2_penalty` (`[1, 1]`) in training mode: Kipf's `wd · ‖W‖² / 2` on the
-//! first layer's weights (every layer's for GAT, as in its paper), which the graph task adds to its loss.
+//! pass ran on, kind `Nodes` for GNNs (the whole graph in training) and `Vector` for the MLP. Kipf's L2 on the
+//! first layer's weights (every layer's for GAT) is an optimiser option, not part of a model: `optimizer =
+//! { kind = "adam", lr = 0.01, weight_decay = 5e-4, decay_only = ["conv1.lin.weight"] }`.
 //!
 //! Parameter names follow PyTorch Geometric: `conv1.lin.weight` `[out, in]`, `conv1.bias`,
 //! `conv1.lin_l.weight`/`conv1.lin_r.weight` (SAGE), `conv1.att_src`/`conv1.att_dst` (GAT), `fc1.weight` (MLP).
@@ -64,7 +64,7 @@ fn default_mlp_hidden() -> Vec<usize> {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "arch", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModelSpec {
-    /// `{ arch = "gcn", hidden = [16], dropout = 0.5, weight_decay = 5e-4 }`
+    /// `{ arch = "gcn", hidden = [16], dropout = 0.5 }`
     Gcn {
         /// Hidden sizes (one per hidden layer; Kipf: `[16]`).
         #[serde(default = "default_gcn_hidden")]
@@ -72,9 +72,6 @@ pub enum ModelSpec {
         /// Dropout on every layer's input (Kipf: 0.5).
         #[serde(default = "default_dropout")]
         dropout: f64,
-        /// L2 on the first layer's weights (Kipf: 5e-4).
-        #[serde(default)]
-        weight_decay: f64,
     },
     /// `{ arch = "sage", hidden = [64], fanout = 10 }`: mean aggregation, `fanout` neighbours sampled per
     /// node and layer in training (all neighbours when absent, and always in evaluation).
@@ -87,9 +84,6 @@ pub enum ModelSpec {
         dropout: f64,
         /// Neighbours sampled per node and layer in training.
         fanout: Option<usize>,
-        /// L2 on the first layer's weights.
-        #[serde(default)]
-        weight_decay: f64,
     },
     /// `{ arch = "gat", heads = 8, hidden = 8 }`: one hidden attention layer (heads concatenated, ELU) and an
     /// output attention layer (`out_heads` averaged).
@@ -109,9 +103,6 @@ pub enum ModelSpec {
         /// Dropout on the attention coefficients.
         #[serde(default = "default_gat_dropout")]
         attn_dropout: f64,
-        /// L2 on every layer's weights (GAT: 5e-4).
-        #[serde(default)]
-        weight_decay: f64,
     },
     /// `{ arch = "mlp", hidden = [64], dropout = 0.5 }`: node features only, no neighbours.
     Mlp {
@@ -124,9 +115,6 @@ pub enum ModelSpec {
         /// Dropout on the input features.
         #[serde(default)]
         input_dropout: f64,
-        /// L2 on the first layer's weights.
-        #[serde(default)]
-        weight_decay: f64,
     },
 }
 
@@ -150,49 +138,25 @@ fn check_sizes(arch: &str, hidden: &[usize]) -> Result<()> {
     Ok(())
 }
 
-fn check_wd(wd: f64) -> Result<()> {
-    if !(wd >= 0.0 && wd.is_finite()) {
-        return Err(Error::config(
-            "model",
-            format!("`weight_decay` must be >= 0, got {wd}"),
-        ));
-    }
-    Ok(())
-}
-
 /// Builds the model a spec describes over `graph`, its parameters initialised from `seed`.
 pub fn build_model(spec: &ModelSpec, graph: Arc<Graph>, seed: u64) -> Result<Box<dyn Network>> {
     Ok(match spec {
-        ModelSpec::Gcn {
-            hidden,
-            dropout,
-            weight_decay,
-        } => {
+        ModelSpec::Gcn { hidden, dropout } => {
             check_sizes("gcn", hidden)?;
             check_rate("dropout", *dropout)?;
-            check_wd(*weight_decay)?;
-            Box::new(Gcn::new(graph, hidden, *dropout, *weight_decay, seed)?)
+            Box::new(Gcn::new(graph, hidden, *dropout, seed)?)
         }
         ModelSpec::Sage {
             hidden,
             dropout,
             fanout,
-            weight_decay,
         } => {
             check_sizes("sage", hidden)?;
             check_rate("dropout", *dropout)?;
-            check_wd(*weight_decay)?;
             if *fanout == Some(0) {
                 return Err(Error::config("model", "`fanout` must be > 0"));
             }
-            Box::new(Sage::new(
-                graph,
-                hidden,
-                *dropout,
-                *fanout,
-                *weight_decay,
-                seed,
-            )?)
+            Box::new(Sage::new(graph, hidden, *dropout, *fanout, seed)?)
         }
         ModelSpec::Gat {
             hidden,
@@ -200,7 +164,6 @@ pub fn build_model(spec: &ModelSpec, graph: Arc<Graph>, seed: u64) -> Result<Box
             out_heads,
             dropout,
             attn_dropout,
-            weight_decay,
         } => {
             if *hidden == 0 || *heads == 0 || *out_heads == 0 {
                 return Err(Error::config(
@@ -210,7 +173,6 @@ pub fn build_model(spec: &ModelSpec, graph: Arc<Graph>, seed: u64) -> Result<Box
             }
             check_rate("dropout", *dropout)?;
             check_rate("attn_dropout", *attn_dropout)?;
-            check_wd(*weight_decay)?;
             Box::new(Gat::new(
                 graph,
                 *hidden,
@@ -218,7 +180,6 @@ pub fn build_model(spec: &ModelSpec, graph: Arc<Graph>, seed: u64) -> Result<Box
                 *out_heads,
                 *dropout,
                 *attn_dropout,
-                *weight_decay,
                 seed,
             )?)
         }
@@ -226,20 +187,11 @@ pub fn build_model(spec: &ModelSpec, graph: Arc<Graph>, seed: u64) -> Result<Box
             hidden,
             dropout,
             input_dropout,
-            weight_decay,
         } => {
             check_sizes("mlp", hidden)?;
             check_rate("dropout", *dropout)?;
             check_rate("input_dropout", *input_dropout)?;
-            check_wd(*weight_decay)?;
-            Box::new(Mlp::new(
-                graph,
-                hidden,
-                *dropout,
-                *input_dropout,
-                *weight_decay,
-                seed,
-            )?)
+            Box::new(Mlp::new(graph, hidden, *dropout, *input_dropout, seed)?)
         }
     })
 }
@@ -270,11 +222,6 @@ impl Lin {
             None => y,
         })
     }
-
-    /// `wd · ‖W‖² / 2` (TensorFlow's `l2_loss`, as Kipf's code adds it).
-    pub fn l2(&self, wd: f64) -> Result<Tensor> {
-        Ok(self.weight.sqr()?.sum_all()?.affine(wd / 2.0, 0.0)?)
-    }
 }
 
 /// Node ids of an input batch (`[B]` or `[B, 1]`, any dtype), checked against the graph's size.
@@ -300,8 +247,6 @@ pub(crate) struct Pass {
     pub out: Tensor,
     /// Hidden states of every node of the view.
     pub hidden: Vec<Tensor>,
-    /// The L2 penalty (training only).
-    pub penalty: Option<Tensor>,
 }
 
 /// Runs `pass` over the right view for `input` (the whole graph, or the `hops`-hop neighbourhood of a small
@@ -333,9 +278,6 @@ pub(crate) fn gnn_forward(
         outputs = outputs.with_feature(&format!("hidden{}", i + 1), FeatureKind::Nodes, h)?;
     }
     outputs = outputs.with_feature("output", FeatureKind::Nodes, p.out)?;
-    if let Some(pen) = p.penalty {
-        outputs = outputs.with_feature("l2_penalty", FeatureKind::Vector, pen.reshape((1, 1))?)?;
-    }
     Ok(outputs)
 }
 
@@ -433,26 +375,12 @@ mod tests {
     }
 
     #[test]
-    fn penalty_is_half_the_weight_decay_times_the_squared_norm() -> Result<()> {
-        let g = ring(10, 6);
-        let net = build_model(&spec("arch = \"gcn\"\nweight_decay = 0.01"), g.clone(), 0)?;
-        let ids = Tensor::arange(0u32, 10, &Device::Cpu)?;
-        let out = net.forward(&ids, Mode::Train { seed: 1 })?;
-        let pen = out
-            .feature("l2_penalty")?
-            .tensor
-            .flatten_all()?
-            .to_vec1::<f32>()?[0];
-        let w: Vec<f32> = net.varmap().data().lock().unwrap()["conv1.lin.weight"]
-            .as_tensor()
-            .flatten_all()?
-            .to_vec1()?;
-        let want = 0.01 / 2.0 * w.iter().map(|v| v * v).sum::<f32>();
-        assert!((pen - want).abs() < 1e-7, "{pen} vs {want}");
-        assert!(net
-            .forward(&ids, Mode::Eval)?
-            .feature("l2_penalty")
-            .is_err());
-        Ok(())
+    fn weight_decay_in_a_model_table_is_refused() {
+        let e = toml::from_str::<toml::Table>("arch = \"gcn\"\nweight_decay = 5e-4")
+            .unwrap()
+            .try_into::<ModelSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("weight_decay"), "{e}");
     }
 }

@@ -19,7 +19,6 @@ pub struct Sage {
     sizes: Vec<usize>,
     dropout: f64,
     fanout: Option<usize>,
-    weight_decay: f64,
     varmap: VarMap,
 }
 
@@ -30,7 +29,6 @@ impl Sage {
         hidden: &[usize],
         dropout: f64,
         fanout: Option<usize>,
-        weight_decay: f64,
         seed: u64,
     ) -> Result<Self> {
         let varmap = VarMap::new();
@@ -52,7 +50,6 @@ impl Sage {
             sizes,
             dropout,
             fanout,
-            weight_decay,
             varmap,
         })
     }
@@ -90,17 +87,7 @@ impl Network for Sage {
                     hidden.push(h.clone());
                 }
             }
-            let penalty = if mode.is_train() && self.weight_decay > 0.0 {
-                let (l, r) = &self.layers[0];
-                Some((l.l2(self.weight_decay)? + r.l2(self.weight_decay)?)?)
-            } else {
-                None
-            };
-            Ok(Pass {
-                out: h,
-                hidden,
-                penalty,
-            })
+            Ok(Pass { out: h, hidden })
         })
     }
 
