@@ -18,7 +18,7 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         crate_name: "distill-graph",
-        make: || Box::new(distill_graph::GraphPlugin::default()),
+        make: || Box::new(distill_graph::GraphPlugin),
     },
     Builtin {
         crate_name: "distill-audio",
@@ -26,7 +26,7 @@ pub const BUILTINS: &[Builtin] = &[
     },
     Builtin {
         crate_name: "distill-text",
-        make: || Box::new(distill_text::TextPlugin::default()),
+        make: || Box::new(distill_text::TextPlugin),
     },
     Builtin {
         crate_name: "distill-detection",

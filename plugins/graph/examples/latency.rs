@@ -56,7 +56,7 @@ fn measure(dir: &Path, data: &Path) -> Result<(String, distill_graph::metrics::N
         &card_path.display().to_string(),
         false,
     )?;
-    let plugin = GraphPlugin::default();
+    let plugin = GraphPlugin;
     let ctx = RunContext::new(data, dir);
     let task = plugin.load_task(&recipe, &ctx)?;
     let model: toml::Table =

@@ -13,7 +13,7 @@ use distill_core::{
     Batch, Error, FeatureKind, Outputs, Result,
 };
 
-use crate::{data::Graph, sparse::segment_softmax};
+use crate::data::{sparse::segment_softmax, Graph};
 
 /// Target of a node whose label is not used for training.
 pub const UNLABELLED: u32 = u32::MAX;

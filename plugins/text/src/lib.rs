@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use distill_core::Domain;
-//! let m = distill_text::TextPlugin::default().manifest();
+//! let m = distill_text::TextPlugin.manifest();
 //! assert_eq!(m.name, "text");
 //! assert!(m.losses.iter().any(|l| l == "pkd"));
 //! ```

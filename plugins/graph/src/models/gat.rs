@@ -12,8 +12,8 @@ use distill_nn::layers::dropout;
 
 use super::{gnn_forward, Lin, Pass};
 use crate::{
+    data::sparse::segment_softmax,
     data::{Graph, View},
-    sparse::segment_softmax,
 };
 
 struct GatLayer {

@@ -9,7 +9,7 @@ use distill_core::{Mode, Network, Outputs, Result, Rng};
 use distill_nn::layers::dropout;
 
 use super::{gnn_forward, Lin, Pass};
-use crate::{data::Graph, sparse::propagate};
+use crate::data::{sparse::propagate, Graph};
 
 /// GraphSAGE (mean).
 pub struct Sage {

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use distill_graph::sparse::{propagate, EdgeSet};
+//! use distill_graph::data::sparse::{propagate, EdgeSet};
 //! # fn main() -> distill_core::Result<()> {
 //! let dev = Device::Cpu;
 //! // edges 0 -> 1 (weight 2) and 1 -> 0 (weight 3)

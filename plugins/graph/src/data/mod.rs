@@ -26,7 +26,9 @@ use std::{
 use candle_core::{Device, Tensor};
 use distill_core::{Error, Result, Rng};
 
-use crate::sparse::{propagate, EdgeSet};
+pub mod sparse;
+
+use sparse::{propagate, EdgeSet};
 
 /// Undirected adjacency in compressed sparse rows: the neighbours of node `i` are
 /// `neighbors[offsets[i]..offsets[i + 1]]`, sorted, without self-loops or duplicates.

@@ -1,0 +1,129 @@
+//! The node-classification task: batches of node ids, the masked cross-entropy over labelled training
+//! nodes, and accuracy (with the all-node latency on the test split).
+
+use std::{sync::Arc, time::Instant};
+
+use candle_core::Tensor;
+use distill_core::{
+    task::{evaluate_classification, Evaluation},
+    Batch, Error, Mode, Network, Outputs, Result, Rng, Split, Task, TaskInfo,
+};
+
+use crate::{
+    data::Graph,
+    losses::{masked_ce, UNLABELLED},
+};
+
+/// A node-classification task over one graph.
+pub struct GraphTask {
+    info: TaskInfo,
+    graph: Arc<Graph>,
+    /// Nodes of the training split (every node, or the labelled training nodes).
+    train: Vec<u32>,
+    is_train: Vec<bool>,
+}
+
+impl GraphTask {
+    /// A task over `graph`; with `all_nodes`, the training split is every node (only training nodes labelled).
+    pub fn new(info: TaskInfo, graph: Arc<Graph>, all_nodes: bool) -> Self {
+        let mut is_train = vec![false; graph.num_nodes()];
+        for &i in &graph.train {
+            is_train[i as usize] = true;
+        }
+        let train = if all_nodes {
+            (0..graph.num_nodes() as u32).collect()
+        } else {
+            graph.train.clone()
+        };
+        Self {
+            info,
+            graph,
+            train,
+            is_train,
+        }
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Arc<Graph> {
+        &self.graph
+    }
+
+    fn nodes(&self, split: Split) -> &[u32] {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.graph.val,
+            Split::Test => &self.graph.test,
+        }
+    }
+}
+
+impl Task for GraphTask {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+    fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+
+    fn len(&self, split: Split) -> usize {
+        self.nodes(split).len()
+    }
+
+    fn batch(
+        &self,
+        split: Split,
+        indices: &[usize],
+        _augment: Option<&str>,
+        _rng: &mut Rng,
+    ) -> Result<Batch> {
+        let list = self.nodes(split);
+        let mut ids = Vec::with_capacity(indices.len());
+        let mut targets = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let node = *list.get(i).ok_or_else(|| {
+                Error::msg(format!(
+                    "sample {i} is out of range for the {split:?} split ({} nodes)",
+                    list.len()
+                ))
+            })?;
+            ids.push(node);
+            let label = match split {
+                Split::Train if !self.is_train[node as usize] => None,
+                _ => self.graph.labels[node as usize],
+            };
+            targets.push(label.unwrap_or(UNLABELLED));
+        }
+        let dev = self.graph.device();
+        let b = ids.len();
+        Ok(Batch {
+            inputs: Tensor::from_vec(ids, b, dev)?,
+            targets: Tensor::from_vec(targets, b, dev)?,
+            indices: indices.to_vec(),
+        })
+    }
+
+    /// Cross-entropy over the labelled training nodes of the batch (Kipf's L2 is the optimiser's
+    /// `weight_decay` with `decay_only`).
+    fn task_loss(&self, outputs: &Outputs, batch: &Batch) -> Result<Tensor> {
+        masked_ce(&outputs.logits, &batch.targets)
+    }
+
+    /// Accuracy; on the test split also `latency_all_nodes_ms`, one timed eval pass over every node.
+    fn evaluate(&self, net: &dyn Network, split: Split, batch_size: usize) -> Result<Evaluation> {
+        let mut e = evaluate_classification(self, net, split, batch_size)?;
+        e.extra.remove("top5");
+        if split == Split::Test {
+            let n = self.graph.num_nodes() as u32;
+            let all = Tensor::arange(0u32, n, self.graph.device())?;
+            let t = Instant::now();
+            let out = net.forward(&all, Mode::Eval)?;
+            self.graph.device().synchronize()?;
+            drop(out);
+            e.extra.insert(
+                "latency_all_nodes_ms".into(),
+                t.elapsed().as_secs_f64() * 1000.0,
+            );
+        }
+        Ok(e)
+    }
+}
