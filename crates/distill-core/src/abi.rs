@@ -52,7 +52,7 @@ macro_rules! core_version {
 }
 macro_rules! candle_version {
     () => {
-        "0.11.1"
+        env!("DISTILL_CANDLE_VERSION")
     };
 }
 #[cfg(all(feature = "cuda", debug_assertions))]
