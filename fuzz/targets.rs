@@ -72,8 +72,8 @@ pub fn idx(data: &[u8]) {
 
 /// WAV (distill-audio): decoded, then resampled to 16 kHz as the data loaders do.
 pub fn wav(data: &[u8]) {
-    if let Ok(a) = distill_audio::wav::decode_wav(data, Path::new("fuzz.wav")) {
-        let _ = distill_audio::wav::resample(&a.samples, a.sample_rate, 16000);
+    if let Ok(a) = distill_audio::data::wav::decode_wav(data, Path::new("fuzz.wav")) {
+        let _ = distill_audio::data::wav::resample(&a.samples, a.sample_rate, 16000);
     }
 }
 
