@@ -115,7 +115,7 @@ pub fn coco_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(file) = distill_detection::coco::parse_coco(text, Path::new("fuzz.json")) else {
+    let Ok(file) = distill_detection::data::coco::parse_coco(text, Path::new("fuzz.json")) else {
         return;
     };
     let gt = file.ground_truth();
