@@ -72,8 +72,8 @@ pub fn idx(data: &[u8]) {
 
 /// WAV (distill-audio): decoded, then resampled to 16 kHz as the data loaders do.
 pub fn wav(data: &[u8]) {
-    if let Ok(a) = distill_audio::wav::decode_wav(data, Path::new("fuzz.wav")) {
-        let _ = distill_audio::wav::resample(&a.samples, a.sample_rate, 16000);
+    if let Ok(a) = distill_audio::data::wav::decode_wav(data, Path::new("fuzz.wav")) {
+        let _ = distill_audio::data::wav::resample(&a.samples, a.sample_rate, 16000);
     }
 }
 
@@ -115,7 +115,7 @@ pub fn coco_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(file) = distill_detection::coco::parse_coco(text, Path::new("fuzz.json")) else {
+    let Ok(file) = distill_detection::data::coco::parse_coco(text, Path::new("fuzz.json")) else {
         return;
     };
     let gt = file.ground_truth();

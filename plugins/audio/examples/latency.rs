@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use distill_audio::{
-    frontend::{FrontEnd, FrontEndConfig},
+    data::frontend::{FrontEnd, FrontEndConfig},
     models::{build_model, ModelSpec},
 };
 use distill_core::{network::num_params, Mode};

@@ -9,7 +9,7 @@
 //! Recipe `[data.options]` keys: `split` (`"official"` or `"loso"`), `speaker` (the held-out FSDD speaker;
 //! with `split = "loso"` and no speaker, `run` goes through all six and reports per speaker), `root`
 //! (`audio-folder`: the folder, relative to the data dir), `skip_bad_files` (leave unreadable WAVs out and
-//! count them in the report's `notes`), and `[data.options.frontend]` ([`frontend::FrontEndConfig`]).
+//! count them in the report's `notes`), and `[data.options.frontend]` ([`data::frontend::FrontEndConfig`]).
 //!
 //! ```
 //! use distill_core::Domain;
@@ -20,30 +20,31 @@
 #![warn(missing_docs)]
 
 pub mod data;
-pub mod frontend;
+pub mod losses;
+pub mod metrics;
 pub mod models;
-pub mod wav;
+pub mod task;
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
-use candle_core::{Device, Tensor};
 use distill_core::{
-    pipeline::run_recipe,
-    recipe::Recipe,
-    report::{PhaseSummary, RunReport, Stat},
-    task::MetricInfo,
-    Batch, BuildContext, Domain, Error, Manifest, Network, Plugin, Result, Rng, RunContext, Split,
-    Task, TaskInfo,
+    pipeline::run_recipe, recipe::Recipe, report::RunReport, BuildContext, Domain, Error, Manifest,
+    Network, Plugin, Result, RunContext, Task, TaskInfo,
 };
 use serde::Deserialize;
 
 use crate::{
-    data::{FeatureSet, FsddSplit, FSDD_SPEAKERS},
-    frontend::{FrontEnd, FrontEndConfig, SpecAugment},
+    data::{
+        frontend::{FrontEnd, FrontEndConfig, SpecAugment},
+        FsddSplit, FSDD_SPEAKERS,
+    },
+    losses::LOSSES,
+    metrics::{accuracy_metric, combine_loso},
     models::{build_model, ModelSpec, ARCHS},
+    task::AudioTask,
 };
 
 /// Data sets this plugin reads.
@@ -132,10 +133,7 @@ impl AudioPlugin {
             dataset: recipe.dataset.clone(),
             input_shape: vec![1, o.frontend.rows(), o.frontend.frames],
             num_classes: classes,
-            metric: MetricInfo {
-                name: "accuracy".into(),
-                higher_is_better: true,
-            },
+            metric: accuracy_metric(),
         })
     }
 
@@ -165,181 +163,6 @@ impl AudioPlugin {
     }
 }
 
-/// One report from per-speaker reports, every figure over all folds: each phase's metric, last-epoch metric
-/// and extras become statistics over the held-out speakers (of each speaker's mean over seeds), latency the
-/// mean over folds, peak memory the largest, wall time the sum, and the test count the sum (every clip is
-/// tested once, in its speaker's fold); `notes.per_speaker` keeps every speaker's figures.
-pub fn combine_loso(reports: &[RunReport], speakers: &[&str]) -> RunReport {
-    let mut out = reports[0].clone();
-    let n = reports.len() as f64;
-    let over = |f: &dyn Fn(&RunReport) -> &PhaseSummary| -> PhaseSummary {
-        let mut p = f(&reports[0]).clone();
-        p.metric = Stat::of(&reports.iter().map(|r| f(r).metric.mean).collect::<Vec<_>>());
-        p.best_val_epoch_metric = None;
-        let last: Option<Vec<f64>> = reports
-            .iter()
-            .map(|r| f(r).last_epoch_metric.as_ref().map(|s| s.mean))
-            .collect();
-        p.last_epoch_metric = last.map(|v| Stat::of(&v));
-        p.latency_ms.batch1 = reports.iter().map(|r| f(r).latency_ms.batch1).sum::<f64>() / n;
-        p.latency_ms.batch256 = reports
-            .iter()
-            .map(|r| f(r).latency_ms.batch256)
-            .sum::<f64>()
-            / n;
-        p.peak_rss_mb = reports.iter().map(|r| f(r).peak_rss_mb).fold(0.0, f64::max);
-        for (k, v) in p.extra.iter_mut() {
-            *v = Stat::of(
-                &reports
-                    .iter()
-                    .map(|r| f(r).extra.get(k).map_or(f64::NAN, |s| s.mean))
-                    .collect::<Vec<_>>(),
-            );
-        }
-        p.wall_s = reports.iter().map(|r| f(r).wall_s).sum();
-        p.curves = reports.iter().flat_map(|r| f(r).curves.clone()).collect();
-        p
-    };
-    out.teacher = over(&|r| &r.teacher);
-    out.scratch = over(&|r| &r.scratch);
-    out.distilled = over(&|r| &r.distilled);
-    out.derived = RunReport::derive(&out.metric, &out.teacher, &out.scratch, &out.distilled);
-    out.test_samples = reports
-        .iter()
-        .map(|r| r.test_samples)
-        .sum::<Option<usize>>();
-    let mut per = serde_json::Map::new();
-    for (s, r) in speakers.iter().zip(reports) {
-        per.insert(
-            s.to_string(),
-            serde_json::json!({
-                "teacher": r.teacher.metric.mean,
-                "scratch": r.scratch.metric.mean,
-                "distilled": r.distilled.metric.mean,
-                "notes": r.notes,
-            }),
-        );
-    }
-    out.notes = BTreeMap::new();
-    out.notes.insert(
-        "split".into(),
-        serde_json::json!("leave-one-speaker-out: metric values are per held-out speaker, in the order of `speakers`"),
-    );
-    out.notes
-        .insert("speakers".into(), serde_json::json!(speakers));
-    out.notes
-        .insert("per_speaker".into(), serde_json::Value::Object(per));
-    let skipped: u64 = reports
-        .iter()
-        .filter_map(|r| r.notes.get("skipped_files").and_then(|v| v.as_u64()))
-        .sum();
-    out.notes
-        .insert("skipped_files".into(), serde_json::json!(skipped));
-    out
-}
-
-/// An audio classification task: features of every clip computed once and kept in memory.
-pub struct AudioTask {
-    info: TaskInfo,
-    train: FeatureSet,
-    val: FeatureSet,
-    test: FeatureSet,
-    notes: BTreeMap<String, serde_json::Value>,
-    device: Device,
-}
-
-impl AudioTask {
-    /// A task over featurised sets; the last `validation` training clips become the validation split.
-    pub fn new(
-        info: TaskInfo,
-        train: FeatureSet,
-        test: FeatureSet,
-        validation: usize,
-        train_limit: Option<usize>,
-        notes: BTreeMap<String, serde_json::Value>,
-        device: Device,
-    ) -> Result<Self> {
-        if validation >= train.len() {
-            return Err(Error::config(
-                "data.validation",
-                format!(
-                    "holds out {validation} clips but the training set has only {}",
-                    train.len()
-                ),
-            ));
-        }
-        let n_train = train.len() - validation;
-        let val = train.subset(&(n_train..train.len()).collect::<Vec<_>>());
-        let keep = train_limit.unwrap_or(n_train).min(n_train);
-        let train = train.subset(&(0..keep).collect::<Vec<_>>());
-        Ok(Self {
-            info,
-            train,
-            val,
-            test,
-            notes,
-            device,
-        })
-    }
-
-    fn set(&self, split: Split) -> &FeatureSet {
-        match split {
-            Split::Train => &self.train,
-            Split::Val => &self.val,
-            Split::Test => &self.test,
-        }
-    }
-}
-
-impl Task for AudioTask {
-    fn info(&self) -> &TaskInfo {
-        &self.info
-    }
-
-    fn len(&self, split: Split) -> usize {
-        self.set(split).len()
-    }
-
-    fn batch(
-        &self,
-        split: Split,
-        indices: &[usize],
-        augment: Option<&str>,
-        rng: &mut Rng,
-    ) -> Result<Batch> {
-        let aug = augment.map(SpecAugment::parse).transpose()?;
-        let set = self.set(split);
-        let (rows, frames) = (set.rows, set.frames);
-        let n = rows * frames;
-        let mut x = Vec::with_capacity(indices.len() * n);
-        let mut y = Vec::with_capacity(indices.len());
-        for &i in indices {
-            if i >= set.len() {
-                return Err(Error::msg(format!(
-                    "sample index {i} is out of range for the {split:?} split ({} clips)",
-                    set.len()
-                )));
-            }
-            let start = x.len();
-            x.extend_from_slice(&set.features[i * n..(i + 1) * n]);
-            if let Some(a) = &aug {
-                a.apply(&mut x[start..], rows, frames, rng);
-            }
-            y.push(set.labels[i]);
-        }
-        let b = indices.len();
-        Ok(Batch {
-            inputs: Tensor::from_vec(x, (b, 1, rows, frames), &self.device)?,
-            targets: Tensor::from_vec(y, b, &self.device)?,
-            indices: indices.to_vec(),
-        })
-    }
-
-    fn notes(&self) -> BTreeMap<String, serde_json::Value> {
-        self.notes.clone()
-    }
-}
-
 impl Plugin for AudioPlugin {
     fn run(&self, recipe: &Recipe, ctx: &RunContext) -> Result<RunReport> {
         let o = options(recipe)?;
@@ -360,7 +183,7 @@ impl Domain for AudioPlugin {
                 .into(),
             models: ARCHS.iter().map(|s| s.to_string()).collect(),
             datasets: DATASETS.iter().map(|s| s.to_string()).collect(),
-            losses: Vec::new(),
+            losses: LOSSES.iter().map(|s| s.to_string()).collect(),
             recipes: vec![
                 "plugins/audio/recipes/fsdd-kws.toml".into(),
                 "plugins/audio/recipes/fsdd-loso.toml".into(),
@@ -454,91 +277,5 @@ impl Domain for AudioPlugin {
 
     fn check_augment(&self, name: &str) -> Result<()> {
         SpecAugment::parse(name).map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use distill_core::report::{EpochRecord, Latency, PhaseResult, PhaseSummary, RunReport};
-
-    use super::*;
-
-    /// A one-seed fold: final metric `m`, last-epoch metric `last`, batch-1 latency `lat`, `tests` test clips.
-    fn fold(m: f64, last: f64, lat: f64, rss: f64, tests: usize) -> RunReport {
-        let phase = PhaseSummary::of(&[PhaseResult {
-            metric: m,
-            best_val_epoch_metric: None,
-            best_val_epoch: None,
-            extra: BTreeMap::from([("errors".to_string(), (1.0 - m) * tests as f64)]),
-            params: 10,
-            bytes: 40,
-            flops: 20,
-            latency_ms: Latency {
-                batch1: lat,
-                batch256: 10.0 * lat,
-            },
-            peak_rss_mb: rss,
-            wall_s: 2.0,
-            epochs: 1,
-            curve: vec![EpochRecord {
-                epoch: 1,
-                train_loss: 0.5,
-                loss_terms: BTreeMap::new(),
-                lr: 0.1,
-                val_metric: None,
-                test_metric: Some(last),
-                seconds: 2.0,
-            }],
-            reused: false,
-            divergence_backoffs: Vec::new(),
-        }]);
-        let metric = MetricInfo {
-            name: "accuracy".into(),
-            higher_is_better: true,
-        };
-        RunReport {
-            plugin: "audio-classification".into(),
-            recipe: "fsdd-loso".into(),
-            dataset: "fsdd".into(),
-            quick: false,
-            seeds: vec![0],
-            derived: RunReport::derive(&metric, &phase, &phase, &phase),
-            metric,
-            teacher: phase.clone(),
-            scratch: phase.clone(),
-            distilled: phase,
-            recipe_toml: String::new(),
-            notes: BTreeMap::new(),
-            domain: None,
-            test_samples: Some(tests),
-            git_revision: None,
-            run_dir: None,
-            copied_from: None,
-        }
-    }
-
-    #[test]
-    fn loso_combines_every_figure_over_all_folds() {
-        let folds = [
-            fold(0.9, 0.8, 1.0, 100.0, 500),
-            fold(0.7, 0.6, 3.0, 300.0, 500),
-            fold(0.5, 0.4, 2.0, 200.0, 400),
-        ];
-        let c = combine_loso(&folds, &["a", "b", "c"]);
-        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
-        close(c.teacher.metric.mean, 0.7);
-        assert_eq!(c.teacher.metric.values, [0.9, 0.7, 0.5]);
-        // the last-epoch figure is over the folds too, not the first fold's 0.8
-        let last = c.teacher.last_epoch_metric.as_ref().expect("last epoch");
-        close(last.mean, 0.6);
-        close(c.teacher.latency_ms.batch1, 2.0);
-        close(c.teacher.latency_ms.batch256, 20.0);
-        close(c.teacher.peak_rss_mb, 300.0);
-        close(c.teacher.wall_s, 6.0);
-        assert_eq!(c.test_samples, Some(1400), "every clip is tested once");
-        close(c.teacher.extra["errors"].mean, (50.0 + 150.0 + 200.0) / 3.0);
-        assert_eq!(c.notes["speakers"], serde_json::json!(["a", "b", "c"]));
     }
 }

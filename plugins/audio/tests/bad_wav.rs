@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use distill_audio::wav::{decode_wav, read_wav};
+use distill_audio::data::wav::{decode_wav, read_wav};
 
 /// A PCM WAV header + data with the given fields (sizes as declared, data as given).
 fn wav(

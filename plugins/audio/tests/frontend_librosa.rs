@@ -2,7 +2,7 @@
 //! documents the signal and the librosa calls). Tolerance: 1e-3 on dB-scaled values (the fixture is rounded
 //! to 1e-6; both sides compute in float64, the observed error is far below the bound).
 
-use distill_audio::frontend::{dct_ortho, power_to_db, FrontEnd, FrontEndConfig, MelScale};
+use distill_audio::data::frontend::{dct_ortho, power_to_db, FrontEnd, FrontEndConfig, MelScale};
 
 const TOL: f64 = 1e-3;
 

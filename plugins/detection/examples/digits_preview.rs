@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use distill_detection::{
+use distill_detection::data::{
     coco::load_coco,
     digits::{ensure_generated, DigitsConfig},
 };

@@ -22,8 +22,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use distill_core::{Error, Result};
+use distill_core::{task::MetricInfo, Error, Result};
 use serde::{Deserialize, Serialize};
+
+/// The headline metric of a detection task: COCO's AP@[.5:.95] (`mAP`), higher is better.
+pub fn map_metric() -> MetricInfo {
+    MetricInfo {
+        name: "mAP".into(),
+        higher_is_better: true,
+    }
+}
 
 /// A ground-truth box.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use distill_detection::{
-    coco::load_coco,
+    data::coco::load_coco,
     metrics::{coco_eval, Detection},
 };
 

@@ -1,8 +1,8 @@
 //! # distill-text: BERT-family distillation (DistilBERT, BERT-PKD, TinyBERT)
 //!
-//! A BERT encoder in candle ([`bert`]) that loads a pretrained Hugging Face `model.safetensors` (the teacher:
+//! A BERT encoder in candle ([`models::bert`]) that loads a pretrained Hugging Face `model.safetensors` (the teacher:
 //! sentence-transformers' all-MiniLM-L6-v2 from the models dir) and tokenises with the `tokenizers` crate
-//! from its `tokenizer.json`. Tasks ([`data`]): SST-2 sentence classification (GLUE TSV; the GLUE dev set is
+//! from its `tokenizer.json`. Tasks ([`task`], over data read by [`data`]): SST-2 sentence classification (GLUE TSV; the GLUE dev set is
 //! the test split), STS-B sentence-pair similarity (Spearman correlation of cosine similarities), and any
 //! `sentence<TAB>label` folder (`tsv-classification`). Students ([`models`]) are BERTs with fewer layers
 //! and/or narrower widths, initialised from the teacher's layers (DistilBERT) or randomly. Losses
@@ -21,11 +21,11 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod bert;
 pub mod data;
 pub mod losses;
 pub mod metrics;
 pub mod models;
+pub mod task;
 
 use std::{
     collections::BTreeMap,
@@ -41,11 +41,10 @@ use distill_core::{
 use serde::Deserialize;
 
 use crate::{
-    data::{
-        accuracy_metric, read_labelled_tsv, read_pairs_tsv, spearman_metric, ClassificationTask,
-        PairTask, TextTokenizer,
-    },
+    data::{read_labelled_tsv, read_pairs_tsv, TextTokenizer},
+    metrics::{accuracy_metric, spearman_metric},
     models::{build_model, resolve, Head, ModelSpec, ARCHS},
+    task::{ClassificationTask, PairSplit, PairTask},
 };
 
 /// Data sets this plugin reads.
@@ -183,7 +182,7 @@ impl Domain for TextPlugin {
             let train = take(train, recipe.data.train_limit);
             let dev = take(dev, Some(val_n));
             let test = take(test, recipe.data.test_limit);
-            let mut enc = |v: &[data::PairLine]| -> Result<data::PairSplit> {
+            let mut enc = |v: &[data::PairLine]| -> Result<PairSplit> {
                 let a = encode(v.iter().map(|p| p.a.as_str()).collect())?;
                 let b = encode(v.iter().map(|p| p.b.as_str()).collect())?;
                 Ok((

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use distill_nn::layers::Linear as Dense;
 
-use crate::bert::dense;
+use crate::models::bert::dense;
 
 /// Losses this plugin adds to the core's.
 pub const LOSSES: &[&str] = &["hidden_cos", "pkd", "tinybert", "embedding_mse"];

@@ -1,4 +1,7 @@
-//! Correlation metrics for sentence similarity.
+//! Correlation metrics for sentence similarity, and the headline metric of each text task
+//! ([`accuracy_metric`], [`spearman_metric`]).
+
+use distill_core::task::MetricInfo;
 
 /// Ranks of `x` (1-based), ties sharing their average rank.
 pub fn ranks(x: &[f64]) -> Vec<f64> {
@@ -45,6 +48,22 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
 /// Spearman rank correlation (Pearson of the tie-averaged ranks), as `scipy.stats.spearmanr`.
 pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
+}
+
+/// The metric of a classification task.
+pub fn accuracy_metric() -> MetricInfo {
+    MetricInfo {
+        name: "accuracy".into(),
+        higher_is_better: true,
+    }
+}
+
+/// The metric of a pair-similarity task.
+pub fn spearman_metric() -> MetricInfo {
+    MetricInfo {
+        name: "spearman".into(),
+        higher_is_better: true,
+    }
 }
 
 #[cfg(test)]

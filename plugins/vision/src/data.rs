@@ -397,6 +397,29 @@ impl Normalize {
     }
 }
 
+/// The normalisation a recipe gets when it names none: the data set's usual statistics, else 0.5 / 0.5
+/// per channel.
+pub(crate) fn default_norm(dataset: &str, channels: usize) -> Normalize {
+    match dataset {
+        "mnist" => Normalize {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+        },
+        "cifar10" => Normalize {
+            mean: vec![0.4914, 0.4822, 0.4465],
+            std: vec![0.2470, 0.2435, 0.2616],
+        },
+        "cifar100" => Normalize {
+            mean: vec![0.5071, 0.4865, 0.4409],
+            std: vec![0.2673, 0.2564, 0.2762],
+        },
+        _ => Normalize {
+            mean: vec![0.5; channels],
+            std: vec![0.5; channels],
+        },
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // MNIST (IDX)
 // ---------------------------------------------------------------------------------------------------------

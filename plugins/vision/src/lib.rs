@@ -15,21 +15,25 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod losses;
 pub mod metrics;
 pub mod models;
+pub mod task;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use distill_core::{
-    recipe::Recipe, task::MetricInfo, Batch, BuildContext, Domain, Error, Manifest, Network,
-    Plugin, Result, Rng, RunContext, Split, Task, TaskInfo,
+    recipe::Recipe, BuildContext, Domain, Error, Manifest, Network, Plugin, Result, RunContext,
+    Task, TaskInfo,
 };
 use serde::Deserialize;
 
 use crate::{
-    data::{parse_augment, Augment, ImageSet, Normalize},
+    data::{default_norm, parse_augment},
+    losses::LOSSES,
+    metrics::accuracy_metric,
     models::{build_model, ModelSpec, ARCHS},
+    task::VisionTask,
 };
 
 /// Data sets this plugin reads.
@@ -58,27 +62,6 @@ struct VisionOptions {
 
 fn options(recipe: &Recipe) -> Result<VisionOptions> {
     recipe.options()
-}
-
-fn default_norm(dataset: &str, channels: usize) -> Normalize {
-    match dataset {
-        "mnist" => Normalize {
-            mean: vec![0.1307],
-            std: vec![0.3081],
-        },
-        "cifar10" => Normalize {
-            mean: vec![0.4914, 0.4822, 0.4465],
-            std: vec![0.2470, 0.2435, 0.2616],
-        },
-        "cifar100" => Normalize {
-            mean: vec![0.5071, 0.4865, 0.4409],
-            std: vec![0.2673, 0.2564, 0.2762],
-        },
-        _ => Normalize {
-            mean: vec![0.5; channels],
-            std: vec![0.5; channels],
-        },
-    }
 }
 
 fn folder_root(data_dir: &Path, opts: &VisionOptions) -> Result<PathBuf> {
@@ -134,94 +117,7 @@ impl VisionPlugin {
             dataset: recipe.dataset.clone(),
             input_shape: shape,
             num_classes: classes,
-            metric: MetricInfo {
-                name: "accuracy".into(),
-                higher_is_better: true,
-            },
-        })
-    }
-}
-
-/// An image-classification task: train / validation / test sets kept decoded in memory.
-pub struct VisionTask {
-    info: TaskInfo,
-    train: ImageSet,
-    val: ImageSet,
-    test: ImageSet,
-    norm: Normalize,
-    device: Device,
-}
-
-impl VisionTask {
-    /// A task over already-loaded sets (the last `validation` training samples become the validation split).
-    pub fn new(
-        info: TaskInfo,
-        train: ImageSet,
-        test: ImageSet,
-        validation: usize,
-        train_limit: Option<usize>,
-        norm: Normalize,
-        device: Device,
-    ) -> Result<Self> {
-        if validation >= train.len() {
-            return Err(Error::config(
-                "data.validation",
-                format!(
-                    "holds out {validation} samples but the training set has only {}",
-                    train.len()
-                ),
-            ));
-        }
-        let n_train = train.len() - validation;
-        let val = train.subset(&(n_train..train.len()).collect::<Vec<_>>());
-        let keep = train_limit.unwrap_or(n_train).min(n_train);
-        let train = train.subset(&(0..keep).collect::<Vec<_>>());
-        Ok(Self {
-            info,
-            train,
-            val,
-            test,
-            norm,
-            device,
-        })
-    }
-
-    fn set(&self, split: Split) -> &ImageSet {
-        match split {
-            Split::Train => &self.train,
-            Split::Val => &self.val,
-            Split::Test => &self.test,
-        }
-    }
-}
-
-impl Task for VisionTask {
-    fn info(&self) -> &TaskInfo {
-        &self.info
-    }
-
-    fn len(&self, split: Split) -> usize {
-        self.set(split).len()
-    }
-
-    fn batch(
-        &self,
-        split: Split,
-        indices: &[usize],
-        augment: Option<&str>,
-        rng: &mut Rng,
-    ) -> Result<Batch> {
-        let aug = match augment {
-            Some(a) => parse_augment(a)?,
-            None => Augment::None,
-        };
-        let (inputs, targets) =
-            self.set(split)
-                .batch(indices, &aug, rng, &self.norm, &self.device)?;
-        Ok(Batch {
-            inputs,
-            targets,
-            indices: indices.to_vec(),
+            metric: accuracy_metric(),
         })
     }
 }
@@ -238,7 +134,7 @@ impl Domain for VisionPlugin {
                 .into(),
             models: ARCHS.iter().map(|s| s.to_string()).collect(),
             datasets: DATASETS.iter().map(|s| s.to_string()).collect(),
-            losses: Vec::new(),
+            losses: LOSSES.iter().map(|s| s.to_string()).collect(),
             recipes: vec!["plugins/vision/recipes/hinton-mnist.toml".into()],
         }
     }

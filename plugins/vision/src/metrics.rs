@@ -1,8 +1,17 @@
 //! Classification metrics on logits: distill-core's one top-k ([`distill_core::task::topk_counts`]), under the
-//! names this plugin has always exported. A tie or a NaN logit never counts as correct.
+//! names this plugin has always exported. A tie or a NaN logit never counts as correct. The headline metric
+//! of every vision task is [`accuracy_metric`].
 
 use candle_core::Tensor;
-use distill_core::Result;
+use distill_core::{task::MetricInfo, Result};
+
+/// The headline metric of an image-classification task: top-1 accuracy, higher is better.
+pub fn accuracy_metric() -> MetricInfo {
+    MetricInfo {
+        name: "accuracy".into(),
+        higher_is_better: true,
+    }
+}
 
 /// Number of samples whose target is among the `k` highest logits. `logits`: `[B, K]`; `targets`: `[B]`
 /// class indices (any integer dtype), each `< K`.

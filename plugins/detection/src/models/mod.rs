@@ -12,6 +12,7 @@
 //! 2 channels each). Parameter names follow PyTorch state-dict style (`layer1.0.conv1.weight`, ...).
 
 pub mod centernet;
+pub mod postprocess;
 
 use candle_core::Device;
 use distill_core::{Error, Network, Result};

@@ -75,7 +75,7 @@ impl LeNet5 {
 
 impl Network for LeNet5 {
     fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Outputs> {
-        super::check_image_input(input, self.input, "lenet5")?;
+        super::input::check_image_input(input, self.input, "lenet5")?;
         let c1 = self.conv1.forward_relu_pool(input, 2)?;
         let c2 = self.conv2.forward_relu_pool(&c1, 2)?;
         let pen = self.fc1.forward_relu(&c2.flatten_from(1)?)?;

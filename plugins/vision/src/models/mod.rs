@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod input;
 pub mod lenet;
 pub mod mlp;
 pub mod resnet;
@@ -192,22 +193,6 @@ pub fn build_model(
         }
     };
     Ok(net)
-}
-
-/// Checks that `input` is `[B, C, H, W]` with `[C, H, W] == expected`.
-pub(crate) fn check_image_input(
-    input: &candle_core::Tensor,
-    expected: [usize; 3],
-    model: &str,
-) -> Result<()> {
-    let dims = input.dims();
-    if dims.len() != 4 || dims[1..] != expected {
-        return Err(Error::Shape(format!(
-            "{model} expects input [B, {}, {}, {}], got {dims:?}",
-            expected[0], expected[1], expected[2]
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

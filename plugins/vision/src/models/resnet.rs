@@ -154,7 +154,7 @@ impl ResNet {
 
 impl Network for ResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
-        super::check_image_input(input, self.input, &self.cfg.name)?;
+        super::input::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
         let mut x = self.bn1.forward(&self.conv1.forward(input)?, train, true)?;
         let mut maps = Vec::with_capacity(3);
@@ -336,7 +336,7 @@ impl WideResNet {
 
 impl Network for WideResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
-        super::check_image_input(input, self.input, &self.cfg.name)?;
+        super::input::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
         let mut x = self.conv1.forward(input)?;
         let mut maps = Vec::with_capacity(3);

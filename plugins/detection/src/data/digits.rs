@@ -19,7 +19,7 @@ use distill_core::{Error, Result, Rng};
 use image::{imageops::FilterType, GrayImage, Luma};
 use serde::{Deserialize, Serialize};
 
-use crate::coco::{CocoAnnotation, CocoCategory, CocoFile, CocoImage};
+use super::coco::{CocoAnnotation, CocoCategory, CocoFile, CocoImage};
 
 /// Bumped whenever the generator's output for a given config changes (a new folder is generated).
 pub const GENERATOR_VERSION: u32 = 2;
@@ -395,7 +395,7 @@ pub fn ensure_generated(data_dir: &Path, cfg: &DigitsConfig) -> Result<PathBuf> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coco::load_coco;
+    use crate::data::coco::load_coco;
 
     /// Ten 28x28 glyphs: digit d is a bright (255) block of 10 + d columns by 20 rows.
     fn glyphs() -> DigitSource {

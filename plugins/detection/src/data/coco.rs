@@ -9,7 +9,7 @@
 //! let text = r#"{"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
 //!               "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [2, 2, 10, 12]}],
 //!               "categories": [{"id": 3, "name": "three"}]}"#;
-//! let coco = distill_detection::coco::parse_coco(text, "gt.json".as_ref()).unwrap();
+//! let coco = distill_detection::data::coco::parse_coco(text, "gt.json".as_ref()).unwrap();
 //! assert_eq!(coco.annotations[0].area, 120.0);
 //! ```
 

@@ -7,7 +7,7 @@
 //! | `arch` | `"bert"` | required |
 //! | `base` | pretrained model folder under the models dir: its `config.json` gives the shape, its `model.safetensors` the weights | `"all-MiniLM-L6-v2"` |
 //! | `init` | `"pretrained"` (weights from `base`) or `"random"` (BERT's N(0, 0.02)) | `"pretrained"` |
-//! | `layers`, `hidden`, `heads`, `intermediate` | override `base`'s shape (a pretrained init needs `base`'s number of heads; a smaller `intermediate` or `hidden` keeps the largest-norm units, magnitude width pruning: see [`crate::bert::preload`]) | `base`'s |
+//! | `layers`, `hidden`, `heads`, `intermediate` | override `base`'s shape (a pretrained init needs `base`'s number of heads; a smaller `intermediate` or `hidden` keeps the largest-norm units, magnitude width pruning: see [`bert::preload`]) | `base`'s |
 //! | `init_layers` | which of `base`'s layers a pretrained student takes, e.g. `[0, 2, 4]` | evenly spaced: `⌊i·L/l⌋` |
 //! | `pooling` | `"mean"` (over real tokens) or `"cls"` | `"mean"` |
 //! | `dropout` | hidden and attention dropout | `base`'s (0.1) |
@@ -19,6 +19,8 @@
 //! `cls.0` … `cls.L` (each layer's `[CLS]` state, `[B, H]`), `pooled` (`[B, H]`) and `token_mask` (`[B, T]`,
 //! 1 for real tokens).
 
+pub mod bert;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -27,7 +29,7 @@ use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result};
 use distill_nn::init::seeded_var_builder;
 use serde::Deserialize;
 
-use crate::bert::{dense, mean_pool, preload, read_pretrained, shape_error, Bert, BertConfig};
+use bert::{dense, mean_pool, preload, read_pretrained, shape_error, Bert, BertConfig};
 use distill_nn::layers::Linear as Dense;
 
 /// Architectures this plugin builds.

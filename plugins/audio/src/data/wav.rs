@@ -14,7 +14,7 @@
 //! let mut w = hound::WavWriter::create(&path, spec).unwrap();
 //! for _ in 0..1600 { w.write_sample(16384i16).unwrap(); w.write_sample(0i16).unwrap(); }
 //! w.finalize().unwrap();
-//! let audio = distill_audio::wav::read_wav(&path)?;
+//! let audio = distill_audio::data::wav::read_wav(&path)?;
 //! assert_eq!((audio.sample_rate, audio.samples.len()), (16000, 1600));
 //! assert!((audio.samples[10] - 0.25).abs() < 1e-6); // (0.5 + 0) / 2
 //! # Ok(()) }

@@ -9,7 +9,7 @@
 //! All arithmetic is in f64.
 //!
 //! ```
-//! use distill_audio::frontend::{FrontEnd, FrontEndConfig};
+//! use distill_audio::data::frontend::{FrontEnd, FrontEndConfig};
 //! # fn main() -> distill_core::Result<()> {
 //! let fe = FrontEnd::new(FrontEndConfig::default())?;
 //! let x: Vec<f32> = (0..8000).map(|i| (i as f32 * 0.3).sin()).collect();
@@ -103,7 +103,7 @@ impl FrontEndConfig {
     /// Checks every value, naming the key (`data.options.frontend.KEY`) of the first bad one.
     pub fn validate(&self) -> Result<()> {
         let err = |k: &str, m: String| Err(Error::config(format!("data.options.frontend.{k}"), m));
-        if !(crate::wav::MIN_RATE..=crate::wav::MAX_RATE).contains(&self.sample_rate) {
+        if !(super::wav::MIN_RATE..=super::wav::MAX_RATE).contains(&self.sample_rate) {
             return err(
                 "sample_rate",
                 format!("{} Hz is outside 1000..=384000", self.sample_rate),

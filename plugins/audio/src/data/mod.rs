@@ -10,13 +10,19 @@
 //! line) and the optional `root/validation_list.txt` the validation clips, which are placed last in the
 //! training set (so `data.validation = <their count>` holds exactly them out). Classes are the folder names,
 //! sorted.
+//!
+//! The readers below it: [`wav`] (WAV decoding and resampling) and [`frontend`] (log-mel / MFCC features and
+//! SpecAugment).
+
+pub mod frontend;
+pub mod wav;
 
 use std::path::{Path, PathBuf};
 
 use distill_core::{Error, Result};
 use rayon::prelude::*;
 
-use crate::frontend::FrontEnd;
+use frontend::FrontEnd;
 
 /// One labelled recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,7 +270,7 @@ pub fn featurize(
     let results: Vec<Result<Vec<f32>>> = clips
         .par_iter()
         .map(|c| {
-            let x = crate::wav::load_mono(&c.path, rate)?;
+            let x = wav::load_mono(&c.path, rate)?;
             Ok(fe.features(&x))
         })
         .collect();

@@ -3,6 +3,12 @@
 //!
 //! Boxes are `[x, y, w, h]` in pixels. A [`DetSet`] keeps each image's original ground truth (for COCO
 //! evaluation in the original pixel space) and the letterboxed boxes (for training targets).
+//!
+//! The readers below it: [`coco`] (COCO detection JSON) and [`digits`] (the "digits on canvas" set,
+//! generated from MNIST as COCO JSON + PNG).
+
+pub mod coco;
+pub mod digits;
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +16,8 @@ use candle_core::{Device, Tensor};
 use distill_core::{Error, Result, Rng};
 use image::imageops::FilterType;
 
-use crate::coco::{load_coco, CocoFile};
 use crate::metrics::GroundTruth;
+use coco::{load_coco, CocoFile};
 
 /// The grey that fills letterbox borders and the area a zoom-out uncovers.
 pub const PAD_VALUE: u8 = 114;
