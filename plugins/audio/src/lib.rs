@@ -31,8 +31,8 @@ use std::{
 };
 
 use distill_core::{
-    pipeline::run_recipe, recipe::Recipe, report::RunReport, BuildContext, Domain, Error, Manifest,
-    Network, Plugin, Result, RunContext, Task, TaskInfo,
+    examples::SplitTask, pipeline::run_recipe, recipe::Recipe, report::RunReport, BuildContext,
+    Domain, Error, Manifest, Network, Plugin, Result, RunContext, Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -44,7 +44,7 @@ use crate::{
     losses::LOSSES,
     metrics::{accuracy_metric, combine_loso},
     models::{build_model, ModelSpec, ARCHS},
-    task::AudioTask,
+    task::AudioExamples,
 };
 
 /// Data sets this plugin reads.
@@ -220,6 +220,7 @@ impl Domain for AudioPlugin {
         let info = self.info_with(recipe, classes.as_ref().map(|c| c.len()))?;
         let fe = FrontEnd::new(o.frontend.clone())?;
         let (train_set, mut skipped) = data::featurize(&train, &fe, o.skip_bad_files)?;
+        // test_limit again here only to spare featurising clips the test split will not hold
         let test = match recipe.data.test_limit {
             Some(n) if n < test.len() => test[..n].to_vec(),
             _ => test,
@@ -257,15 +258,9 @@ impl Domain for AudioPlugin {
         if let Some(c) = classes {
             notes.insert("classes".into(), serde_json::json!(c));
         }
-        Ok(Box::new(AudioTask::new(
-            info,
-            train_set,
-            test_set,
-            recipe.data.validation,
-            recipe.data.train_limit,
-            notes,
-            ctx.device.clone(),
-        )?))
+        // the validation split, train_limit and test_limit are cut by core's SplitTask
+        let examples = AudioExamples::new(info, train_set, test_set, notes, ctx.device.clone());
+        Ok(Box::new(SplitTask::new(examples, &recipe.data)?))
     }
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {

@@ -1,84 +1,70 @@
-//! The audio classification [`Task`]: features of every clip computed once ([`FeatureSet`]) and batched as
-//! `[B, 1, rows, frames]`, with SpecAugment masks when the phase asks for them.
+//! The audio classification task: features of every clip computed once ([`FeatureSet`]), declared as
+//! [`Examples`] (core's [`SplitTask`](distill_core::examples::SplitTask) cuts the validation split and the
+//! limits), batched as `[B, 1, rows, frames]` with SpecAugment masks when the phase asks for them.
 
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use distill_core::{Batch, Error, Result, Rng, Split, Task, TaskInfo};
+use distill_core::{
+    examples::{Examples, Source},
+    Batch, Error, Result, Rng, TaskInfo,
+};
 
 use crate::data::{frontend::SpecAugment, FeatureSet};
 
-/// An audio classification task: features of every clip computed once and kept in memory.
-pub struct AudioTask {
+/// An audio data set's examples: features of every training and test clip, computed once and kept in memory.
+pub struct AudioExamples {
     info: TaskInfo,
     train: FeatureSet,
-    val: FeatureSet,
     test: FeatureSet,
     notes: BTreeMap<String, serde_json::Value>,
     device: Device,
 }
 
-impl AudioTask {
-    /// A task over featurised sets; the last `validation` training clips become the validation split.
+impl AudioExamples {
+    /// Examples over featurised sets, batched onto `device`; `notes` go to the report.
     pub fn new(
         info: TaskInfo,
         train: FeatureSet,
         test: FeatureSet,
-        validation: usize,
-        train_limit: Option<usize>,
         notes: BTreeMap<String, serde_json::Value>,
         device: Device,
-    ) -> Result<Self> {
-        if validation >= train.len() {
-            return Err(Error::config(
-                "data.validation",
-                format!(
-                    "holds out {validation} clips but the training set has only {}",
-                    train.len()
-                ),
-            ));
-        }
-        let n_train = train.len() - validation;
-        let val = train.subset(&(n_train..train.len()).collect::<Vec<_>>());
-        let keep = train_limit.unwrap_or(n_train).min(n_train);
-        let train = train.subset(&(0..keep).collect::<Vec<_>>());
-        Ok(Self {
+    ) -> Self {
+        Self {
             info,
             train,
-            val,
             test,
             notes,
             device,
-        })
+        }
     }
 
-    fn set(&self, split: Split) -> &FeatureSet {
-        match split {
-            Split::Train => &self.train,
-            Split::Val => &self.val,
-            Split::Test => &self.test,
+    fn set(&self, source: Source) -> &FeatureSet {
+        match source {
+            Source::Train => &self.train,
+            Source::Test => &self.test,
         }
     }
 }
 
-impl Task for AudioTask {
+impl Examples for AudioExamples {
     fn info(&self) -> &TaskInfo {
         &self.info
     }
 
-    fn len(&self, split: Split) -> usize {
-        self.set(split).len()
+    fn len(&self, source: Source) -> usize {
+        self.set(source).len()
     }
 
     fn batch(
         &self,
-        split: Split,
+        source: Source,
         indices: &[usize],
         augment: Option<&str>,
         rng: &mut Rng,
     ) -> Result<Batch> {
         let aug = augment.map(SpecAugment::parse).transpose()?;
-        let set = self.set(split);
+        let set = self.set(source);
         let (rows, frames) = (set.rows, set.frames);
         let n = rows * frames;
         let mut x = Vec::with_capacity(indices.len() * n);
@@ -86,7 +72,7 @@ impl Task for AudioTask {
         for &i in indices {
             if i >= set.len() {
                 return Err(Error::msg(format!(
-                    "sample index {i} is out of range for the {split:?} split ({} clips)",
+                    "sample index {i} is out of range for the {source:?} clips ({})",
                     set.len()
                 )));
             }

@@ -35,6 +35,7 @@ use std::{
 };
 
 use distill_core::{
+    examples::SplitTask,
     losses::{DistillLoss, LossSpec},
     recipe::Recipe,
     BuildContext, Domain, Error, Manifest, Network, Outputs, Plugin, Result, RunContext, Task,
@@ -46,7 +47,7 @@ use crate::{
     data::{coco, digits, digits::DigitsConfig, Augment},
     metrics::map_metric,
     models::{build_model, postprocess::PostProcess, ModelSpec, ARCHS},
-    task::DetTask,
+    task::DetExamples,
 };
 
 /// Data sets this plugin reads.
@@ -265,15 +266,11 @@ impl Domain for DetectionPlugin {
             "test_boxes".into(),
             serde_json::json!(test.ground_truth.len()),
         );
-        Ok(Box::new(DetTask::new(
-            info,
-            train,
-            test,
-            recipe.data.validation,
-            o.postprocess,
-            notes,
-            ctx.device.clone(),
-        )?))
+        // the validation split (the last `validation` of the images loaded), train_limit and test_limit are
+        // cut by core's SplitTask; the loaders above read no more images than those need
+        let examples =
+            DetExamples::new(info, train, test, o.postprocess, notes, ctx.device.clone());
+        Ok(Box::new(SplitTask::new(examples, &recipe.data)?))
     }
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {

@@ -1,88 +1,76 @@
-//! The detection [`Task`]: every split decoded once and kept in memory; batches carry the CenterNet
-//! targets, the task loss is [`centernet_loss`], and evaluation decodes the heatmaps into boxes in original
-//! image pixels and scores them with COCO's box evaluation.
+//! The detection task: the data set's images decoded once and kept in memory, declared as [`Examples`]
+//! (core's [`SplitTask`](distill_core::examples::SplitTask) cuts the validation split and the limits);
+//! batches carry the CenterNet targets, the task loss is [`centernet_loss`], and evaluation decodes the
+//! heatmaps into boxes in original image pixels and scores a split's images with COCO's box evaluation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{Device, Tensor};
 use distill_core::{
-    Batch, Error, Evaluation, Mode, Network, Outputs, Result, Rng, Split, Task, TaskInfo,
+    examples::{Examples, Source},
+    Batch, Evaluation, Mode, Network, Outputs, Result, Rng, TaskInfo,
 };
 
 use crate::{
     data::{make_batch, Augment, DetSet},
     losses::centernet_loss,
-    metrics::{coco_eval, to_extra, Detection},
+    metrics::{coco_eval, to_extra, Detection, GroundTruth},
     models::{
         postprocess::{decode, PostProcess},
         STRIDE,
     },
 };
 
-/// A detection task: every split decoded once and kept in memory.
-pub struct DetTask {
+/// A detection data set's examples: its training and test images, decoded once and kept in memory.
+pub struct DetExamples {
     info: TaskInfo,
     train: DetSet,
-    val: DetSet,
     test: DetSet,
     postprocess: PostProcess,
     notes: BTreeMap<String, serde_json::Value>,
     device: Device,
 }
 
-impl DetTask {
-    /// A task over loaded sets; the last `validation` training images become the validation split.
+impl DetExamples {
+    /// Examples over loaded sets, batched onto `device`; `postprocess` decodes the heatmaps for evaluation.
     pub fn new(
         info: TaskInfo,
-        mut train: DetSet,
+        train: DetSet,
         test: DetSet,
-        validation: usize,
         postprocess: PostProcess,
         notes: BTreeMap<String, serde_json::Value>,
         device: Device,
-    ) -> Result<Self> {
-        if validation >= train.len() {
-            return Err(Error::config(
-                "data.validation",
-                format!(
-                    "holds out {validation} images but the training set has only {}",
-                    train.len()
-                ),
-            ));
-        }
-        let val = train.split_off(train.len() - validation);
-        Ok(Self {
+    ) -> Self {
+        Self {
             info,
             train,
-            val,
             test,
             postprocess,
             notes,
             device,
-        })
-    }
-
-    /// The images of a split.
-    pub fn set(&self, split: Split) -> &DetSet {
-        match split {
-            Split::Train => &self.train,
-            Split::Val => &self.val,
-            Split::Test => &self.test,
         }
     }
 
-    /// Runs `net` over a split and returns its detections in original image pixels (COCO results).
+    /// The images of a source.
+    pub fn set(&self, source: Source) -> &DetSet {
+        match source {
+            Source::Train => &self.train,
+            Source::Test => &self.test,
+        }
+    }
+
+    /// Runs `net` over the images `indices` of `set` and returns their detections in original image pixels
+    /// (COCO results).
     pub fn detect(
         &self,
         net: &dyn Network,
-        split: Split,
+        set: &DetSet,
+        indices: &[usize],
         batch_size: usize,
     ) -> Result<Vec<Detection>> {
-        let set = self.set(split);
         let mut rng = Rng::new(0);
-        let idx: Vec<usize> = (0..set.len()).collect();
         let mut dets = Vec::new();
-        for chunk in idx.chunks(batch_size.max(1)) {
+        for chunk in indices.chunks(batch_size.max(1)) {
             let (x, _) = make_batch(set, chunk, None, STRIDE, &mut rng, &self.device)?;
             let out = net.forward(&x, Mode::Eval)?;
             for (&i, boxes) in chunk.iter().zip(decode(&out, STRIDE, &self.postprocess)?) {
@@ -106,25 +94,25 @@ impl DetTask {
     }
 }
 
-impl Task for DetTask {
+impl Examples for DetExamples {
     fn info(&self) -> &TaskInfo {
         &self.info
     }
 
-    fn len(&self, split: Split) -> usize {
-        self.set(split).len()
+    fn len(&self, source: Source) -> usize {
+        self.set(source).len()
     }
 
     fn batch(
         &self,
-        split: Split,
+        source: Source,
         indices: &[usize],
         augment: Option<&str>,
         rng: &mut Rng,
     ) -> Result<Batch> {
         let aug = augment.map(Augment::parse).transpose()?;
         let (inputs, targets) = make_batch(
-            self.set(split),
+            self.set(source),
             indices,
             aug.as_ref(),
             STRIDE,
@@ -142,27 +130,38 @@ impl Task for DetTask {
         centernet_loss(outputs, &batch.targets)
     }
 
-    /// COCO box evaluation: the metric is AP@[.5:.95]; extras are the other 11 summary numbers and
-    /// `detections` (boxes kept per image, on average).
-    fn evaluate(&self, net: &dyn Network, split: Split, batch_size: usize) -> Result<Evaluation> {
-        let set = self.set(split);
-        let dets = self.detect(net, split, batch_size)?;
-        let m = coco_eval(
-            &set.image_ids(),
-            &set.category_ids,
-            &set.ground_truth,
-            &dets,
-        )?;
-        let mut extra = to_extra(&m);
-        extra.remove("ap");
-        extra.insert(
-            "detections".into(),
-            dets.len() as f64 / set.len().max(1) as f64,
-        );
-        Ok(Evaluation {
-            metric: m.ap,
-            extra,
-        })
+    /// COCO box evaluation of the images `indices` of `source`: the metric is AP@[.5:.95]; extras are the
+    /// other 11 summary numbers and `detections` (boxes kept per image, on average).
+    fn evaluate(
+        &self,
+        net: &dyn Network,
+        source: Source,
+        indices: &[usize],
+        batch_size: usize,
+    ) -> Option<Result<Evaluation>> {
+        Some((|| {
+            let set = self.set(source);
+            let dets = self.detect(net, set, indices, batch_size)?;
+            let ids: Vec<u64> = indices.iter().map(|&i| set.images[i].id).collect();
+            let wanted: BTreeSet<u64> = ids.iter().copied().collect();
+            let gt: Vec<GroundTruth> = set
+                .ground_truth
+                .iter()
+                .filter(|g| wanted.contains(&g.image_id))
+                .cloned()
+                .collect();
+            let m = coco_eval(&ids, &set.category_ids, &gt, &dets)?;
+            let mut extra = to_extra(&m);
+            extra.remove("ap");
+            extra.insert(
+                "detections".into(),
+                dets.len() as f64 / indices.len().max(1) as f64,
+            );
+            Ok(Evaluation {
+                metric: m.ap,
+                extra,
+            })
+        })())
     }
 
     fn notes(&self) -> BTreeMap<String, serde_json::Value> {

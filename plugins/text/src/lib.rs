@@ -33,10 +33,11 @@ use std::{
 };
 
 use distill_core::{
+    examples::Holdout,
     losses::{DistillLoss, LossSpec},
     recipe::Recipe,
-    BuildContext, Domain, Error, Manifest, Network, Outputs, Plugin, Result, RunContext, Task,
-    TaskInfo,
+    BuildContext, Domain, Error, Manifest, Network, Outputs, Plugin, Result, RunContext, Split,
+    Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -204,31 +205,23 @@ impl Domain for TextPlugin {
                 ),
             };
             let all = read_labelled_tsv(&dir.join("train.tsv"), classes)?;
-            let test = take(
-                read_labelled_tsv(&dir.join(test_file), classes)?,
-                recipe.data.test_limit,
-            );
-            if val_n >= all.len() {
-                return Err(Error::config(
-                    "data.validation",
-                    format!(
-                        "holds out {val_n} sentences but {} has only {}",
-                        dir.join("train.tsv").display(),
-                        all.len()
-                    ),
-                ));
-            }
-            // The last `validation` training sentences are the validation split.
+            let test_all = read_labelled_tsv(&dir.join(test_file), classes)?;
+            // core's hold-out convention: the last `validation` training sentences are the validation
+            // split, train_limit and test_limit keep the first ones (only those are tokenised)
+            let holdout = Holdout::new(&recipe.data, all.len(), test_all.len()).map_err(|e| {
+                Error::config(dir.join("train.tsv").display().to_string(), e.to_string())
+            })?;
             let n_train = all.len() - val_n;
-            let train = take(all[..n_train].to_vec(), recipe.data.train_limit);
-            let val = &all[n_train..];
+            let train = &all[holdout.indices(Split::Train)];
+            let val = &all[holdout.indices(Split::Val)];
+            let test = &test_all[holdout.indices(Split::Test)];
             let mut enc = |v: &[data::LabelledLine]| -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
                 Ok((
                     encode(v.iter().map(|l| l.text.as_str()).collect())?,
                     v.iter().map(|l| l.label).collect(),
                 ))
             };
-            let (tr, va, te) = (enc(&train)?, enc(val)?, enc(&test)?);
+            let (tr, va, te) = (enc(train)?, enc(val)?, enc(test)?);
             notes.insert("train_sentences".into(), serde_json::json!(tr.0.len()));
             notes.insert("train_available".into(), serde_json::json!(n_train));
             notes.insert("truncated_sentences".into(), serde_json::json!(truncated));

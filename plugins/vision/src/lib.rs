@@ -23,8 +23,8 @@ pub mod task;
 use std::path::{Path, PathBuf};
 
 use distill_core::{
-    recipe::Recipe, BuildContext, Domain, Error, Manifest, Network, Plugin, Result, RunContext,
-    Task, TaskInfo,
+    examples::SplitTask, recipe::Recipe, BuildContext, Domain, Error, Manifest, Network, Plugin,
+    Result, RunContext, Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -33,7 +33,7 @@ use crate::{
     losses::LOSSES,
     metrics::accuracy_metric,
     models::{build_model, ModelSpec, ARCHS},
-    task::VisionTask,
+    task::VisionExamples,
 };
 
 /// Data sets this plugin reads.
@@ -177,10 +177,6 @@ impl Domain for VisionPlugin {
                 )
             }
         };
-        let test = match recipe.data.test_limit {
-            Some(n) if n < test.len() => test.subset(&(0..n).collect::<Vec<_>>()),
-            _ => test,
-        };
         let channels = info.input_shape[0];
         let mut norm = default_norm(&recipe.dataset, channels);
         if let Some(m) = opts.mean {
@@ -195,15 +191,9 @@ impl Domain for VisionPlugin {
                 format!("mean and std need {channels} values (one per channel)"),
             ));
         }
-        Ok(Box::new(VisionTask::new(
-            info,
-            train,
-            test,
-            recipe.data.validation,
-            recipe.data.train_limit,
-            norm,
-            ctx.device.clone(),
-        )?))
+        // the validation split, train_limit and test_limit are cut by core's SplitTask
+        let examples = VisionExamples::new(info, train, test, norm, ctx.device.clone());
+        Ok(Box::new(SplitTask::new(examples, &recipe.data)?))
     }
 
     fn build_network(&self, model: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Network>> {
