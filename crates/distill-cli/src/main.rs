@@ -131,6 +131,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`distill check R | head -1`) would panic; a CLI
+    // should end quietly, as with the default action
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default before any other thread exists
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     distill_core::runtime::init();
     let cli = Cli::parse();
     let result =

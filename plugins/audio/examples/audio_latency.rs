@@ -1,7 +1,7 @@
 //! Latency to classify one second of audio at batch 1 (front end + network), teacher vs student, and the
 //! time of one training step (forward + backward) at batch 64.
 //!
-//! `cargo run --release -p distill-audio --example latency -- [TEACHER_TOML] [STUDENT_TOML]`
+//! `cargo run --release -p distill-audio --example audio_latency -- [TEACHER_TOML] [STUDENT_TOML]`
 //! (model tables, default `{ arch = "res-cnn" }` and `{ arch = "ds-cnn", width = 32, blocks = 4 }`).
 
 use std::time::Instant;

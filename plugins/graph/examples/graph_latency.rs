@@ -2,7 +2,7 @@
 //! directories written by `distill run` (each holds `model.safetensors` and `card.json`).
 //!
 //! ```sh
-//! DISTILL_DATA=../shared/datasets cargo run --release -p distill-graph --example latency -- \
+//! DISTILL_DATA=../shared/datasets cargo run --release -p distill-graph --example graph_latency -- \
 //!     out/glnn-cora/seed-0/teacher out/glnn-cora/seed-0/distilled
 //! ```
 //! Per model: median of 20 passes over all nodes, and median over 200 single nodes spread over the graph
