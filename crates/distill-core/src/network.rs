@@ -114,3 +114,17 @@ impl Teacher {
         self.net.as_ref()
     }
 }
+
+/// Writes `net` as an ONNX model (opset ≥ 13) to `path`, atomically.
+///
+/// Inputs are named `input` (f32, the task's input shape with a dynamic batch) or, for BERT-family
+/// networks, `input_ids` and `attention_mask` (i64 `[batch, tokens]`); the first output is `logits`,
+/// further outputs carry the network's named maps a post-processor needs (e.g. CenterNet's `size` and
+/// `offset`).
+pub fn export_onnx(net: &dyn Network, path: &Path) -> Result<()> {
+    let _ = path;
+    Err(Error::config(
+        "export",
+        format!("ONNX export of `{}` is not supported yet", net.describe()),
+    ))
+}

@@ -1,0 +1,1 @@
+//! ONNX model writing for distill (work in progress: see issue 21).
