@@ -208,6 +208,24 @@ fn export_leaves_nothing_behind_on_an_error() {
 }
 
 #[test]
+fn a_graph_student_exports_but_predict_says_it_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    write_graph_folder(&t.join("data/g"), 60);
+    std::fs::write(t.join("r.toml"), tiny_graph_recipe(2)).unwrap();
+    assert!(run_in(t).status.success());
+    let o = distill(t, &["export", "out", "--to", "ex"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = distill(t, &["predict", "ex", "12"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not supported for graph tasks"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn vision_export_predicts_as_the_network_on_the_test_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();

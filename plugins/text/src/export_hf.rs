@@ -115,7 +115,10 @@ impl HfStudent<'_> {
 
     /// The export's README.md: what the files are and how to run them with transformers.
     pub fn readme(&self) -> String {
-        let mut s = String::from("# A distill text student in Hugging Face's layout\n\n");
+        let mut s = String::from(
+            "# A distill text student in Hugging Face's layout\n\nIn the code below, `DIR` is this folder and \
+             `texts` a list of sentences.\n\n",
+        );
         if self.is_sequence_classifier() {
             s.push_str(
                 "`BertForSequenceClassification` (pooler + classifier, as distill trained it):\n\n```python\n\
