@@ -276,3 +276,123 @@ losses = [{{ name = "glnn", params = {{ lambda = 0.5 }} }}]
 "#
     )
 }
+
+/// Words of the tiny text world: sentences with a "good" word are class 1, with a "bad" word class 0.
+pub const GOOD: &[&str] = &["good", "great", "fun", "lovely"];
+/// See [`GOOD`].
+pub const BAD: &[&str] = &["bad", "awful", "boring", "dull"];
+/// See [`GOOD`].
+pub const FILLER: &[&str] = &["the", "movie", "film", "was", "a", "plot", "very", "really"];
+
+/// A models dir with `tiny/`: a BERT config (vocab 40, hidden 16, 4 heads, 2 layers) and a WordPiece
+/// tokenizer over the words above (tokenizer.json, vocab.txt, tokenizer_config.json,
+/// special_tokens_map.json).
+pub fn write_tiny_bert(models: &Path) {
+    let dir = models.join("tiny");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 32, "max_position_embeddings": 32, "hidden_act": "gelu",
+            "model_type": "bert", "architectures": ["BertModel"]}"#,
+    )
+    .unwrap();
+    let mut vocab: Vec<&str> = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!"];
+    vocab.extend(GOOD.iter().chain(BAD).chain(FILLER));
+    std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let ids: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i.into()))
+        .collect();
+    let special = |id: usize, w: &str| {
+        serde_json::json!({"id": id, "content": w, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": (0..5).map(|i| special(i, vocab[i])).collect::<Vec<_>>(),
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                               "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": ids}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"do_lower_case": true, "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+            "cls_token": "[CLS]", "mask_token": "[MASK]", "tokenizer_class": "BertTokenizer",
+            "model_max_length": 32}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("special_tokens_map.json"),
+        r#"{"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+            "mask_token": "[MASK]"}"#,
+    )
+    .unwrap();
+}
+
+/// Deterministic sentence `i`: label `i % 2`, 3-7 words around one good (1) or bad (0) word.
+pub fn sentence(i: usize) -> (String, usize) {
+    let label = i % 2;
+    let key = if label == 1 {
+        GOOD[i / 2 % 4]
+    } else {
+        BAD[i / 2 % 4]
+    };
+    let n = 2 + i % 5;
+    let mut words: Vec<&str> = (0..n)
+        .map(|j| FILLER[(i * 7 + j * 3) % FILLER.len()])
+        .collect();
+    words.insert((i / 3) % (n + 1), key);
+    (
+        words.join(" ") + if i.is_multiple_of(3) { " !" } else { "." },
+        label,
+    )
+}
+
+/// `data/tsv/{train,test}.tsv` in the `sentence<TAB>label` layout.
+pub fn write_sentences(data: &Path) {
+    let dir = data.join("tsv");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, range) in [("train.tsv", 0..96), ("test.tsv", 96..112)] {
+        let mut s = String::from("sentence\tlabel\n");
+        for i in range {
+            let (text, label) = sentence(i);
+            s.push_str(&format!("{text}\t{label}\n"));
+        }
+        std::fs::write(dir.join(file), s).unwrap();
+    }
+}
+
+/// A 16-bit mono PCM WAV of a sine at `freq` Hz, `n` samples at `rate` Hz.
+pub fn mono_tone_wav(path: &Path, freq: f64, rate: u32, n: usize) {
+    let data: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            let v = 0.4 * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin();
+            ((v * 32767.0) as i16).to_le_bytes()
+        })
+        .collect();
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32, 1 | (1 << 16), rate, rate * 2, 2 | (16 << 16)] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&data);
+    std::fs::write(path, b).unwrap();
+}

@@ -9,8 +9,10 @@ mod cache_cmd;
 mod cards;
 mod data;
 mod dirs;
+mod export;
 mod plots;
 mod plugins;
+mod predict;
 mod report_cmd;
 mod run_cmd;
 mod run_markdown;
@@ -114,19 +116,49 @@ enum Command {
         #[arg(long, global = true)]
         cache_dir: Option<PathBuf>,
     },
-    /// Export a trained student (safetensors + JSON model card) from a run dir.
+    /// Export a trained network from a run dir with its card: distill's safetensors, ONNX, or Hugging Face's
+    /// layout (text students); written atomically (nothing is left at DIR on an error).
     Export {
         /// The run's output dir.
         run: PathBuf,
-        /// Where to write model.safetensors and card.json.
+        /// The export dir (must not exist unless --force).
         #[arg(long)]
         to: PathBuf,
+        /// safetensors (distill's weights), onnx (model.onnx) or hf (config.json, model.safetensors and
+        /// tokenizer files for transformers; text students only).
+        #[arg(long, default_value = "safetensors")]
+        format: String,
         /// Which model: distilled, scratch or teacher.
         #[arg(long, default_value = "distilled")]
         phase: String,
         /// Which seed's model.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Replace an existing export at --to.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        dirs: dirs::Dirs,
+    },
+    /// Run an exported network on image files, WAV files or text lines: the top-k classes with their
+    /// probabilities, or a detector's boxes.
+    Predict {
+        /// The export dir (written by `distill export`).
+        model: PathBuf,
+        /// Input files, or text lines for a text model; `-` reads lines from stdin.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// Classes shown per input.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Which model of the export runs: auto (the export's format), safetensors or onnx.
+        #[arg(long, default_value = "auto")]
+        format: String,
+        #[command(flatten)]
+        dirs: dirs::Dirs,
     },
 }
 
@@ -185,9 +217,41 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
         Command::Export {
             run,
             to,
+            format,
             phase,
             seed,
-        } => run_cmd::cmd_export(&run, &to, &phase, seed),
+            force,
+            dirs,
+        } => export::cmd_export(
+            reg,
+            &export::ExportArgs {
+                run,
+                to,
+                format,
+                phase,
+                seed,
+                force,
+            },
+            &dirs,
+        ),
+        Command::Predict {
+            model,
+            inputs,
+            top_k,
+            json,
+            format,
+            dirs,
+        } => predict::cmd_predict(
+            reg,
+            &predict::PredictArgs {
+                model,
+                inputs,
+                top_k,
+                json,
+                format,
+            },
+            &dirs,
+        ),
         Command::Bench(args) if args.speed_worker.is_some() => {
             let opts = args.speed_options()?;
             let name = args.speed_worker.as_deref().unwrap_or_default();

@@ -1,4 +1,5 @@
-//! `distill run`, `distill check`, `distill eval` and `distill export`: one recipe, one saved model.
+//! `distill run`, `distill check` and `distill eval`: one recipe, one saved model (`distill export` is in
+//! export.rs).
 
 use std::path::{Path, PathBuf};
 
@@ -150,34 +151,5 @@ pub fn cmd_eval(reg: &Registry, checkpoint: &Path, dirs: &Dirs) -> Result<()> {
     for (k, v) in &e.extra {
         println!("  {k} = {v:.4}");
     }
-    Ok(())
-}
-
-/// `distill export RUN --to DIR`.
-pub fn cmd_export(run: &Path, to: &Path, phase: &str, seed: u64) -> Result<()> {
-    if !distill_core::train::files::PHASES.contains(&phase) {
-        bail!("--phase {phase}: expected teacher, scratch or distilled");
-    }
-    let src = run.join(format!("seed-{seed}")).join(phase);
-    let model = src.join("model.safetensors");
-    if !model.exists() {
-        bail!(
-            "{}: not found (is {} the output dir of a finished `distill run`?)",
-            model.display(),
-            run.display()
-        );
-    }
-    std::fs::create_dir_all(to).with_context(|| to.display().to_string())?;
-    let bytes = std::fs::read(&model).with_context(|| model.display().to_string())?;
-    distill_core::checkpoint::write_atomic(&to.join("model.safetensors"), &bytes)?;
-    let card = std::fs::read(src.join("card.json"))
-        .with_context(|| src.join("card.json").display().to_string())?;
-    distill_core::checkpoint::write_atomic(&to.join("card.json"), &card)?;
-    println!(
-        "exported {} ({} bytes) and its card to {}",
-        model.display(),
-        bytes.len(),
-        to.display()
-    );
     Ok(())
 }

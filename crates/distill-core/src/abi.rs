@@ -15,9 +15,9 @@
 //! - A panic never unwinds across the boundary: every call into the plugin runs under `catch_unwind` inside the
 //!   library ([`Guarded`]) and a panic comes back as an [`Error`] naming the plugin, the call and the panic's
 //!   message and place.
-//! - The host only calls the plugin's whole-job methods (`manifest`, `check`, `run`, `evaluate`), so all tensor
-//!   work (and candle's global state, such as tensor ids used by autograd) stays inside the library's own copy
-//!   of candle.
+//! - The host only calls the plugin's whole-job methods (`manifest`, `check`, `run`, `evaluate`, `export`,
+//!   `predict`), so all tensor work (and candle's global state, such as tensor ids used by autograd) stays
+//!   inside the library's own copy of candle; `predict` hands the binary's ONNX runtime plain arrays.
 
 use std::{
     cell::RefCell,
@@ -27,6 +27,7 @@ use std::{
 };
 
 use crate::{
+    deploy::{Array, ExportInfo, ExportRequest, PredictRequest, Prediction},
     pipeline::CheckSummary,
     plugin::{Manifest, RunContext},
     recipe::Recipe,
@@ -36,7 +37,7 @@ use crate::{
 };
 
 /// The plugin ABI version: the layout of [`PluginDeclaration`] and the calling contract of [`Plugin`].
-pub const PLUGIN_ABI_VERSION: u32 = 2;
+pub const PLUGIN_ABI_VERSION: u32 = 3;
 
 // Each fact is written once, as a literal-producing macro, so the plain constant and its NUL-terminated copy
 // for the declaration cannot drift apart.
@@ -163,7 +164,12 @@ pub const fn layout_fingerprint() -> u64 {
         Box<dyn Plugin>,
         Box<dyn Network>,
         String,
-        std::path::PathBuf
+        std::path::PathBuf,
+        ExportRequest,
+        ExportInfo,
+        PredictRequest,
+        Prediction,
+        Array
     );
     h
 }
@@ -291,6 +297,12 @@ impl<P: Plugin> Plugin for Guarded<P> {
         guard(&self.name, "evaluate", || {
             self.inner.evaluate(recipe, model, weights, ctx)
         })
+    }
+    fn export(&self, req: &ExportRequest) -> Result<ExportInfo> {
+        guard(&self.name, "export", || self.inner.export(req))
+    }
+    fn predict(&self, req: &PredictRequest) -> Result<Vec<Prediction>> {
+        guard(&self.name, "predict", || self.inner.predict(req))
     }
 }
 

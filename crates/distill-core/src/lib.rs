@@ -25,6 +25,7 @@
 
 pub mod abi;
 pub mod checkpoint;
+pub mod deploy;
 pub mod examples;
 pub mod losses;
 pub mod network;

@@ -7,10 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    deploy::{ExportInfo, ExportRequest, PredictRequest, Prediction},
     losses::{DistillLoss, LossSpec},
     recipe::Recipe,
     task::{Task, TaskInfo},
@@ -194,5 +195,26 @@ pub trait Domain: Send + Sync {
         _ctx: &BuildContext,
     ) -> Result<Option<Box<dyn DistillLoss>>> {
         Ok(None)
+    }
+    /// Writes the plugin's own files of an export (`distill export`) into `req.dir` and says what its card
+    /// records ([`crate::deploy`]); for format `hf`, all of them (else `hf` is refused). Nothing by default.
+    fn export_files(&self, _req: &ExportRequest) -> Result<ExportInfo> {
+        Ok(ExportInfo::default())
+    }
+    /// Turns `req.inputs` (files, text lines) into one batch of network input (`distill predict`), as the
+    /// data pipeline does; unsupported by default.
+    fn predict_input(&self, _req: &PredictRequest) -> Result<Tensor> {
+        Err(crate::Error::config(
+            "predict",
+            format!(
+                "plugin `{}` does not turn files into network inputs",
+                self.manifest().name
+            ),
+        ))
+    }
+    /// One prediction per input from the outputs on [`Domain::predict_input`]'s batch: by default the
+    /// top-k classes of the softmaxed logits ([`crate::deploy::top_classes`]).
+    fn predict_output(&self, req: &PredictRequest, outputs: &Outputs) -> Result<Vec<Prediction>> {
+        crate::deploy::top_classes(req, &outputs.logits)
     }
 }

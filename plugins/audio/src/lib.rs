@@ -23,6 +23,7 @@ pub mod data;
 pub mod losses;
 pub mod metrics;
 pub mod models;
+pub mod predict;
 pub mod task;
 
 use std::{
@@ -30,9 +31,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use candle_core::Tensor;
 use distill_core::{
-    examples::SplitTask, pipeline::run_recipe, recipe::Recipe, report::RunReport, BuildContext,
-    Domain, Error, Manifest, Network, Plugin, Result, RunContext, Task, TaskInfo,
+    deploy::{ExportInfo, ExportRequest, PredictRequest},
+    examples::SplitTask,
+    pipeline::run_recipe,
+    recipe::Recipe,
+    report::RunReport,
+    BuildContext, Domain, Error, Manifest, Network, Plugin, Result, RunContext, Task, TaskInfo,
 };
 use serde::Deserialize;
 
@@ -272,5 +278,25 @@ impl Domain for AudioPlugin {
 
     fn check_augment(&self, name: &str) -> Result<()> {
         SpecAugment::parse(name).map(|_| ())
+    }
+
+    fn export_files(&self, req: &ExportRequest) -> Result<ExportInfo> {
+        let o = options(req.recipe)?;
+        let labels: Vec<String> = match req.recipe.dataset.as_str() {
+            "fsdd" => (0..10).map(|d| d.to_string()).collect(),
+            // a folder's classes are its sorted class folders, as the loader labels them
+            _ => data::folder_clips(&folder_root(req.data_dir, &o)?)?.2,
+        };
+        Ok(ExportInfo {
+            task: Some(self.info_with(req.recipe, Some(labels.len()))?),
+            labels,
+            preprocessing: predict::preprocessing(&FrontEnd::new(o.frontend)?),
+            ..ExportInfo::default()
+        })
+    }
+
+    fn predict_input(&self, req: &PredictRequest) -> Result<Tensor> {
+        let fe = FrontEnd::new(options(req.recipe)?.frontend)?;
+        predict::wav_batch(req.inputs, &fe, req.device)
     }
 }

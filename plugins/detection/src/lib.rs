@@ -27,6 +27,7 @@ pub mod data;
 pub mod losses;
 pub mod metrics;
 pub mod models;
+pub mod predict;
 pub mod task;
 
 use std::{
@@ -34,7 +35,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use candle_core::Tensor;
 use distill_core::{
+    deploy::{ExportInfo, ExportRequest, PredictRequest, Prediction},
     examples::SplitTask,
     losses::{DistillLoss, LossSpec},
     recipe::Recipe,
@@ -152,6 +155,16 @@ impl DetectionPlugin {
             num_classes: classes,
             metric: map_metric(),
         })
+    }
+}
+
+/// Channels and side of a detector's `[C, S, S]` input.
+fn channels_size(shape: &[usize]) -> Result<(usize, usize)> {
+    match shape {
+        [c, s, _] => Ok((*c, *s)),
+        _ => Err(Error::Shape(format!(
+            "a detector takes [channels, size, size] inputs, not {shape:?}"
+        ))),
     }
 }
 
@@ -292,5 +305,44 @@ impl Domain for DetectionPlugin {
         ctx: &BuildContext,
     ) -> Result<Option<Box<dyn DistillLoss>>> {
         losses::build_detection_loss(spec, student, teacher, ctx.seed)
+    }
+
+    fn export_files(&self, req: &ExportRequest) -> Result<ExportInfo> {
+        let o = options(req.recipe)?;
+        let info = self.info(req.recipe, &o)?;
+        let d = req.data_dir;
+        let mut cats = match req.recipe.dataset.as_str() {
+            "digits-canvas" => digits::categories(),
+            "coco128" => {
+                coco::load_coco(&d.join("coco128/annotations/instances_train2017.json"))?.categories
+            }
+            _ => {
+                coco::load_coco(&under(
+                    d,
+                    o.train_annotations.as_deref().unwrap_or(Path::new("")),
+                ))?
+                .categories
+            }
+        };
+        // classes are numbered in category-id order, as the loader numbers them
+        cats.sort_by_key(|c| c.id);
+        let (channels, size) = channels_size(&info.input_shape)?;
+        Ok(ExportInfo {
+            labels: cats.into_iter().map(|c| c.name).collect(),
+            preprocessing: predict::preprocessing(channels, size, &o.postprocess),
+            task: Some(info),
+            ..ExportInfo::default()
+        })
+    }
+
+    fn predict_input(&self, req: &PredictRequest) -> Result<Tensor> {
+        let (c, size) = channels_size(&req.task.input_shape)?;
+        predict::image_batch(req.inputs, c, size, req.device)
+    }
+
+    fn predict_output(&self, req: &PredictRequest, outputs: &Outputs) -> Result<Vec<Prediction>> {
+        let pp = options(req.recipe)?.postprocess;
+        let cs = channels_size(&req.task.input_shape)?;
+        predict::boxes(req.inputs, outputs, cs, &pp, |c| req.label(c))
     }
 }

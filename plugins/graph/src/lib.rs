@@ -336,4 +336,15 @@ impl Domain for GraphPlugin {
             _ => Ok(None),
         }
     }
+
+    fn predict_input(
+        &self,
+        _req: &distill_core::deploy::PredictRequest,
+    ) -> Result<candle_core::Tensor> {
+        Err(Error::config(
+            "predict",
+            "is not supported for graph tasks: a GNN classifies nodes of the graph it was trained on, not \
+             files (evaluate it with `distill eval`)",
+        ))
+    }
 }

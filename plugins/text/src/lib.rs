@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod export_hf;
 pub mod losses;
 pub mod metrics;
 pub mod models;
@@ -32,7 +33,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use candle_core::Tensor;
 use distill_core::{
+    deploy::{ExportInfo, ExportRequest, PredictRequest},
     examples::Holdout,
     losses::{DistillLoss, LossSpec},
     recipe::Recipe,
@@ -42,7 +45,8 @@ use distill_core::{
 use serde::Deserialize;
 
 use crate::{
-    data::{read_labelled_tsv, read_pairs_tsv, TextTokenizer},
+    data::{pad_batch, read_labelled_tsv, read_pairs_tsv, TextTokenizer},
+    export_hf::{copy_tokenizer, HfStudent},
     metrics::{accuracy_metric, spearman_metric},
     models::{build_model, resolve, Head, ModelSpec, ARCHS},
     task::{ClassificationTask, PairSplit, PairTask},
@@ -95,12 +99,17 @@ fn options(recipe: &Recipe) -> Result<TextOptions> {
     }
 }
 
-fn tokenizer(models_dir: &Path, o: &TextOptions) -> Result<TextTokenizer> {
+/// The folder whose tokenizer files tokenise the text (`data.options.model`).
+fn tokenizer_dir(models_dir: &Path, o: &TextOptions) -> PathBuf {
     let model = o
         .model
         .clone()
         .unwrap_or_else(|| PathBuf::from("all-MiniLM-L6-v2"));
-    let path = resolve(models_dir, &model).join("tokenizer.json");
+    resolve(models_dir, &model)
+}
+
+fn tokenizer(models_dir: &Path, o: &TextOptions) -> Result<TextTokenizer> {
+    let path = tokenizer_dir(models_dir, o).join("tokenizer.json");
     TextTokenizer::from_file(&path, o.max_len.unwrap_or(DEFAULT_MAX_LEN))
 }
 
@@ -254,5 +263,84 @@ impl Domain for TextPlugin {
         ctx: &BuildContext,
     ) -> Result<Option<Box<dyn DistillLoss>>> {
         losses::build(spec, student, teacher, ctx.seed)
+    }
+
+    /// Every format: the student's `config.json` and the tokenizer files, and a model table that rebuilds
+    /// the student from them; `hf`: also Hugging Face's weights and a README ([`export_hf`]).
+    fn export_files(&self, req: &ExportRequest) -> Result<ExportInfo> {
+        let o = options(req.recipe)?;
+        let spec = ModelSpec::parse(req.model)?;
+        let (config, _) = spec.config(req.models_dir)?;
+        let info = self.task_info(req.recipe)?;
+        let labels: Option<Vec<String>> = match req.recipe.dataset.as_str() {
+            "stsb" => None,
+            "sst2" => Some(vec!["negative".into(), "positive".into()]),
+            _ => Some((0..info.num_classes).map(|c| c.to_string()).collect()),
+        };
+        let student = HfStudent {
+            config: &config,
+            pooling: &spec.pooling,
+            labels: labels.as_deref(),
+            max_len: o.max_len.unwrap_or(DEFAULT_MAX_LEN),
+        };
+        let write = |name: &str, text: &str| {
+            let path = req.dir.join(name);
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+        };
+        let json = serde_json::to_string_pretty(&student.config_json()?)
+            .map_err(|e| Error::msg(e.to_string()))?;
+        write("config.json", &json)?;
+        let mut files = vec!["config.json".to_string()];
+        files.extend(copy_tokenizer(&tokenizer_dir(req.models_dir, &o), req.dir)?);
+        if req.format == "hf" {
+            files.extend(student.write_weights(req.weights, req.dir)?);
+            write("README.md", &student.readme())?;
+            files.push("README.md".into());
+        }
+        // the student from the export alone: its config.json (the shape) and distill's weights
+        let mut model = toml::Table::new();
+        for (k, v) in [
+            ("arch", "bert"),
+            ("base", "."),
+            ("init", "random"),
+            ("pooling", &spec.pooling),
+        ] {
+            model.insert(k.into(), v.into());
+        }
+        Ok(ExportInfo {
+            preprocessing: serde_json::json!({
+                "input": "text, one sentence per input",
+                "tokenizer": "tokenizer.json (WordPiece; [CLS] ... [SEP])",
+                "max_len": o.max_len.unwrap_or(DEFAULT_MAX_LEN),
+                "truncation": "longer inputs keep their first max_len - 1 tokens and the final [SEP]",
+                "padding": "token id 0 ([PAD]); padded positions are masked out of attention and pooling",
+                "pooling": spec.pooling,
+                "layout": "[batch, tokens] token ids (ONNX: input_ids and attention_mask, i64)",
+            }),
+            labels: labels.unwrap_or_default(),
+            task: Some(info),
+            model: Some(model),
+            files,
+        })
+    }
+
+    /// Each input is one sentence, tokenised by the export's `tokenizer.json` (else the recipe's).
+    fn predict_input(&self, req: &PredictRequest) -> Result<Tensor> {
+        if req.task.num_classes == 0 {
+            return Err(Error::config(
+                "predict",
+                "reports classes; this student embeds sentence pairs (STS-B), it has none",
+            ));
+        }
+        let o = options(req.recipe)?;
+        let local = req.dir.join("tokenizer.json");
+        let tok = if local.exists() {
+            TextTokenizer::from_file(&local, o.max_len.unwrap_or(DEFAULT_MAX_LEN))?
+        } else {
+            tokenizer(req.models_dir, &o)?
+        };
+        let (ids, _) = tok.encode_all(req.inputs.iter().map(String::as_str))?;
+        let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        pad_batch(&rows, req.device)
     }
 }

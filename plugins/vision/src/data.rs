@@ -696,8 +696,9 @@ pub fn load_image_folder(
     })
 }
 
-/// Decodes one image file into `C, H, W` bytes: `(height, width, pixels)`.
-fn decode_image(
+/// Decodes one image file into `C, H, W` bytes, grey or RGB, resized (bilinear) to `size` if given:
+/// `(height, width, pixels)`. What the image-folder loader and `distill predict` read files with.
+pub fn decode_image(
     path: &Path,
     size: Option<(usize, usize)>,
     grayscale: bool,

@@ -18,18 +18,22 @@ pub mod data;
 pub mod losses;
 pub mod metrics;
 pub mod models;
+pub mod predict;
 pub mod task;
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Tensor;
 use distill_core::{
-    examples::SplitTask, recipe::Recipe, BuildContext, Domain, Error, Manifest, Network, Plugin,
-    Result, RunContext, Task, TaskInfo,
+    deploy::{ExportInfo, ExportRequest, PredictRequest},
+    examples::SplitTask,
+    recipe::Recipe,
+    BuildContext, Domain, Error, Manifest, Network, Plugin, Result, RunContext, Task, TaskInfo,
 };
 use serde::Deserialize;
 
 use crate::{
-    data::{default_norm, parse_augment},
+    data::{default_norm, parse_augment, Normalize},
     losses::LOSSES,
     metrics::accuracy_metric,
     models::{build_model, ModelSpec, ARCHS},
@@ -122,6 +126,25 @@ impl VisionPlugin {
     }
 }
 
+/// The recipe's normalisation (`data.options.mean` / `std`, else the data set's usual statistics).
+fn normalisation(recipe: &Recipe, channels: usize) -> Result<Normalize> {
+    let opts = options(recipe)?;
+    let mut norm = default_norm(&recipe.dataset, channels);
+    if let Some(m) = opts.mean {
+        norm.mean = m;
+    }
+    if let Some(s) = opts.std {
+        norm.std = s;
+    }
+    if norm.mean.len() != channels || norm.std.len() != channels {
+        return Err(Error::config(
+            "data.options",
+            format!("mean and std need {channels} values (one per channel)"),
+        ));
+    }
+    Ok(norm)
+}
+
 impl Plugin for VisionPlugin {}
 
 impl Domain for VisionPlugin {
@@ -177,20 +200,7 @@ impl Domain for VisionPlugin {
                 )
             }
         };
-        let channels = info.input_shape[0];
-        let mut norm = default_norm(&recipe.dataset, channels);
-        if let Some(m) = opts.mean {
-            norm.mean = m;
-        }
-        if let Some(s) = opts.std {
-            norm.std = s;
-        }
-        if norm.mean.len() != channels || norm.std.len() != channels {
-            return Err(Error::config(
-                "data.options",
-                format!("mean and std need {channels} values (one per channel)"),
-            ));
-        }
+        let norm = normalisation(recipe, info.input_shape[0])?;
         // the validation split, train_limit and test_limit are cut by core's SplitTask
         let examples = VisionExamples::new(info, train, test, norm, ctx.device.clone());
         Ok(Box::new(SplitTask::new(examples, &recipe.data)?))
@@ -205,5 +215,31 @@ impl Domain for VisionPlugin {
 
     fn check_augment(&self, name: &str) -> Result<()> {
         parse_augment(name).map(|_| ())
+    }
+
+    fn export_files(&self, req: &ExportRequest) -> Result<ExportInfo> {
+        let (recipe, data_dir) = (req.recipe, req.data_dir);
+        let opts = options(recipe)?;
+        let folder = opts
+            .root
+            .as_ref()
+            .map(|_| folder_root(data_dir, &opts))
+            .transpose()?;
+        let train = folder.map(|f| f.join("train"));
+        // an image folder's classes are counted on disk (the task's shape without data has a placeholder)
+        let info = self.info_with(recipe, train.is_some().then_some(data_dir))?;
+        let norm = normalisation(recipe, info.input_shape[0])?;
+        Ok(ExportInfo {
+            labels: predict::class_names(&recipe.dataset, train.as_deref()),
+            preprocessing: predict::preprocessing(&info.input_shape, &norm),
+            task: Some(info),
+            ..ExportInfo::default()
+        })
+    }
+
+    fn predict_input(&self, req: &PredictRequest) -> Result<Tensor> {
+        let shape = &req.task.input_shape;
+        let norm = normalisation(req.recipe, shape.first().copied().unwrap_or(1))?;
+        predict::image_batch(req.inputs, shape, &norm, req.device)
     }
 }
