@@ -21,6 +21,14 @@ pub trait Network: Send + Sync {
     }
     /// One line describing the architecture, e.g. `mlp 784-1200-1200-10`.
     fn describe(&self) -> String;
+    /// Writes the eval-mode forward pass into `g` (inputs, nodes, outputs; see [`export_onnx`] for the
+    /// contract). By default: an error saying this network has no ONNX export.
+    fn to_onnx(&self, _g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        Err(Error::config(
+            "export",
+            format!("`{}` has no ONNX export", self.describe()),
+        ))
+    }
 }
 
 /// Number of scalar parameters of a network (trainable weights and buffers).
@@ -120,11 +128,11 @@ impl Teacher {
 /// Inputs are named `input` (f32, the task's input shape with a dynamic batch) or, for BERT-family
 /// networks, `input_ids` and `attention_mask` (i64 `[batch, tokens]`); the first output is `logits`,
 /// further outputs carry the network's named maps a post-processor needs (e.g. CenterNet's `size` and
-/// `offset`).
+/// `offset`). Initializers carry the parameter names; the model's doc string states the preprocessing.
 pub fn export_onnx(net: &dyn Network, path: &Path) -> Result<()> {
-    let _ = path;
-    Err(Error::config(
-        "export",
-        format!("ONNX export of `{}` is not supported yet", net.describe()),
-    ))
+    let mut g = distill_nn::onnx::Graph::new(&net.describe());
+    g.name_params(varmap_tensors(net.varmap())?);
+    net.to_onnx(&mut g)?;
+    let bytes = distill_nn::onnx::encode_network(&g)?;
+    crate::checkpoint::write_atomic(path, &bytes)
 }

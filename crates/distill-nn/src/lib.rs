@@ -33,6 +33,7 @@ mod error;
 pub mod init;
 pub mod layers;
 pub mod loss;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 mod rng;

@@ -150,26 +150,26 @@ pub fn dense(inp: usize, out: usize, vb: VarBuilder) -> Result<Linear> {
     )
 }
 
-struct Embeddings {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
-    norm: LayerNorm,
+pub(crate) struct Embeddings {
+    pub(crate) word: Embedding,
+    pub(crate) position: Embedding,
+    pub(crate) token_type: Embedding,
+    pub(crate) norm: LayerNorm,
 }
 
 /// One transformer encoder layer (post-LayerNorm, as BERT): self-attention, then the feed-forward block.
 /// Names (under `encoder.layer.N`): `attention.self.{query,key,value}`, `attention.output.dense`,
 /// `attention.output.LayerNorm`, `intermediate.dense`, `output.dense`, `output.LayerNorm`.
 pub struct BertLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    inter: Linear,
-    out: Linear,
-    out_norm: LayerNorm,
-    heads: usize,
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
+    pub(crate) attn_out: Linear,
+    pub(crate) attn_norm: LayerNorm,
+    pub(crate) inter: Linear,
+    pub(crate) out: Linear,
+    pub(crate) out_norm: LayerNorm,
+    pub(crate) heads: usize,
     p_hidden: f64,
     p_attn: f64,
 }
@@ -258,8 +258,8 @@ pub struct Bert {
     cfg: BertConfig,
     freeze_embeddings: bool,
     freeze_layers: usize,
-    emb: Embeddings,
-    layers: Vec<BertLayer>,
+    pub(crate) emb: Embeddings,
+    pub(crate) layers: Vec<BertLayer>,
 }
 
 impl Bert {

@@ -125,9 +125,9 @@ impl Conv2d {
 /// candle 0.11's CPU `conv1d`).
 #[derive(Debug, Clone)]
 pub struct Conv1d {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    cfg: ConvConfig,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) cfg: ConvConfig,
 }
 
 impl Conv1d {
@@ -179,8 +179,8 @@ impl Conv1d {
 /// `conv` (no bias) + `bn` (+ ReLU): parameters `conv.weight`, `bn.{weight,bias,running_mean,running_var}`.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm2d,
+    pub(crate) conv: Conv2d,
+    pub(crate) bn: BatchNorm2d,
 }
 
 impl ConvBn {
@@ -212,11 +212,11 @@ impl ConvBn {
 /// `pw.weight` `[cout, c, 1, 1]`, `bn_pw.*`.
 #[derive(Debug, Clone)]
 pub struct DepthwiseSeparable {
-    dw: Tensor,
-    bn_dw: BatchNorm2d,
-    pw: Conv2d,
-    bn_pw: BatchNorm2d,
-    cfg: ConvConfig,
+    pub(crate) dw: Tensor,
+    pub(crate) bn_dw: BatchNorm2d,
+    pub(crate) pw: Conv2d,
+    pub(crate) bn_pw: BatchNorm2d,
+    pub(crate) cfg: ConvConfig,
 }
 
 impl DepthwiseSeparable {

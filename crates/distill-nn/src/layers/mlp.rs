@@ -52,7 +52,7 @@ pub struct MlpOutput {
 #[derive(Debug, Clone)]
 pub struct Mlp {
     cfg: MlpConfig,
-    layers: Vec<Linear>,
+    pub(crate) layers: Vec<Linear>,
 }
 
 impl Mlp {

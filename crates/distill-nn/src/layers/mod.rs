@@ -31,4 +31,5 @@ pub use embedding::Embedding;
 pub use linear::{Linear, LinearConfig, LinearInit};
 pub use mlp::{Mlp, MlpConfig, MlpOutput};
 pub use norm::{BatchNorm2d, LayerNorm};
+pub(crate) use resnet::Block as ResNetBlock;
 pub use resnet::{out_size, BasicBlock, BlockKind, Bottleneck, ResNetTrunk, ResNetTrunkConfig};

@@ -9,9 +9,9 @@ use crate::{ops, Result};
 /// LayerNorm over the last dimension, one fused node (with its backward pass) on the CPU.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 impl LayerNorm {

@@ -22,7 +22,7 @@ pub fn out_size(n: usize, stride: usize) -> usize {
 
 /// The optional 1x1 conv + bn shortcut, `downsample.0` / `downsample.1`.
 #[derive(Debug, Clone)]
-struct Downsample(Option<(Conv2d, BatchNorm2d)>);
+pub(crate) struct Downsample(pub(crate) Option<(Conv2d, BatchNorm2d)>);
 
 impl Downsample {
     fn new(cin: usize, cout: usize, stride: usize, vb: &VarBuilder) -> Result<Self> {
@@ -47,11 +47,11 @@ impl Downsample {
 /// when the stride or width changes, then ReLU. Names: `conv1`, `bn1`, `conv2`, `bn2`, `downsample.{0,1}`.
 #[derive(Debug, Clone)]
 pub struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    downsample: Downsample,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm2d,
+    pub(crate) conv2: Conv2d,
+    pub(crate) bn2: BatchNorm2d,
+    pub(crate) downsample: Downsample,
 }
 
 impl BasicBlock {
@@ -91,13 +91,13 @@ impl BasicBlock {
 /// `bn1..3`, `downsample.{0,1}`.
 #[derive(Debug, Clone)]
 pub struct Bottleneck {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    conv3: Conv2d,
-    bn3: BatchNorm2d,
-    downsample: Downsample,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm2d,
+    pub(crate) conv2: Conv2d,
+    pub(crate) bn2: BatchNorm2d,
+    pub(crate) conv3: Conv2d,
+    pub(crate) bn3: BatchNorm2d,
+    pub(crate) downsample: Downsample,
 }
 
 impl Bottleneck {
@@ -174,7 +174,7 @@ pub struct ResNetTrunkConfig {
 }
 
 #[derive(Debug, Clone)]
-enum Block {
+pub(crate) enum Block {
     Basic(BasicBlock),
     Bottleneck(Bottleneck),
 }
@@ -183,9 +183,9 @@ enum Block {
 /// names: `layer1.0.conv1.weight`, …). Returns every stage's output map.
 #[derive(Debug, Clone)]
 pub struct ResNetTrunk {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    stages: Vec<Vec<Block>>,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm2d,
+    pub(crate) stages: Vec<Vec<Block>>,
     out_channels: usize,
 }
 

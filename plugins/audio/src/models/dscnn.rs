@@ -15,11 +15,13 @@ use distill_nn::{
 
 /// The `ds-cnn` student.
 pub struct DsCnn {
-    stem: ConvBn,
-    blocks: Vec<DepthwiseSeparable>,
-    fc: Linear,
+    pub(crate) stem: ConvBn,
+    pub(crate) blocks: Vec<DepthwiseSeparable>,
+    pub(crate) fc: Linear,
     dropout: f64,
     width: usize,
+    /// `[1, rows, frames]`.
+    pub(crate) input: [usize; 3],
     flops: u64,
     varmap: VarMap,
 }
@@ -61,6 +63,7 @@ impl DsCnn {
             fc,
             dropout,
             width,
+            input,
             flops,
             varmap,
         })
@@ -89,6 +92,9 @@ impl Network for DsCnn {
     }
     fn flops(&self) -> u64 {
         self.flops
+    }
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
     fn describe(&self) -> String {
         format!("ds-cnn {}x{}", self.width, self.blocks.len())

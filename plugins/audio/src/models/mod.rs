@@ -22,6 +22,7 @@
 //! ```
 
 pub mod dscnn;
+mod onnx;
 pub mod rescnn;
 
 use candle_core::Device;

@@ -16,10 +16,12 @@ use distill_nn::{
 
 /// The `res-cnn` teacher.
 pub struct ResCnn {
-    trunk: ResNetTrunk,
-    fc: Linear,
+    pub(crate) trunk: ResNetTrunk,
+    pub(crate) fc: Linear,
     dropout: f64,
     widths: [usize; 4],
+    /// `[1, rows, frames]`.
+    pub(crate) input: [usize; 3],
     flops: u64,
     varmap: VarMap,
 }
@@ -52,6 +54,7 @@ impl ResCnn {
             fc,
             dropout,
             widths,
+            input,
             flops,
             varmap,
         })
@@ -75,6 +78,9 @@ impl Network for ResCnn {
     }
     fn flops(&self) -> u64 {
         self.flops
+    }
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
     fn describe(&self) -> String {
         let w = self.widths;

@@ -42,9 +42,9 @@ fn conv_flops(cin: usize, cout: usize, k: usize, hw: usize) -> u64 {
     2 * (cin * cout * k * k * hw) as u64
 }
 
-struct Head {
-    hidden: Conv2d,
-    out: Conv2d,
+pub(crate) struct Head {
+    pub(crate) hidden: Conv2d,
+    pub(crate) out: Conv2d,
 }
 
 impl Head {
@@ -61,14 +61,14 @@ impl Head {
 
 /// A CenterNet-style detector.
 pub struct CenterNet {
-    cfg: CenterNetConfig,
-    stem: ConvBn,
-    stages: Vec<Vec<BasicBlock>>,
-    lateral: [Conv2d; 3],
-    smooth: [ConvBn; 2],
-    heatmap: Head,
-    size: Head,
-    offset: Head,
+    pub(crate) cfg: CenterNetConfig,
+    pub(crate) stem: ConvBn,
+    pub(crate) stages: Vec<Vec<BasicBlock>>,
+    pub(crate) lateral: [Conv2d; 3],
+    pub(crate) smooth: [ConvBn; 2],
+    pub(crate) heatmap: Head,
+    pub(crate) size: Head,
+    pub(crate) offset: Head,
     varmap: VarMap,
     flops: u64,
 }
@@ -195,6 +195,10 @@ impl Network for CenterNet {
 
     fn flops(&self) -> u64 {
         self.flops
+    }
+
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
 
     fn describe(&self) -> String {

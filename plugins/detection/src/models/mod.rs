@@ -12,6 +12,7 @@
 //! 2 channels each). Parameter names follow PyTorch state-dict style (`layer1.0.conv1.weight`, ...).
 
 pub mod centernet;
+mod onnx;
 pub mod postprocess;
 
 use candle_core::Device;

@@ -12,8 +12,8 @@ use crate::data::Graph;
 /// A multi-layer perceptron on node features.
 pub struct Mlp {
     graph: Arc<Graph>,
-    layers: Vec<Lin>,
-    sizes: Vec<usize>,
+    pub(crate) layers: Vec<Lin>,
+    pub(crate) sizes: Vec<usize>,
     dropout: f64,
     input_dropout: f64,
     varmap: VarMap,
@@ -89,6 +89,10 @@ impl Network for Mlp {
             .windows(2)
             .map(|w| 2 * (w[0] * w[1]) as u64)
             .sum()
+    }
+
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
 
     fn describe(&self) -> String {

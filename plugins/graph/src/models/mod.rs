@@ -19,6 +19,7 @@
 mod gat;
 mod gcn;
 mod mlp;
+mod onnx;
 mod sage;
 
 use std::sync::Arc;

@@ -20,6 +20,7 @@
 //! 1 for real tokens).
 
 pub mod bert;
+mod onnx;
 
 use std::path::{Path, PathBuf};
 
@@ -381,6 +382,10 @@ impl Network for TextNet {
     fn flops(&self) -> u64 {
         // Per sentence of 32 tokens (SST-2 sentences average about 25).
         self.bert.config().flops_per_token(32) * 32
+    }
+
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
 
     fn describe(&self) -> String {

@@ -24,12 +24,12 @@ const K: usize = 5;
 
 /// LeNet-5 (conv 20 / conv 50 / fc 500).
 pub struct LeNet5 {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    fc1: Linear,
-    fc2: Linear,
-    input: [usize; 3],
-    num_classes: usize,
+    pub(crate) conv1: Conv2d,
+    pub(crate) conv2: Conv2d,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) input: [usize; 3],
+    pub(crate) num_classes: usize,
     flops: u64,
     varmap: VarMap,
 }
@@ -92,6 +92,10 @@ impl Network for LeNet5 {
 
     fn flops(&self) -> u64 {
         self.flops
+    }
+
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
 
     fn describe(&self) -> String {

@@ -15,9 +15,11 @@ use distill_nn::{
 
 /// A multi-layer perceptron over flattened input: [`distill_nn::layers::Mlp`] as a [`Network`].
 pub struct Mlp {
-    mlp: MlpLayer,
+    pub(crate) mlp: MlpLayer,
     /// `[in, h1, ..., hn, classes]`.
-    sizes: Vec<usize>,
+    pub(crate) sizes: Vec<usize>,
+    /// `[C, H, W]` of the images the input rows are flattened from, when known (the ONNX export's input).
+    pub(crate) image: Option<[usize; 3]>,
     varmap: VarMap,
 }
 
@@ -43,8 +45,23 @@ impl Mlp {
         Ok(Self {
             sizes: cfg.sizes(),
             mlp,
+            image: None,
             varmap,
         })
+    }
+
+    /// The same network, told that its input rows are flattened `[C, H, W]` images: its ONNX export then
+    /// takes `[batch, C, H, W]` images. `C·H·W` must be the input width.
+    pub fn with_image_shape(mut self, shape: [usize; 3]) -> Result<Self> {
+        if shape.iter().product::<usize>() != self.sizes[0] {
+            return Err(Error::Shape(format!(
+                "{}: an image of shape {shape:?} is not {} input values",
+                self.describe(),
+                self.sizes[0]
+            )));
+        }
+        self.image = Some(shape);
+        Ok(self)
     }
 
     /// Layer sizes `[in, h1, ..., hn, classes]`.
@@ -88,6 +105,10 @@ impl Network for Mlp {
 
     fn flops(&self) -> u64 {
         self.mlp.flops()
+    }
+
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
 
     fn describe(&self) -> String {

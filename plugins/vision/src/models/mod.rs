@@ -30,6 +30,7 @@
 mod input;
 pub mod lenet;
 pub mod mlp;
+mod onnx;
 pub mod resnet;
 
 use candle_core::Device;
@@ -165,15 +166,18 @@ pub fn build_model(
                 .hidden
                 .clone()
                 .unwrap_or_else(|| DEFAULT_MLP_HIDDEN.to_vec());
-            Box::new(mlp::Mlp::new(
-                input.iter().product(),
-                &hidden,
-                num_classes,
-                spec.dropout.unwrap_or(0.0),
-                spec.input_dropout.unwrap_or(0.0),
-                seed,
-                device,
-            )?)
+            Box::new(
+                mlp::Mlp::new(
+                    input.iter().product(),
+                    &hidden,
+                    num_classes,
+                    spec.dropout.unwrap_or(0.0),
+                    spec.input_dropout.unwrap_or(0.0),
+                    seed,
+                    device,
+                )?
+                .with_image_shape(input)?,
+            )
         }
         "lenet5" => Box::new(lenet::LeNet5::new(input, num_classes, seed, device)?),
         _ => {

@@ -95,12 +95,12 @@ impl ResNetConfig {
 /// A CIFAR ResNet (BasicBlocks, three stages).
 pub struct ResNet {
     cfg: ResNetConfig,
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    stages: Vec<Vec<BasicBlock>>,
-    fc: Linear,
-    input: [usize; 3],
-    num_classes: usize,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) stages: Vec<Vec<BasicBlock>>,
+    pub(crate) fc: Linear,
+    pub(crate) input: [usize; 3],
+    pub(crate) num_classes: usize,
     flops: u64,
     varmap: VarMap,
 }
@@ -180,6 +180,10 @@ impl Network for ResNet {
         self.flops
     }
 
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
+    }
+
     fn describe(&self) -> String {
         let [c, h, w] = self.input;
         let ws = self.cfg.widths;
@@ -236,12 +240,12 @@ impl WrnConfig {
     }
 }
 
-struct WideBlock {
-    bn1: BatchNorm,
-    conv1: Conv2d,
-    bn2: BatchNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+pub(crate) struct WideBlock {
+    pub(crate) bn1: BatchNorm,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn2: BatchNorm,
+    pub(crate) conv2: Conv2d,
+    pub(crate) shortcut: Option<Conv2d>,
 }
 
 impl WideBlock {
@@ -274,12 +278,12 @@ impl WideBlock {
 /// A WideResNet WRN-d-k (pre-activation blocks, three groups).
 pub struct WideResNet {
     cfg: WrnConfig,
-    conv1: Conv2d,
-    groups: Vec<Vec<WideBlock>>,
-    bn1: BatchNorm,
-    fc: Linear,
-    input: [usize; 3],
-    num_classes: usize,
+    pub(crate) conv1: Conv2d,
+    pub(crate) groups: Vec<Vec<WideBlock>>,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) fc: Linear,
+    pub(crate) input: [usize; 3],
+    pub(crate) num_classes: usize,
     flops: u64,
     varmap: VarMap,
 }
@@ -361,6 +365,10 @@ impl Network for WideResNet {
 
     fn flops(&self) -> u64 {
         self.flops
+    }
+
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        self.emit_onnx(g)
     }
 
     fn describe(&self) -> String {
