@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::{
     checkpoint::write_json_atomic,
     losses::{build_core_loss, CORE_LOSSES},
-    network::{load_network, save_network},
+    network::{import_network, load_network, save_network},
     plugin::{BuildContext, Domain, RunContext},
     recipe::Recipe,
     report::{PhaseResult, PhaseSummary, RunReport},
@@ -23,10 +23,31 @@ pub fn init_seed(seed: u64, role: &str) -> u64 {
 
 /// Checks a recipe against a plugin without reading data or training: model specs build, augmentation and
 /// loss names are known, and feature-loss taps exist with compatible kinds and shapes (a dry run on zeros).
+///
+/// `teacher.pretrained` and `student.pretrained` are loaded into the networks when their files exist, so a
+/// checkpoint that does not fit fails here; one not there yet is a note on stderr (`distill run` needs it).
 pub fn check_recipe<P: Domain + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
     ctx: &RunContext,
+) -> Result<CheckSummary> {
+    check_with(plugin, recipe, ctx, Pretrained::IfPresent)
+}
+
+/// What [`check_with`] does with the recipe's pretrained files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pretrained {
+    /// Load those that exist, note those that do not (`distill check`).
+    IfPresent,
+    /// Load them all: a missing file is an error (before a run trains anything).
+    Required,
+}
+
+fn check_with<P: Domain + ?Sized>(
+    plugin: &P,
+    recipe: &Recipe,
+    ctx: &RunContext,
+    pretrained: Pretrained,
 ) -> Result<CheckSummary> {
     let info = plugin.task_info(recipe)?;
     for (k, a) in [
@@ -58,6 +79,22 @@ pub fn check_recipe<P: Domain + ?Sized>(
             &bctx.for_model(recipe, "student.model"),
         )
         .map_err(|e| located(e, "student.model"))?;
+    for (key, phase, net) in [
+        ("teacher", &recipe.teacher, teacher.as_ref()),
+        ("student", &recipe.student, student.as_ref()),
+    ] {
+        if let Some(p) = &phase.pretrained {
+            let path = pretrained_path(ctx, p);
+            if pretrained == Pretrained::IfPresent && !path.exists() {
+                eprintln!(
+                    "note: `{key}.pretrained` {} is not there yet (`distill run` needs it); not checked",
+                    path.display()
+                );
+                continue;
+            }
+            load_pretrained(net, phase, key, ctx, true)?;
+        }
+    }
     let losses = build_losses(plugin, recipe, teacher.as_ref(), student.as_ref(), &bctx)?;
     Ok(CheckSummary {
         teacher: teacher.describe(),
@@ -157,6 +194,35 @@ fn build_losses<P: Domain + ?Sized>(
     Ok(terms)
 }
 
+/// A recipe's pretrained path: relative to the models dir unless absolute.
+fn pretrained_path(ctx: &RunContext, p: &Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        ctx.models_dir.join(p)
+    }
+}
+
+/// Loads `phase.pretrained` into `net` (strictly unless `phase.strict = false`); errors name `key.pretrained`.
+/// A non-strict load that left something out is a warning on stderr when `warn`.
+fn load_pretrained(
+    net: &dyn Network,
+    phase: &crate::recipe::PhaseConfig,
+    key: &str,
+    ctx: &RunContext,
+    warn: bool,
+) -> Result<()> {
+    let Some(p) = &phase.pretrained else {
+        return Ok(());
+    };
+    let report = import_network(net, &pretrained_path(ctx, p), phase.strict(), &ctx.device)
+        .map_err(|e| Error::msg(format!("`{key}.pretrained`: {e}")))?;
+    if let Some(w) = report.warning().filter(|_| warn) {
+        eprintln!("warning: `{key}.pretrained` (strict = false) {w}");
+    }
+    Ok(())
+}
+
 fn phase_spec(
     recipe: &Recipe,
     ctx: &RunContext,
@@ -206,14 +272,14 @@ fn teacher_phase<P: Domain + ?Sized>(
             .for_model(recipe, "teacher.model"),
     )?;
     let spec = phase_spec(recipe, ctx, seed, Phase::Teacher, seed_dir, recipe_hash);
-    if let Some(p) = &recipe.teacher.pretrained {
-        let path = if p.is_absolute() {
-            p.clone()
+    if recipe.teacher.pretrained.is_some() {
+        load_pretrained(net.as_ref(), &recipe.teacher, "teacher", ctx, false)?;
+        // used as it is, or fine-tuned from it (never cached: the key does not cover the file's contents)
+        let r = if recipe.teacher.epochs == 0 {
+            finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?
         } else {
-            ctx.models_dir.join(p)
+            train_phase(task, net.as_ref(), Objective::Task, &spec)?
         };
-        load_network(net.as_ref(), &path, &ctx.device)?;
-        let r = finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?;
         return Ok((net, r));
     }
     let Some((cache, fingerprint)) = cache else {
@@ -316,7 +382,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
     recipe: &Recipe,
     ctx: &RunContext,
 ) -> Result<RunReport> {
-    check_recipe(plugin, recipe, ctx)?;
+    check_with(plugin, recipe, ctx, Pretrained::Required)?;
     crate::checkpoint::remove_stale_temps(&ctx.out_dir);
     if !ctx.resume {
         for seed in &recipe.seeds {
@@ -364,6 +430,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
         let student_ctx = BuildContext::new(&info, student_seed, ctx, Some(task.as_ref()))
             .for_model(recipe, "student.model");
         let scratch = plugin.build_network(&recipe.student.model, &student_ctx)?;
+        load_pretrained(scratch.as_ref(), &recipe.student, "student", ctx, false)?;
         let s_res = train_phase(
             task.as_ref(),
             scratch.as_ref(),
@@ -373,6 +440,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
         drop(scratch);
 
         let student = plugin.build_network(&recipe.student.model, &student_ctx)?;
+        load_pretrained(student.as_ref(), &recipe.student, "student", ctx, false)?;
         let terms = build_losses(
             plugin,
             recipe,
@@ -401,7 +469,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
     }
     let headline = |p: &crate::recipe::PhaseConfig| {
         Some(
-            if p.pretrained.is_some() {
+            if p.pretrained.is_some() && p.epochs == 0 {
                 "pretrained"
             } else if p.early_stopping.is_some() {
                 "best_val_epoch"
