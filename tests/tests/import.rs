@@ -48,8 +48,8 @@ fn vision_net(model: &str, input: [usize; 3]) -> Box<dyn Network> {
 /// Loads `file` strictly into the network `model` and returns its eval-mode logits on `input`.
 fn imported_logits(model: &str, shape: [usize; 3], file: &str, input: &Tensor) -> Tensor {
     let net = vision_net(model, shape);
-    let report = import_network(net.as_ref(), &fx(file), true, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let report =
+        import_network(net.as_ref(), &fx(file), true).unwrap_or_else(|e| panic!("{file}: {e}"));
     assert!(report.names.is_complete(), "{file}");
     assert!(report.warning().is_none());
     net.forward(input, Mode::Eval).unwrap().logits
@@ -158,7 +158,7 @@ fn lenet_loads_the_numbered_names_of_an_nn_sequential() {
     distill_core::checkpoint::write_safetensors_atomic(&seq, &p).unwrap();
     let spec: distill_vision::models::ModelSpec = toml::from_str("arch = \"lenet5\"").unwrap();
     let b = distill_vision::models::build_model(&spec, [1, 28, 28], 10, 99, &Device::Cpu).unwrap();
-    import_network(b.as_ref(), &p, true, &Device::Cpu).unwrap();
+    import_network(b.as_ref(), &p, true).unwrap();
     let x = Tensor::rand(0f32, 1f32, (2, 1, 28, 28), &Device::Cpu).unwrap();
     let (ya, yb) = (
         a.forward(&x, Mode::Eval).unwrap().logits,
@@ -241,8 +241,7 @@ fn a_hugging_face_classifier_gives_its_own_logits() {
     // without the `bert.` prefix, and the float16 copy
     let plain = tempfile::tempdir().unwrap();
     let no_prefix = plain.path().join("no-prefix.safetensors");
-    let tensors =
-        distill_core::network::read_checkpoint(&fx("tiny-bert-sst2"), &Device::Cpu).unwrap();
+    let tensors = distill_core::network::read_checkpoint(&fx("tiny-bert-sst2")).unwrap();
     let renamed: BTreeMap<String, Tensor> = tensors
         .into_iter()
         .map(|(k, v)| (k.strip_prefix("bert.").unwrap_or(&k).to_string(), v))
@@ -273,8 +272,7 @@ fn a_hugging_face_classifier_gives_its_own_logits() {
     ] {
         let net = bert_net("random", &models);
         let before = net.forward(&ids(&r), Mode::Eval).unwrap().logits;
-        import_network(&net, &file, true, &Device::Cpu)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        import_network(&net, &file, true).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let got = net.forward(&ids(&r), Mode::Eval).unwrap().logits;
         let d = max_diff(&got, &r[logits]);
         eprintln!("{} vs {logits}: {d:.2e}", file.display());
@@ -303,13 +301,7 @@ fn a_pooler_and_classifier_the_network_leaves_out_are_ignored() {
         &Device::Cpu,
     )
     .unwrap();
-    let rep = import_network(
-        &net,
-        &fx("tiny-bert-sst2/pytorch_model.bin"),
-        true,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let rep = import_network(&net, &fx("tiny-bert-sst2/pytorch_model.bin"), true).unwrap();
     let mut ignored = rep.names.ignored.clone();
     ignored.sort();
     assert_eq!(
@@ -363,7 +355,7 @@ fn broken_checkpoints_list_what_does_not_fit() {
     for (file, needles) in cases {
         let net = mnist_mlp();
         let before = varmap_tensors(net.varmap()).unwrap();
-        let e = import_network(net.as_ref(), &fx(file), true, &Device::Cpu)
+        let e = import_network(net.as_ref(), &fx(file), true)
             .unwrap_err()
             .to_string();
         assert!(e.contains(file) && e.contains("strict = false"), "{e}");
@@ -377,10 +369,10 @@ fn broken_checkpoints_list_what_does_not_fit() {
             assert_eq!(max_diff(t, &after[k]), 0.0, "{file}: {k}");
         }
         // not strict: what fits is loaded, the rest keeps its initial values, and a warning says what
-        let rep = import_network(net.as_ref(), &fx(file), false, &Device::Cpu).unwrap();
+        let rep = import_network(net.as_ref(), &fx(file), false).unwrap();
         let w = rep.warning().unwrap();
         assert!(w.contains(file), "{w}");
-        let file_tensors = distill_core::network::read_checkpoint(&fx(file), &Device::Cpu).unwrap();
+        let file_tensors = distill_core::network::read_checkpoint(&fx(file)).unwrap();
         let after = varmap_tensors(net.varmap()).unwrap();
         for (ours, key) in &rep.names.pairs {
             assert_eq!(max_diff(&after[ours], &file_tensors[key]), 0.0);
@@ -506,8 +498,7 @@ fn a_run_uses_a_pytorch_teacher_as_is_and_starts_students_from_their_checkpoint(
             .unwrap();
     assert_eq!(report["runs"][0]["teacher"]["headline"], "pretrained");
     // the teacher's saved weights are the file's, renamed; the students (lr 1e-12) barely moved from them
-    let torch =
-        distill_core::network::read_checkpoint(&fx("mlp-mnist-seq.pth"), &Device::Cpu).unwrap();
+    let torch = distill_core::network::read_checkpoint(&fx("mlp-mnist-seq.pth")).unwrap();
     for (phase, tol) in [("teacher", 0.0), ("scratch", 1e-6), ("distilled", 1e-6)] {
         let saved = distill_core::checkpoint::read_safetensors(
             &tmp.path()
@@ -568,4 +559,46 @@ losses = [{{ name = "kd", temperature = 2.0 }}]
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn recipes_take_pretrained_weights_for_either_network_and_strict_only_with_them() {
+    use distill_core::recipe::Recipe;
+    let with = |teacher: &str, student: &str| {
+        Recipe::parse(&mnist_recipe(teacher, student), "r.toml", false)
+    };
+    let r = with(
+        "pretrained = \"t.pth\"",
+        "pretrained = \"s.pth\"\nstrict = false",
+    )
+    .unwrap();
+    assert_eq!(r.student.pretrained, Some(PathBuf::from("s.pth")));
+    assert_eq!((r.teacher.strict, r.student.strict), (None, Some(false)));
+    assert_eq!(
+        r.distilled_phase().strict,
+        Some(false),
+        "the distilled student starts alike"
+    );
+    let e = with("pretrained = \"t.pth\"", "strict = true")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`student.strict` only applies to `student.pretrained`"),
+        "{e}"
+    );
+    // a teacher skips training only when it is loaded; a student always trains
+    let e = with("", "").unwrap_err().to_string();
+    assert!(e.contains("`teacher.epochs` must be > 0"), "{e}");
+    let zero = mnist_recipe("pretrained = \"t.pth\"", "pretrained = \"s.pth\"")
+        .replace("epochs = 1", "epochs = 0");
+    let e = Recipe::parse(&zero, "r.toml", false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`student.epochs` must be > 0"), "{e}");
+    // a recipe without the key serialises as before (run records and teacher-cache keys do not change)
+    let toml = with("pretrained = \"t.pth\"", "")
+        .unwrap()
+        .report_toml()
+        .unwrap();
+    assert!(!toml.contains("strict"), "{toml}");
 }

@@ -1,15 +1,13 @@
 //! Networks (teachers and students), their parameters and their checkpoints.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::Path};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
 use crate::{is_buffer, Error, Mode, Outputs, Result};
-pub use distill_nn::state_dict::{ImportRules, NameMatch};
+use distill_nn::state_dict::{self, weights_file};
+pub use distill_nn::state_dict::{ImportReport, ImportRules, NameMatch};
 
 /// A network: a forward pass that returns logits and named features, over parameters held in a `VarMap`.
 ///
@@ -104,108 +102,30 @@ pub fn load_into_varmap(
     Ok(())
 }
 
-/// Reads a pretrained checkpoint: a safetensors file (distill's own content checksum checked when the file
-/// carries one), a PyTorch `.pt` / `.pth` / `.bin` file, or a folder holding `model.safetensors` or
-/// `pytorch_model.bin` (a Hugging Face model folder). Floating-point tensors come back as `f32`.
-pub fn read_checkpoint(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
-    let file = checkpoint_file(path)?;
-    let tensors = if file.extension().is_some_and(|e| e == "safetensors") {
-        distill_nn::state_dict::to_f32(crate::checkpoint::read_safetensors(&file, &Device::Cpu)?)?
+/// Reads a pretrained checkpoint (on the CPU, floats as `f32`): a safetensors file (distill's content checksum
+/// checked when it carries one), a PyTorch `.pt` / `.pth` / `.bin` file, or a Hugging Face model folder.
+pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let file = weights_file(path)?;
+    if file.extension().is_some_and(|e| e == "safetensors") {
+        state_dict::to_f32(crate::checkpoint::read_safetensors(&file, &Device::Cpu)?)
     } else {
-        distill_nn::state_dict::read_state_dict(&file)?
-    };
-    if device.is_cpu() {
-        return Ok(tensors);
-    }
-    tensors
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_device(device)?)))
-        .collect()
-}
-
-/// The weights file a pretrained path names: the file itself, or in a folder `model.safetensors`, else
-/// `pytorch_model.bin`.
-pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
-    if !path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    ["model.safetensors", "pytorch_model.bin"]
-        .iter()
-        .map(|f| path.join(f))
-        .find(|f| f.is_file())
-        .ok_or_else(|| Error::Checkpoint {
-            path: path.to_path_buf(),
-            msg: "is a folder without model.safetensors or pytorch_model.bin".into(),
-        })
-}
-
-/// What [`import_network`] did.
-#[derive(Debug, Clone)]
-pub struct ImportReport {
-    /// The file read.
-    pub path: PathBuf,
-    /// How its keys met the network's names; `pairs` were loaded.
-    pub names: NameMatch,
-}
-
-impl ImportReport {
-    /// For a non-strict load that left something out: one line saying what.
-    pub fn warning(&self) -> Option<String> {
-        (!self.names.is_complete()).then(|| {
-            format!(
-                "{}: loaded {} tensors; {}",
-                self.path.display(),
-                self.names.pairs.len(),
-                self.names.describe()
-            )
-        })
+        state_dict::read_state_dict(&file)
     }
 }
 
-/// Loads a pretrained checkpoint into `net` like PyTorch's `load_state_dict`, with the name rules of
-/// [`distill_nn::state_dict`] (exact names, wrapper prefixes stripped, PyTorch-only buffers ignored, the
-/// network's [`Network::import_rules`]).
-///
-/// `strict`: every parameter must be found with its shape and no tensor may be left over, else one error
-/// lists every missing key, unexpected key and shape mismatch, and nothing is loaded. Not strict: the
-/// tensors that fit are loaded, the rest of the network keeps its initial values, and the report's
-/// [`ImportReport::warning`] lists what did not fit.
-pub fn import_network(
-    net: &dyn Network,
-    path: &Path,
-    strict: bool,
-    device: &Device,
-) -> Result<ImportReport> {
-    let tensors = read_checkpoint(path, device)?;
-    let file = checkpoint_file(path)?;
-    let expected: BTreeMap<String, Vec<usize>> = {
-        let data = net.varmap().data().lock().expect("varmap lock");
-        data.iter()
-            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
-            .collect()
-    };
-    let found = tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
-        .collect();
-    let names = distill_nn::state_dict::match_names(&expected, &found, &net.import_rules());
-    if strict && !names.is_complete() {
-        return Err(Error::Checkpoint {
-            path: file,
-            msg: format!(
-                "does not fit {}: {} (strict loading, as PyTorch's load_state_dict; `strict = false` in the \
-                 recipe's teacher/student section loads the tensors that fit and warns about the rest)",
-                net.describe(),
-                names.describe()
-            ),
-        });
-    }
-    let data = net.varmap().data().lock().expect("varmap lock");
-    for (name, key) in &names.pairs {
-        let var = &data[name];
-        var.set(&tensors[key].to_dtype(DType::F32)?.to_device(var.device())?)?;
-    }
-    Ok(ImportReport { path: file, names })
+/// Loads a pretrained checkpoint ([`read_checkpoint`]) into `net` like PyTorch's `load_state_dict`, strictly
+/// or not, with [`Network::import_rules`]: see [`state_dict::load_state_dict`].
+pub fn import_network(net: &dyn Network, path: &Path, strict: bool) -> Result<ImportReport> {
+    let tensors = read_checkpoint(path)?;
+    let (rules, what) = (net.import_rules(), net.describe());
+    state_dict::load_state_dict(
+        net.varmap(),
+        &tensors,
+        &rules,
+        strict,
+        &weights_file(path)?,
+        &what,
+    )
 }
 
 /// A frozen network: evaluated in [`Mode::Eval`], its outputs detached from the graph.

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use crate::{
+    bail,
     checkpoint::write_json_atomic,
     losses::{build_core_loss, CORE_LOSSES},
     network::{import_network, load_network, save_network},
     plugin::{BuildContext, Domain, RunContext},
-    recipe::Recipe,
+    recipe::{PhaseConfig, Recipe},
     report::{PhaseResult, PhaseSummary, RunReport},
     task::{Split, Task},
     teacher_cache::{data_fingerprint, teacher_cache_key, EntryInfo, Lookup, TeacherCache},
@@ -23,31 +24,11 @@ pub fn init_seed(seed: u64, role: &str) -> u64 {
 
 /// Checks a recipe against a plugin without reading data or training: model specs build, augmentation and
 /// loss names are known, and feature-loss taps exist with compatible kinds and shapes (a dry run on zeros).
-///
-/// `teacher.pretrained` and `student.pretrained` are loaded into the networks when their files exist, so a
-/// checkpoint that does not fit fails here; one not there yet is a note on stderr (`distill run` needs it).
+/// The `teacher.pretrained` / `student.pretrained` files that exist are loaded (one not there yet is noted).
 pub fn check_recipe<P: Domain + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
     ctx: &RunContext,
-) -> Result<CheckSummary> {
-    check_with(plugin, recipe, ctx, Pretrained::IfPresent)
-}
-
-/// What [`check_with`] does with the recipe's pretrained files.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pretrained {
-    /// Load those that exist, note those that do not (`distill check`).
-    IfPresent,
-    /// Load them all: a missing file is an error (before a run trains anything).
-    Required,
-}
-
-fn check_with<P: Domain + ?Sized>(
-    plugin: &P,
-    recipe: &Recipe,
-    ctx: &RunContext,
-    pretrained: Pretrained,
 ) -> Result<CheckSummary> {
     let info = plugin.task_info(recipe)?;
     for (k, a) in [
@@ -79,22 +60,8 @@ fn check_with<P: Domain + ?Sized>(
             &bctx.for_model(recipe, "student.model"),
         )
         .map_err(|e| located(e, "student.model"))?;
-    for (key, phase, net) in [
-        ("teacher", &recipe.teacher, teacher.as_ref()),
-        ("student", &recipe.student, student.as_ref()),
-    ] {
-        if let Some(p) = &phase.pretrained {
-            let path = pretrained_path(ctx, p);
-            if pretrained == Pretrained::IfPresent && !path.exists() {
-                eprintln!(
-                    "note: `{key}.pretrained` {} is not there yet (`distill run` needs it); not checked",
-                    path.display()
-                );
-                continue;
-            }
-            load_pretrained(net, phase, key, ctx, true)?;
-        }
-    }
+    load_pretrained(teacher.as_ref(), &recipe.teacher, "teacher", ctx, true)?;
+    load_pretrained(student.as_ref(), &recipe.student, "student", ctx, true)?;
     let losses = build_losses(plugin, recipe, teacher.as_ref(), student.as_ref(), &bctx)?;
     Ok(CheckSummary {
         teacher: teacher.describe(),
@@ -194,30 +161,38 @@ fn build_losses<P: Domain + ?Sized>(
     Ok(terms)
 }
 
-/// A recipe's pretrained path: relative to the models dir unless absolute.
-fn pretrained_path(ctx: &RunContext, p: &Path) -> std::path::PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
+/// `phase.pretrained` resolved: relative to the models dir unless absolute.
+fn pretrained_path(ctx: &RunContext, phase: &PhaseConfig) -> Option<std::path::PathBuf> {
+    let p = phase.pretrained.as_ref()?;
+    Some(if p.is_absolute() {
+        p.clone()
     } else {
         ctx.models_dir.join(p)
-    }
+    })
 }
 
-/// Loads `phase.pretrained` into `net` (strictly unless `phase.strict = false`); errors name `key.pretrained`.
-/// A non-strict load that left something out is a warning on stderr when `warn`.
+/// Loads `phase.pretrained` into `net` (strict unless `strict = false`), errors naming `key.pretrained`.
+/// `checking` (`check_recipe`): a file not there yet is a note, a non-strict load's leftovers a warning.
 fn load_pretrained(
     net: &dyn Network,
-    phase: &crate::recipe::PhaseConfig,
+    phase: &PhaseConfig,
     key: &str,
     ctx: &RunContext,
-    warn: bool,
+    checking: bool,
 ) -> Result<()> {
-    let Some(p) = &phase.pretrained else {
+    let Some(path) = pretrained_path(ctx, phase) else {
         return Ok(());
     };
-    let report = import_network(net, &pretrained_path(ctx, p), phase.strict(), &ctx.device)
+    if checking && !path.exists() {
+        eprintln!(
+            "note: `{key}.pretrained` {} is not there yet",
+            path.display()
+        );
+        return Ok(());
+    }
+    let report = import_network(net, &path, phase.strict != Some(false))
         .map_err(|e| Error::msg(format!("`{key}.pretrained`: {e}")))?;
-    if let Some(w) = report.warning().filter(|_| warn) {
+    if let Some(w) = report.warning().filter(|_| checking) {
         eprintln!("warning: `{key}.pretrained` (strict = false) {w}");
     }
     Ok(())
@@ -274,11 +249,10 @@ fn teacher_phase<P: Domain + ?Sized>(
     let spec = phase_spec(recipe, ctx, seed, Phase::Teacher, seed_dir, recipe_hash);
     if recipe.teacher.pretrained.is_some() {
         load_pretrained(net.as_ref(), &recipe.teacher, "teacher", ctx, false)?;
-        // used as it is, or fine-tuned from it (never cached: the key does not cover the file's contents)
-        let r = if recipe.teacher.epochs == 0 {
-            finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?
-        } else {
-            train_phase(task, net.as_ref(), Objective::Task, &spec)?
+        // used as it is, or fine-tuned from it (not cached: the cache key does not cover the file)
+        let r = match recipe.teacher.epochs {
+            0 => finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?,
+            _ => train_phase(task, net.as_ref(), Objective::Task, &spec)?,
         };
         return Ok((net, r));
     }
@@ -382,7 +356,12 @@ pub fn run_recipe<P: Domain + ?Sized>(
     recipe: &Recipe,
     ctx: &RunContext,
 ) -> Result<RunReport> {
-    check_with(plugin, recipe, ctx, Pretrained::Required)?;
+    for (key, phase) in [("teacher", &recipe.teacher), ("student", &recipe.student)] {
+        if let Some(p) = pretrained_path(ctx, phase).filter(|p| !p.exists()) {
+            bail!("`{key}.pretrained`: {}: file not found", p.display());
+        }
+    }
+    check_recipe(plugin, recipe, ctx)?;
     crate::checkpoint::remove_stale_temps(&ctx.out_dir);
     if !ctx.resume {
         for seed in &recipe.seeds {
@@ -467,7 +446,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
         sr.push(s_res);
         dr.push(d_res);
     }
-    let headline = |p: &crate::recipe::PhaseConfig| {
+    let headline = |p: &PhaseConfig| {
         Some(
             if p.pretrained.is_some() && p.epochs == 0 {
                 "pretrained"

@@ -6,6 +6,8 @@
 //!   zip archive through candle's pickle reader — a bare state dict or one nested under `state_dict`,
 //!   `model_state_dict`, `model`, `net` or `module` (training checkpoints). Half, bfloat16 and double
 //!   tensors become `f32`; integer buffers are kept as they are.
+//! * [`load_state_dict`] loads one into a `VarMap`, strictly (one error listing everything that does not
+//!   fit) or not (a warning); [`weights_file`] finds the weights of a Hugging Face model folder.
 //! * [`match_names`] pairs the file's keys with the model's parameter names, in this order for each key:
 //!   1. the same name;
 //!   2. the name without wrapper prefixes ([`WRAPPER_PREFIXES`]: `module.` of `DataParallel`, `_orig_mod.`
@@ -36,10 +38,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 
 use crate::{Error, Result};
 
@@ -173,6 +176,82 @@ impl NameMatch {
         }
         parts.join("; ")
     }
+}
+
+/// What [`load_state_dict`] did.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    /// The file the tensors came from.
+    pub path: PathBuf,
+    /// How its keys met the model's names; `pairs` were loaded.
+    pub names: NameMatch,
+}
+
+impl ImportReport {
+    /// For a non-strict load that left something out: one line saying what.
+    pub fn warning(&self) -> Option<String> {
+        (!self.names.is_complete()).then(|| {
+            let n = self.names.pairs.len();
+            let what = self.names.describe();
+            format!("{}: loaded {n} tensors; {what}", self.path.display())
+        })
+    }
+}
+
+/// The weights file a pretrained path names: the path itself, or in a folder (a Hugging Face model folder)
+/// `model.safetensors`, else `pytorch_model.bin`.
+pub fn weights_file(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let files = ["model.safetensors", "pytorch_model.bin"].map(|f| path.join(f));
+    files
+        .into_iter()
+        .find(|f| f.is_file())
+        .ok_or_else(|| Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: "is a folder without model.safetensors or pytorch_model.bin".into(),
+        })
+}
+
+/// Loads a state dict (`tensors`, read from `path`) into `varmap` like PyTorch's `load_state_dict`, names
+/// paired by [`match_names`] with `rules`.
+///
+/// `strict`: every variable must be found with its shape and no tensor may be left over, else one error
+/// (naming `path` and the model, `what`) lists every missing key, unexpected key and shape mismatch, and
+/// nothing is loaded. Not strict: the tensors that fit are loaded, the other variables keep their values,
+/// and [`ImportReport::warning`] lists what did not fit.
+pub fn load_state_dict(
+    varmap: &VarMap,
+    tensors: &BTreeMap<String, Tensor>,
+    rules: &ImportRules,
+    strict: bool,
+    path: &Path,
+    what: &str,
+) -> Result<ImportReport> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let dims = |t: &Tensor| t.dims().to_vec();
+    let expected = data.iter().map(|(k, v)| (k.clone(), dims(v))).collect();
+    let found = tensors.iter().map(|(k, t)| (k.clone(), dims(t))).collect();
+    let names = match_names(&expected, &found, rules);
+    if strict && !names.is_complete() {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!(
+                "does not fit {what}: {} (strict loading, as PyTorch's load_state_dict; `strict = false` in \
+                 the recipe's teacher/student section loads the tensors that fit and warns about the rest)",
+                names.describe()
+            ),
+        });
+    }
+    for (name, key) in &names.pairs {
+        let var = &data[name];
+        var.set(&tensors[key].to_dtype(DType::F32)?.to_device(var.device())?)?;
+    }
+    Ok(ImportReport {
+        path: path.to_path_buf(),
+        names,
+    })
 }
 
 /// `key` without as many leading [`WRAPPER_PREFIXES`] as it has, one at a time: every form, outermost first

@@ -14,20 +14,11 @@ pub use distill_nn::layers::bert::{dense, mean_pool, Bert, BertConfig, EncoderOu
 /// `BertModel` or `BertFor…` model, or a folder holding one), as `f32`, dropping the `bert.` prefix of the
 /// task models' encoder keys.
 pub fn read_pretrained(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let raw = distill_core::network::read_checkpoint(path, &Device::Cpu)?;
+    let raw = distill_core::network::read_checkpoint(path)?;
     Ok(raw
         .into_iter()
         .map(|(k, v)| (k.strip_prefix("bert.").unwrap_or(&k).to_string(), v))
         .collect())
-}
-
-/// The weights file of a Hugging Face model folder: `model.safetensors`, else `pytorch_model.bin`; `None`
-/// when it has neither.
-pub fn weights_file(folder: &Path) -> Option<std::path::PathBuf> {
-    ["model.safetensors", "pytorch_model.bin"]
-        .iter()
-        .map(|f| folder.join(f))
-        .find(|f| f.is_file())
 }
 
 /// Puts a checkpoint's task head into `varmap` before the network is built: `pooler.dense` (when `pooler`)

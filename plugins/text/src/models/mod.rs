@@ -36,10 +36,10 @@ use distill_nn::init::seeded_var_builder;
 use serde::Deserialize;
 
 use bert::{
-    dense, mean_pool, preload, preload_head, read_pretrained, shape_error, weights_file, Bert,
-    BertConfig,
+    dense, mean_pool, preload, preload_head, read_pretrained, shape_error, Bert, BertConfig,
 };
 use distill_nn::layers::Linear as Dense;
+use distill_nn::state_dict::weights_file;
 
 /// Architectures this plugin builds.
 pub const ARCHS: &[&str] = &["bert"];
@@ -244,7 +244,7 @@ pub fn build_model(
     let mut weights = base.join("model.safetensors");
     let mut head_from = Vec::new();
     if spec.init == "pretrained" {
-        weights = weights_file(&base).ok_or_else(|| {
+        weights = weights_file(&base).map_err(|_| {
             Error::data(
                 &weights,
                 "not found, nor pytorch_model.bin beside it (model.init = \"pretrained\" reads the weights of \
