@@ -237,17 +237,34 @@ fn a_hugging_face_classifier_gives_its_own_logits() {
         .unwrap();
     assert!(max_diff(&out.logits, &r["bert.logits"]) <= F32_TOL);
 
-    // teacher.pretrained on a randomly initialised network: the folder, each file, a BertModel-style copy
-    // without the `bert.` prefix, and the float16 copy
+    // a copy in BertModel's names (no `bert.` prefix) with old checkpoints' LayerNorm.gamma / .beta, as a
+    // base folder's model.safetensors ...
     let plain = tempfile::tempdir().unwrap();
-    let no_prefix = plain.path().join("no-prefix.safetensors");
+    let old_names = plain.path().join("tiny-bert-sst2");
+    std::fs::create_dir(&old_names).unwrap();
+    std::fs::copy(
+        fx("tiny-bert-sst2/config.json"),
+        old_names.join("config.json"),
+    )
+    .unwrap();
+    let no_prefix = old_names.join("model.safetensors");
     let tensors = distill_core::network::read_checkpoint(&fx("tiny-bert-sst2")).unwrap();
     let renamed: BTreeMap<String, Tensor> = tensors
         .into_iter()
-        .map(|(k, v)| (k.strip_prefix("bert.").unwrap_or(&k).to_string(), v))
+        .map(|(k, v)| {
+            let k = k.strip_prefix("bert.").unwrap_or(&k);
+            let k = k.replace("LayerNorm.weight", "LayerNorm.gamma");
+            (k.replace("LayerNorm.bias", "LayerNorm.beta"), v)
+        })
         .collect();
-    assert!(renamed.contains_key("encoder.layer.1.output.dense.weight"));
+    assert!(renamed.contains_key("encoder.layer.1.output.LayerNorm.gamma"));
     distill_core::checkpoint::write_safetensors_atomic(&renamed, &no_prefix).unwrap();
+    let out = bert_net("pretrained", plain.path())
+        .forward(&ids(&r), Mode::Eval)
+        .unwrap();
+    assert!(max_diff(&out.logits, &r["bert.logits"]) <= F32_TOL);
+    // ... and through teacher.pretrained on a randomly initialised network, with the folder, each file and
+    // the float16 copy
     for (file, logits, tol) in [
         (fx("tiny-bert-sst2"), "bert.logits", F32_TOL),
         (

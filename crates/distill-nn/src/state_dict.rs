@@ -11,7 +11,8 @@
 //! * [`match_names`] pairs the file's keys with the model's parameter names, in this order for each key:
 //!   1. the same name;
 //!   2. the name without wrapper prefixes ([`WRAPPER_PREFIXES`]: `module.` of `DataParallel`, `_orig_mod.`
-//!      of `torch.compile`, `model.` of Lightning, `bert.` of Hugging Face's task models), as many as lead;
+//!      of `torch.compile`, `model.` of Lightning, `bert.` of Hugging Face's task models), as many as lead
+//!      (at each step also with old BERT checkpoints' `LayerNorm.gamma` / `.beta` read as `.weight` / `.bias`);
 //!   3. PyTorch-only buffers no layer here keeps (`*.num_batches_tracked`, BERT's `embeddings.position_ids`
 //!      and `embeddings.token_type_ids`) and the model's [`ImportRules::unused_prefixes`] are ignored;
 //!   4. for a network built as a sequence of layers ([`ImportRules::sequential`]), `nn.Sequential`'s numeric
@@ -266,6 +267,19 @@ fn stripped_forms(key: &str) -> Vec<&str> {
     out
 }
 
+/// A LayerNorm's TensorFlow-era names in old BERT checkpoints (`LayerNorm.gamma`, `LayerNorm.beta`, as
+/// `bert-base-uncased`'s `pytorch_model.bin` has them) in PyTorch's (`weight`, `bias`), as transformers
+/// renames them.
+fn legacy_norm_name(key: &str) -> Option<String> {
+    let (stem, last) = key.rsplit_once('.')?;
+    let new = match last {
+        "gamma" => "weight",
+        "beta" => "bias",
+        _ => return None,
+    };
+    Some(format!("{stem}.{new}"))
+}
+
 /// The leading module number of a key in `nn.Sequential` form (`3.weight` → 3), after wrapper prefixes.
 fn sequential_index(key: &str) -> Option<(usize, &str)> {
     let k = stripped_forms(key).last().copied().unwrap_or(key);
@@ -287,9 +301,11 @@ pub fn match_names(
     for key in found.keys() {
         let target = std::iter::once(key.as_str())
             .chain(stripped_forms(key))
-            .find(|k| expected.contains_key(*k) && !taken.contains_key(*k));
+            .flat_map(|k| [Some(k.to_string()), legacy_norm_name(k)])
+            .flatten()
+            .find(|k| expected.contains_key(k) && !taken.contains_key(k));
         if let Some(t) = target {
-            taken.insert(t.to_string(), key.clone());
+            taken.insert(t, key.clone());
             continue;
         }
         let unused = std::iter::once(key.as_str())
@@ -523,6 +539,17 @@ mod tests {
         assert!(m.is_complete(), "{}", m.describe());
         assert_eq!(m.pairs.len(), 3);
         assert_eq!(m.ignored.len(), 3);
+        // old BERT checkpoints name LayerNorm's scale and shift gamma and beta
+        let ln = shapes(&[
+            ("embeddings.LayerNorm.weight", &[4]),
+            ("embeddings.LayerNorm.bias", &[4]),
+        ]);
+        let old = shapes(&[
+            ("bert.embeddings.LayerNorm.gamma", &[4]),
+            ("bert.embeddings.LayerNorm.beta", &[4]),
+        ]);
+        let m = match_names(&ln, &old, &ImportRules::default());
+        assert!(m.is_complete(), "{}", m.describe());
         // without the rule the pooler is unexpected
         let m = match_names(&ours, &file, &ImportRules::default());
         assert_eq!(

@@ -12,12 +12,20 @@ pub use distill_nn::layers::bert::{dense, mean_pool, Bert, BertConfig, EncoderOu
 
 /// Reads the tensors of a Hugging Face BERT checkpoint (`model.safetensors` or `pytorch_model.bin` of a
 /// `BertModel` or `BertFor…` model, or a folder holding one), as `f32`, dropping the `bert.` prefix of the
-/// task models' encoder keys.
+/// task models' encoder keys and reading old checkpoints' `LayerNorm.gamma` / `.beta` as `.weight` / `.bias`.
 pub fn read_pretrained(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let raw = distill_core::network::read_checkpoint(path)?;
     Ok(raw
         .into_iter()
-        .map(|(k, v)| (k.strip_prefix("bert.").unwrap_or(&k).to_string(), v))
+        .map(|(k, v)| {
+            let k = k.strip_prefix("bert.").unwrap_or(&k);
+            let k = match k.rsplit_once('.') {
+                Some((stem, "gamma")) if stem.ends_with("LayerNorm") => format!("{stem}.weight"),
+                Some((stem, "beta")) if stem.ends_with("LayerNorm") => format!("{stem}.bias"),
+                _ => k.to_string(),
+            };
+            (k, v)
+        })
         .collect())
 }
 

@@ -437,9 +437,10 @@ impl Network for TextNet {
     }
 
     /// A Hugging Face checkpoint's pooler and classifier are ignored when this network has none (mean or
-    /// CLS pooling; a sentence-embedding head).
+    /// CLS pooling; a sentence-embedding head), and so are BERT's pre-training heads (`cls.predictions`,
+    /// `cls.seq_relationship`, in `bert-base-uncased`'s own checkpoint).
     fn import_rules(&self) -> distill_core::network::ImportRules {
-        let mut unused = Vec::new();
+        let mut unused = vec!["cls.".to_string()];
         if !matches!(self.pooling, Pooling::Pooler(_)) {
             unused.push("pooler.".to_string());
         }
