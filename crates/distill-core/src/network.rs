@@ -1,11 +1,13 @@
 //! Networks (teachers and students), their parameters and their checkpoints.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
 use crate::{is_buffer, Error, Mode, Outputs, Result};
+use distill_nn::state_dict::{self, weights_file};
+pub use distill_nn::state_dict::{ImportReport, ImportRules, NameMatch};
 
 /// A network: a forward pass that returns logits and named features, over parameters held in a `VarMap`.
 ///
@@ -28,6 +30,12 @@ pub trait Network: Send + Sync {
             "export",
             format!("`{}` has no ONNX export", self.describe()),
         ))
+    }
+
+    /// How a foreign (PyTorch) state dict maps onto this network beyond exact names, for
+    /// [`import_network`]: `nn.Sequential` numbering, parts left out by configuration. None by default.
+    fn import_rules(&self) -> ImportRules {
+        ImportRules::default()
     }
 }
 
@@ -101,6 +109,32 @@ pub fn load_into_varmap(
         var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
     }
     Ok(())
+}
+
+/// Reads a pretrained checkpoint (on the CPU, floats as `f32`): a safetensors file (distill's content checksum
+/// checked when it carries one), a PyTorch `.pt` / `.pth` / `.bin` file, or a Hugging Face model folder.
+pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let file = weights_file(path)?;
+    if file.extension().is_some_and(|e| e == "safetensors") {
+        state_dict::to_f32(crate::checkpoint::read_safetensors(&file, &Device::Cpu)?)
+    } else {
+        state_dict::read_state_dict(&file)
+    }
+}
+
+/// Loads a pretrained checkpoint ([`read_checkpoint`]) into `net` like PyTorch's `load_state_dict`, strictly
+/// or not, with [`Network::import_rules`]: see [`state_dict::load_state_dict`].
+pub fn import_network(net: &dyn Network, path: &Path, strict: bool) -> Result<ImportReport> {
+    let tensors = read_checkpoint(path)?;
+    let (rules, what) = (net.import_rules(), net.describe());
+    state_dict::load_state_dict(
+        net.varmap(),
+        &tensors,
+        &rules,
+        strict,
+        &weights_file(path)?,
+        &what,
+    )
 }
 
 /// A frozen network: evaluated in [`Mode::Eval`], its outputs detached from the graph.

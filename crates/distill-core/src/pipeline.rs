@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use crate::{
+    bail,
     checkpoint::write_json_atomic,
     losses::{build_core_loss, CORE_LOSSES},
-    network::{load_network, save_network},
+    network::{import_network, load_network, save_network},
     plugin::{BuildContext, Domain, RunContext},
-    recipe::Recipe,
+    recipe::{PhaseConfig, Recipe},
     report::{PhaseResult, PhaseSummary, RunReport},
     task::{Split, Task},
     teacher_cache::{data_fingerprint, teacher_cache_key, EntryInfo, Lookup, TeacherCache},
@@ -23,6 +24,7 @@ pub fn init_seed(seed: u64, role: &str) -> u64 {
 
 /// Checks a recipe against a plugin without reading data or training: model specs build, augmentation and
 /// loss names are known, and feature-loss taps exist with compatible kinds and shapes (a dry run on zeros).
+/// The `teacher.pretrained` / `student.pretrained` files that exist are loaded (one not there yet is noted).
 pub fn check_recipe<P: Domain + ?Sized>(
     plugin: &P,
     recipe: &Recipe,
@@ -58,6 +60,8 @@ pub fn check_recipe<P: Domain + ?Sized>(
             &bctx.for_model(recipe, "student.model"),
         )
         .map_err(|e| located(e, "student.model"))?;
+    load_pretrained(teacher.as_ref(), &recipe.teacher, "teacher", ctx, true)?;
+    load_pretrained(student.as_ref(), &recipe.student, "student", ctx, true)?;
     let losses = build_losses(plugin, recipe, teacher.as_ref(), student.as_ref(), &bctx)?;
     Ok(CheckSummary {
         teacher: teacher.describe(),
@@ -157,6 +161,43 @@ fn build_losses<P: Domain + ?Sized>(
     Ok(terms)
 }
 
+/// `phase.pretrained` resolved: relative to the models dir unless absolute.
+fn pretrained_path(ctx: &RunContext, phase: &PhaseConfig) -> Option<std::path::PathBuf> {
+    let p = phase.pretrained.as_ref()?;
+    Some(if p.is_absolute() {
+        p.clone()
+    } else {
+        ctx.models_dir.join(p)
+    })
+}
+
+/// Loads `phase.pretrained` into `net` (strict unless `strict = false`), errors naming `key.pretrained`.
+/// `checking` (`check_recipe`): a file not there yet is a note, a non-strict load's leftovers a warning.
+fn load_pretrained(
+    net: &dyn Network,
+    phase: &PhaseConfig,
+    key: &str,
+    ctx: &RunContext,
+    checking: bool,
+) -> Result<()> {
+    let Some(path) = pretrained_path(ctx, phase) else {
+        return Ok(());
+    };
+    if checking && !path.exists() {
+        eprintln!(
+            "note: `{key}.pretrained` {} is not there yet",
+            path.display()
+        );
+        return Ok(());
+    }
+    let report = import_network(net, &path, phase.strict != Some(false))
+        .map_err(|e| Error::msg(format!("`{key}.pretrained`: {e}")))?;
+    if let Some(w) = report.warning().filter(|_| checking) {
+        eprintln!("warning: `{key}.pretrained` (strict = false) {w}");
+    }
+    Ok(())
+}
+
 fn phase_spec(
     recipe: &Recipe,
     ctx: &RunContext,
@@ -206,14 +247,13 @@ fn teacher_phase<P: Domain + ?Sized>(
             .for_model(recipe, "teacher.model"),
     )?;
     let spec = phase_spec(recipe, ctx, seed, Phase::Teacher, seed_dir, recipe_hash);
-    if let Some(p) = &recipe.teacher.pretrained {
-        let path = if p.is_absolute() {
-            p.clone()
-        } else {
-            ctx.models_dir.join(p)
+    if recipe.teacher.pretrained.is_some() {
+        load_pretrained(net.as_ref(), &recipe.teacher, "teacher", ctx, false)?;
+        // used as it is, or fine-tuned from it (not cached: the cache key does not cover the file)
+        let r = match recipe.teacher.epochs {
+            0 => finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?,
+            _ => train_phase(task, net.as_ref(), Objective::Task, &spec)?,
         };
-        load_network(net.as_ref(), &path, &ctx.device)?;
-        let r = finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?;
         return Ok((net, r));
     }
     let Some((cache, fingerprint)) = cache else {
@@ -316,6 +356,11 @@ pub fn run_recipe<P: Domain + ?Sized>(
     recipe: &Recipe,
     ctx: &RunContext,
 ) -> Result<RunReport> {
+    for (key, phase) in [("teacher", &recipe.teacher), ("student", &recipe.student)] {
+        if let Some(p) = pretrained_path(ctx, phase).filter(|p| !p.exists()) {
+            bail!("`{key}.pretrained`: {}: file not found", p.display());
+        }
+    }
     check_recipe(plugin, recipe, ctx)?;
     crate::checkpoint::remove_stale_temps(&ctx.out_dir);
     if !ctx.resume {
@@ -364,6 +409,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
         let student_ctx = BuildContext::new(&info, student_seed, ctx, Some(task.as_ref()))
             .for_model(recipe, "student.model");
         let scratch = plugin.build_network(&recipe.student.model, &student_ctx)?;
+        load_pretrained(scratch.as_ref(), &recipe.student, "student", ctx, false)?;
         let s_res = train_phase(
             task.as_ref(),
             scratch.as_ref(),
@@ -373,6 +419,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
         drop(scratch);
 
         let student = plugin.build_network(&recipe.student.model, &student_ctx)?;
+        load_pretrained(student.as_ref(), &recipe.student, "student", ctx, false)?;
         let terms = build_losses(
             plugin,
             recipe,
@@ -399,9 +446,9 @@ pub fn run_recipe<P: Domain + ?Sized>(
         sr.push(s_res);
         dr.push(d_res);
     }
-    let headline = |p: &crate::recipe::PhaseConfig| {
+    let headline = |p: &PhaseConfig| {
         Some(
-            if p.pretrained.is_some() {
+            if p.pretrained.is_some() && p.epochs == 0 {
                 "pretrained"
             } else if p.early_stopping.is_some() {
                 "best_val_epoch"

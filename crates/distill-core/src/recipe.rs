@@ -187,8 +187,15 @@ pub struct PhaseConfig {
     pub early_stopping: Option<EarlyStopping>,
     /// Divergence guard: gradient-norm limit and automatic learning-rate back-off.
     pub divergence: Option<Divergence>,
-    /// Teacher only: load these weights (safetensors, relative to the models dir) instead of training.
+    /// Start from these weights (relative to the models dir unless absolute): safetensors, a PyTorch
+    /// `.pt`/`.pth`/`.bin` state dict, or a Hugging Face model folder, loaded by
+    /// [`crate::network::import_network`]. A teacher with `epochs = 0` is used as loaded; with epochs it is
+    /// fine-tuned from them, as a student always is.
     pub pretrained: Option<PathBuf>,
+    /// Whether `pretrained` must fit exactly (PyTorch's `strict`): every parameter present with its shape, no
+    /// tensor left over (default true). `false` loads what fits and warns about the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 /// The distilled run: losses, and optional overrides of the student's training.
@@ -385,6 +392,10 @@ impl Recipe {
             if phase.epochs == 0 && !(name == "teacher" && phase.pretrained.is_some()) {
                 return Err(err(&format!("{name}.epochs"), "must be > 0".into()));
             }
+            if phase.strict.is_some() && phase.pretrained.is_none() {
+                let msg = format!("only applies to `{name}.pretrained`, which is not set");
+                return Err(err(&format!("{name}.strict"), msg));
+            }
             phase
                 .optimizer
                 .validate()
@@ -424,12 +435,6 @@ impl Recipe {
                         .into(),
                 ));
             }
-        }
-        if self.student.pretrained.is_some() {
-            return Err(err(
-                "student.pretrained",
-                "is only allowed for the teacher".into(),
-            ));
         }
         if self.distill.losses.is_empty() {
             return Err(err("distill.losses", "must list at least one loss".into()));

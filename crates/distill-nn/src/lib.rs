@@ -10,6 +10,8 @@
 //!   (torchvision / Hugging Face keys), so a network composed from them loads a PyTorch `state_dict` by name.
 //! * [`init::seeded_var_builder`]: parameters initialised from a seed and their name (candle's CPU generator
 //!   cannot be seeded), so the same seed gives the same weights whatever order layers are built in.
+//! * [`state_dict`]: PyTorch state dicts read from safetensors and `.pt`/`.pth`/`.bin` files, and their names
+//!   matched onto a model's (wrapper prefixes, `nn.Sequential` numbering, missing/unexpected/mismatched lists).
 //! * [`optim`]: SGD and AdamW with fused in-place updates, schedules and gradient clipping.
 //! * [`Rng`], [`Mode`] and the [`Error`] type shared with distill-core.
 //!
@@ -37,6 +39,7 @@ pub mod onnx;
 pub mod ops;
 pub mod optim;
 mod rng;
+pub mod state_dict;
 
 pub use error::{Error, Result};
 pub use rng::Rng;

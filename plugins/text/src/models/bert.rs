@@ -1,6 +1,7 @@
 //! The BERT encoder is [`distill_nn::layers::bert`] (Hugging Face's names, so a pretrained
-//! `model.safetensors` loads as is); this module reads pretrained weights and initialises students from a
-//! teacher's layers (DistilBERT's initialisation, with magnitude width pruning).
+//! `model.safetensors` or `pytorch_model.bin` loads as is); this module reads pretrained weights (and a
+//! fine-tuned model's pooler and classifier) and initialises students from a teacher's layers (DistilBERT's
+//! initialisation, with magnitude width pruning).
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -9,13 +10,58 @@ use candle_nn::VarMap;
 use distill_core::{Error, Result};
 pub use distill_nn::layers::bert::{dense, mean_pool, Bert, BertConfig, EncoderOutput, PAD_ID};
 
-/// Reads the tensors of a Hugging Face BERT `model.safetensors`, dropping a `bert.` prefix if there is one.
+/// Reads the tensors of a Hugging Face BERT checkpoint (`model.safetensors` or `pytorch_model.bin` of a
+/// `BertModel` or `BertFor…` model, or a folder holding one), as `f32`, dropping the `bert.` prefix of the
+/// task models' encoder keys and reading old checkpoints' `LayerNorm.gamma` / `.beta` as `.weight` / `.bias`.
 pub fn read_pretrained(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let raw = distill_core::checkpoint::read_safetensors(path, &Device::Cpu)?;
+    let raw = distill_core::network::read_checkpoint(path)?;
     Ok(raw
         .into_iter()
-        .map(|(k, v)| (k.strip_prefix("bert.").unwrap_or(&k).to_string(), v))
+        .map(|(k, v)| {
+            let k = k.strip_prefix("bert.").unwrap_or(&k);
+            let k = match k.rsplit_once('.') {
+                Some((stem, "gamma")) if stem.ends_with("LayerNorm") => format!("{stem}.weight"),
+                Some((stem, "beta")) if stem.ends_with("LayerNorm") => format!("{stem}.bias"),
+                _ => k.to_string(),
+            };
+            (k, v)
+        })
         .collect())
+}
+
+/// Puts a checkpoint's task head into `varmap` before the network is built: `pooler.dense` (when `pooler`)
+/// and `classifier` (when `classes` is some), each only when the checkpoint has it in the shapes the network
+/// needs (hidden width `hidden`). Returns the names of the parts taken.
+pub fn preload_head(
+    varmap: &VarMap,
+    tensors: &BTreeMap<String, Tensor>,
+    hidden: usize,
+    pooler: bool,
+    classes: Option<usize>,
+    device: &Device,
+) -> Result<Vec<&'static str>> {
+    let mut parts: Vec<(&'static str, [usize; 2])> = Vec::new();
+    if pooler {
+        parts.push(("pooler.dense", [hidden, hidden]));
+    }
+    if let Some(c) = classes {
+        parts.push(("classifier", [c, hidden]));
+    }
+    let mut taken = Vec::new();
+    let mut data = varmap.data().lock().expect("varmap lock");
+    for (part, [out, inp]) in parts {
+        let (w, b) = (format!("{part}.weight"), format!("{part}.bias"));
+        let fits = tensors.get(&w).is_some_and(|t| t.dims() == [out, inp])
+            && tensors.get(&b).is_some_and(|t| t.dims() == [out]);
+        if fits {
+            for k in [w, b] {
+                let t = tensors[&k].to_dtype(DType::F32)?.to_device(device)?;
+                data.insert(k, Var::from_tensor(&t)?);
+            }
+            taken.push(part);
+        }
+    }
+    Ok(taken)
 }
 
 /// Puts the encoder parameters of a pretrained model into `varmap` before the network is built, so the
@@ -53,7 +99,7 @@ pub fn preload(
     let mut wanted: Vec<(String, String, Option<usize>, String)> = Vec::new();
     for k in tensors.keys() {
         if let Some(rest) = k.strip_prefix("embeddings.") {
-            if rest != "position_ids" {
+            if rest != "position_ids" && rest != "token_type_ids" {
                 wanted.push((k.clone(), k.clone(), None, rest.to_string()));
             }
         }

@@ -5,14 +5,20 @@
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `arch` | `"bert"` | required |
-//! | `base` | pretrained model folder under the models dir: its `config.json` gives the shape, its `model.safetensors` the weights | `"all-MiniLM-L6-v2"` |
+//! | `base` | pretrained model folder under the models dir: its `config.json` gives the shape, its `model.safetensors` (or `pytorch_model.bin`) the weights, of a Hugging Face `BertModel` or `BertForSequenceClassification` (`bert.` prefix or not) | `"all-MiniLM-L6-v2"` |
 //! | `init` | `"pretrained"` (weights from `base`) or `"random"` (BERT's N(0, 0.02)) | `"pretrained"` |
 //! | `layers`, `hidden`, `heads`, `intermediate` | override `base`'s shape (a pretrained init needs `base`'s number of heads; a smaller `intermediate` or `hidden` keeps the largest-norm units, magnitude width pruning: see [`bert::preload`]) | `base`'s |
 //! | `init_layers` | which of `base`'s layers a pretrained student takes, e.g. `[0, 2, 4]` | evenly spaced: `⌊i·L/l⌋` |
-//! | `pooling` | `"mean"` (over real tokens) or `"cls"` | `"mean"` |
+//! | `pooling` | `"mean"` (over real tokens), `"cls"`, or `"pooler"` (Hugging Face's `BertForSequenceClassification` head: the `[CLS]` state through `pooler.dense` and tanh, then dropout and `classifier`) | `"mean"` |
 //! | `dropout` | hidden and attention dropout | `base`'s (0.1) |
 //! | `freeze_layers` | also keep the embeddings and the first N pretrained layers fixed (no backward below them) | `0` |
 //! | `freeze_embeddings` | keep the pretrained word/position/type tables fixed (they are half of MiniLM's parameters) | `false` |
+//!
+//! With `init = "pretrained"` the network also takes `base`'s `pooler.dense` (with `pooling = "pooler"`) and
+//! `classifier` (for a classification task) when the checkpoint has them in the shapes it needs: a fine-tuned
+//! Hugging Face classifier then gives its own logits. A checkpoint loaded through `teacher.pretrained` /
+//! `student.pretrained` may hold a pooler or a classifier that the network leaves out by configuration
+//! (mean or CLS pooling, an embedding task): those are ignored, not unexpected ([`Network::import_rules`]).
 //!
 //! Outputs: `logits` (`[B, classes]`, or `[B, 2·H]` pair embeddings for a similarity task), and the features
 //! `embeddings`, `hidden.1` … `hidden.L` (`[B, T, H]` sequences), `attn.1` … `attn.L` (`[B, heads, T, T]`),
@@ -30,11 +36,17 @@ use distill_core::{Error, FeatureKind, Mode, Network, Outputs, Result};
 use distill_nn::init::seeded_var_builder;
 use serde::Deserialize;
 
-use bert::{dense, mean_pool, preload, read_pretrained, shape_error, Bert, BertConfig};
+use bert::{
+    dense, mean_pool, preload, preload_head, read_pretrained, shape_error, Bert, BertConfig,
+};
 use distill_nn::layers::Linear as Dense;
+use distill_nn::state_dict::weights_file;
 
 /// Architectures this plugin builds.
 pub const ARCHS: &[&str] = &["bert"];
+
+/// The `pooling` choices.
+pub const POOLINGS: &[&str] = &["mean", "cls", "pooler"];
 
 /// A recipe's `model` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +70,7 @@ pub struct ModelSpec {
     pub intermediate: Option<usize>,
     /// Teacher layers a pretrained student starts from.
     pub init_layers: Option<Vec<usize>>,
-    /// `"mean"` or `"cls"`.
+    /// `"mean"`, `"cls"` or `"pooler"`.
     #[serde(default = "default_pooling")]
     pub pooling: String,
     /// Dropout probability (hidden and attention).
@@ -128,10 +140,10 @@ impl ModelSpec {
                 "only makes sense with init = \"pretrained\"",
             ));
         }
-        if !["mean", "cls"].contains(&s.pooling.as_str()) {
+        if !POOLINGS.contains(&s.pooling.as_str()) {
             return Err(Error::config(
                 "model.pooling",
-                format!("`{}` is not one of: mean, cls", s.pooling),
+                format!("`{}` is not one of: {}", s.pooling, POOLINGS.join(", ")),
             ));
         }
         Ok(s)
@@ -199,12 +211,22 @@ pub fn default_init_layers(l: usize, big: usize) -> Vec<usize> {
     (0..l).map(|i| i * big / l.max(1)).collect()
 }
 
+/// How token states become one vector per sentence.
+enum Pooling {
+    /// The mean over real tokens.
+    Mean,
+    /// The `[CLS]` state.
+    Cls,
+    /// The `[CLS]` state through `pooler.dense` and tanh (Hugging Face's `BertPooler`).
+    Pooler(Dense),
+}
+
 /// A BERT encoder, pooling and head.
 pub struct TextNet {
     bert: Bert,
     head: Option<Dense>,
     kind: Head,
-    cls_pooling: bool,
+    pooling: Pooling,
     varmap: VarMap,
     desc: String,
 }
@@ -220,15 +242,16 @@ pub fn build_model(
 ) -> Result<TextNet> {
     let (cfg, base) = spec.config(models_dir)?;
     let varmap = VarMap::new();
-    let weights = base.join("model.safetensors");
+    let mut weights = base.join("model.safetensors");
+    let mut head_from = Vec::new();
     if spec.init == "pretrained" {
-        if !weights.exists() {
-            return Err(Error::data(
+        weights = weights_file(&base).map_err(|_| {
+            Error::data(
                 &weights,
-                "not found (model.init = \"pretrained\" reads the weights of model.base from the models dir: \
-                 --models-dir or $DISTILL_MODELS)",
-            ));
-        }
+                "not found, nor pytorch_model.bin beside it (model.init = \"pretrained\" reads the weights of \
+                 model.base from the models dir: --models-dir or $DISTILL_MODELS)",
+            )
+        })?;
         let tensors = read_pretrained(&weights)?;
         let base_layers = tensors
             .keys()
@@ -246,6 +269,18 @@ pub fn build_model(
             .clone()
             .unwrap_or_else(|| default_init_layers(cfg.num_hidden_layers, base_layers));
         preload(&varmap, &tensors, &cfg, &layers, &weights, device)?;
+        let classes = match head {
+            Head::Classify(c) => Some(c),
+            Head::Embed => None,
+        };
+        head_from = preload_head(
+            &varmap,
+            &tensors,
+            cfg.hidden_size,
+            spec.pooling == "pooler",
+            classes,
+            device,
+        )?;
     } else if spec.init_layers.is_some() {
         return Err(Error::config(
             "model.init_layers",
@@ -276,6 +311,15 @@ pub fn build_model(
         Head::Classify(c) => Some(dense(cfg.hidden_size, c, vb.pp("classifier"))?),
         Head::Embed => None,
     };
+    let pooling = match spec.pooling.as_str() {
+        "cls" => Pooling::Cls,
+        "pooler" => Pooling::Pooler(dense(
+            cfg.hidden_size,
+            cfg.hidden_size,
+            vb.pp("pooler.dense"),
+        )?),
+        _ => Pooling::Mean,
+    };
     let enc_params = cfg.embedding_params() + cfg.layer_params();
     let desc = format!(
         "bert {}L-{}H-{}A-{}I{} ({:.1}M encoder params, {:.1}M in layers), {} pooling, {}",
@@ -284,7 +328,12 @@ pub fn build_model(
         cfg.num_attention_heads,
         cfg.intermediate_size,
         if spec.init == "pretrained" {
-            format!(" from {}", spec.base.display())
+            let head = if head_from.is_empty() {
+                String::new()
+            } else {
+                format!(" with its {}", head_from.join(" and "))
+            };
+            format!(" from {}{head}", spec.base.display())
         } else {
             String::new()
         },
@@ -300,7 +349,7 @@ pub fn build_model(
         bert,
         head: head_layer,
         kind: head,
-        cls_pooling: spec.pooling == "cls",
+        pooling,
         varmap,
         desc,
     })
@@ -337,10 +386,10 @@ impl Network for TextNet {
         };
         let enc = self.bert.forward(&ids, mode, "bert")?;
         let last = enc.hidden.last().expect("at least the embeddings");
-        let pooled = if self.cls_pooling {
-            last.narrow(1, 0, 1)?.squeeze(1)?
-        } else {
-            mean_pool(last, &enc.mask)?
+        let pooled = match &self.pooling {
+            Pooling::Mean => mean_pool(last, &enc.mask)?,
+            Pooling::Cls => last.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Pooler(d) => d.forward(&last.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?,
         };
         let logits = match (&self.head, pairs) {
             (Some(h), _) => {
@@ -390,5 +439,22 @@ impl Network for TextNet {
 
     fn describe(&self) -> String {
         self.desc.clone()
+    }
+
+    /// A Hugging Face checkpoint's pooler and classifier are ignored when this network has none (mean or
+    /// CLS pooling; a sentence-embedding head), and so are BERT's pre-training heads (`cls.predictions`,
+    /// `cls.seq_relationship`, in `bert-base-uncased`'s own checkpoint).
+    fn import_rules(&self) -> distill_core::network::ImportRules {
+        let mut unused = vec!["cls.".to_string()];
+        if !matches!(self.pooling, Pooling::Pooler(_)) {
+            unused.push("pooler.".to_string());
+        }
+        if self.head.is_none() {
+            unused.push("classifier.".to_string());
+        }
+        distill_core::network::ImportRules {
+            unused_prefixes: unused,
+            ..Default::default()
+        }
     }
 }

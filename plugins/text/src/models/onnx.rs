@@ -4,31 +4,18 @@
 //! `tokenizer.json`, as `crate::data` tokenises: `[CLS] … [SEP]`, then `[PAD]` = 0; the mask is 1 for a real
 //! token and 0 for padding — the network itself derives it as `input_ids != 0`, so pass exactly that).
 //! Token types are all 0. Output `logits`: the classifier's `[batch, classes]`, or for an embedding model
-//! the pooled sentence embedding `[batch, hidden]` (mean over real tokens, or `[CLS]`); a sentence pair is
+//! the pooled sentence embedding `[batch, hidden]` (mean over real tokens, `[CLS]`, or `[CLS]` through
+//! `pooler.dense` and tanh); a sentence pair is
 //! two rows. The graph is the eval-mode forward pass (no dropout).
 
-use distill_core::{Error, Result};
+use distill_core::Result;
 use distill_nn::onnx::{self, Dim, Elem, Graph};
 
-use super::{Head, TextNet};
+use super::{Head, Pooling, TextNet};
 
 impl TextNet {
     /// The encoder, pooling and head.
     pub(super) fn emit_onnx(&self, g: &mut Graph) -> Result<()> {
-        // Hugging Face's pooler (`pooling = "pooler"`: CLS -> dense -> tanh) has no export here yet.
-        if self
-            .varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .keys()
-            .any(|k| k.starts_with("pooler."))
-        {
-            return Err(Error::config(
-                "model.pooling",
-                "ONNX export of `pooling = \"pooler\"` is not supported yet (mean and cls are)",
-            ));
-        }
         g.set_doc(
             "input_ids: [batch, tokens] int64 WordPiece ids ([CLS] ... [SEP], [PAD] = 0); attention_mask: \
              [batch, tokens] int64, 1 for real tokens and 0 for padding (input_ids != 0); logits: \
@@ -38,10 +25,14 @@ impl TextNet {
         let ids = g.input("input_ids", Elem::I64, &dims)?;
         let mask = g.input("attention_mask", Elem::I64, &dims)?;
         let enc = self.bert.onnx(g, &ids, &mask)?;
-        let pooled = if self.cls_pooling {
-            onnx::cls_pool(g, &enc.hidden)?
-        } else {
-            onnx::mean_pool(g, &enc.hidden, &enc.mask)?
+        let pooled = match &self.pooling {
+            Pooling::Mean => onnx::mean_pool(g, &enc.hidden, &enc.mask)?,
+            Pooling::Cls => onnx::cls_pool(g, &enc.hidden)?,
+            Pooling::Pooler(d) => {
+                let cls = onnx::cls_pool(g, &enc.hidden)?;
+                let dense = d.onnx(g, &cls)?;
+                g.op("Tanh", &[dense.as_str()], &[], "pooler.tanh")?
+            }
         };
         let (out, width) = match (&self.head, self.kind) {
             (Some(h), Head::Classify(c)) => (h.onnx(g, &pooled)?, c),

@@ -98,6 +98,15 @@ impl Network for LeNet5 {
         self.emit_onnx(g)
     }
 
+    /// `nn.Sequential(Conv2d, ReLU, MaxPool2d, Conv2d, ReLU, MaxPool2d, Flatten, Linear, ReLU, Linear)`:
+    /// the numbered modules with parameters are `conv1`, `conv2`, `fc1`, `fc2` in order.
+    fn import_rules(&self) -> distill_core::network::ImportRules {
+        distill_core::network::ImportRules {
+            sequential: Some(["conv1", "conv2", "fc1", "fc2"].map(String::from).to_vec()),
+            ..Default::default()
+        }
+    }
+
     fn describe(&self) -> String {
         let [c, h, w] = self.input;
         format!(

@@ -111,6 +111,15 @@ impl Network for Mlp {
         self.emit_onnx(g)
     }
 
+    /// An MLP written in PyTorch as `nn.Sequential(nn.Flatten(), nn.Linear(..), nn.ReLU(), ...)` has
+    /// numbered names: its Linear layers are `fc1`, `fc2`, … in order.
+    fn import_rules(&self) -> distill_core::network::ImportRules {
+        distill_core::network::ImportRules {
+            sequential: Some((1..self.sizes.len()).map(|i| format!("fc{i}")).collect()),
+            ..Default::default()
+        }
+    }
+
     fn describe(&self) -> String {
         let sizes: Vec<String> = self.sizes.iter().map(|s| s.to_string()).collect();
         let mut d = format!("mlp {}", sizes.join("-"));

@@ -1,4 +1,9 @@
-//! Image-classification networks: [`mlp`], [`lenet`] and the CIFAR ResNet / WideResNet family ([`resnet`]).
+//! Image-classification networks: [`mlp`], [`lenet`], the CIFAR ResNet / WideResNet family ([`resnet`]) and
+//! torchvision's ImageNet ResNets ([`torchvision`]).
+//!
+//! Parameter names are PyTorch's (torchvision's, mdistiller's), so a PyTorch state dict of the same
+//! architecture loads as a teacher or a student (`teacher.pretrained`); `mlp` and `lenet5` also take the
+//! numbered names of an `nn.Sequential` ([`distill_core::Network::import_rules`]).
 //!
 //! Every model takes `[B, C, H, W]` f32 input (the MLP also accepts `[B, D]`), returns `[B, num_classes]`
 //! logits and exposes named intermediate features for feature-based distillation:
@@ -8,6 +13,7 @@
 //! | `mlp` | `hidden1` … `hidden{n}` (Vector, post-ReLU, pre-dropout), `penultimate` (= `hidden{n}`) |
 //! | `lenet5` | `conv1`, `conv2` (Map, post-ReLU and pooling), `penultimate` (Vector, the 500-unit layer) |
 //! | `resnet*`, `wrn-*` | `layer1`, `layer2`, `layer3` (Map, output of each stage), `penultimate` (Vector, pooled) |
+//! | `resnet18`, `resnet34`, `resnet50` | `layer1` … `layer4` (Map), `penultimate` (Vector, pooled) |
 //!
 //! Models are described in a recipe by a [`ModelSpec`] and built with [`build_model`]; parameters are
 //! created through [`distill_nn::init::seeded_var_builder`], so the same seed gives the same weights.
@@ -32,6 +38,7 @@ pub mod lenet;
 pub mod mlp;
 mod onnx;
 pub mod resnet;
+pub mod torchvision;
 
 use candle_core::Device;
 use distill_core::{Error, Network, Result};
@@ -53,6 +60,9 @@ pub const ARCHS: &[&str] = &[
     "wrn-16-2",
     "wrn-40-1",
     "wrn-40-2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
 ];
 
 /// Hidden layer sizes of an `mlp` whose spec gives none (the Hinton et al. 2015 MNIST teacher).
@@ -71,6 +81,8 @@ pub struct ModelSpec {
     pub dropout: Option<f64>,
     /// `mlp` only: dropout probability on the (flattened) input, in `[0, 1)` (default 0).
     pub input_dropout: Option<f64>,
+    /// `resnet18` / `resnet34` / `resnet50` only: the base width (default torchvision's 64).
+    pub width: Option<usize>,
 }
 
 impl ModelSpec {
@@ -81,6 +93,7 @@ impl ModelSpec {
             hidden: None,
             dropout: None,
             input_dropout: None,
+            width: None,
         }
     }
 
@@ -108,6 +121,20 @@ impl ModelSpec {
                     ),
                 ));
             }
+        }
+        match self.width {
+            Some(_) if !torchvision::NAMES.contains(&self.arch.as_str()) => {
+                return Err(Error::config(
+                    "model",
+                    format!(
+                        "`width` is only allowed for arch {}, not `{}`",
+                        torchvision::NAMES.join(", "),
+                        self.arch
+                    ),
+                ))
+            }
+            Some(0) => return Err(Error::config("model", "`width` must be at least 1")),
+            _ => {}
         }
         for (field, p) in [
             ("dropout", self.dropout),
@@ -181,7 +208,16 @@ pub fn build_model(
         }
         "lenet5" => Box::new(lenet::LeNet5::new(input, num_classes, seed, device)?),
         _ => {
-            if let Some(cfg) = resnet::ResNetConfig::by_name(arch) {
+            let width = spec.width.unwrap_or(torchvision::DEFAULT_WIDTH);
+            if let Some(cfg) = torchvision::TvResNetConfig::by_name(arch, width) {
+                Box::new(torchvision::TvResNet::new(
+                    &cfg,
+                    input,
+                    num_classes,
+                    seed,
+                    device,
+                )?)
+            } else if let Some(cfg) = resnet::ResNetConfig::by_name(arch) {
                 Box::new(resnet::ResNet::new(&cfg, input, num_classes, seed, device)?)
             } else if let Some(cfg) = resnet::WrnConfig::by_name(arch) {
                 Box::new(resnet::WideResNet::new(
@@ -274,6 +310,15 @@ mod tests {
         assert!(s.validate().is_err());
         s.hidden = Some(vec![5, 0]);
         assert!(s.validate().unwrap_err().to_string().contains("hidden[1]"));
+        let mut s = spec("resnet8");
+        s.width = Some(8);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("`width`") && err.contains("resnet18"), "{err}");
+        let mut s = spec("resnet50");
+        s.width = Some(0);
+        assert!(s.validate().unwrap_err().to_string().contains("at least 1"));
+        s.width = Some(4);
+        s.validate().unwrap();
     }
 
     #[test]
