@@ -219,6 +219,12 @@ fn image_case(name: &str, net: &dyn Network, shape: [usize; 3], seed: u64) -> Re
 fn vision_students_match_tract() -> Res<()> {
     use distill_vision::models::{build_model, ModelSpec};
     let dev = Device::Cpu;
+    // torchvision's ImageNet ResNets at a tiny width; odd sides exercise the padded stem max-pool's edges
+    let tv = |arch: &str| {
+        let mut s = ModelSpec::new(arch);
+        s.width = Some(if arch == "resnet18" { 4 } else { 2 });
+        s
+    };
     let mut mlp = ModelSpec::new("mlp");
     mlp.hidden = Some(vec![24, 16]);
     mlp.dropout = Some(0.5);
@@ -229,6 +235,8 @@ fn vision_students_match_tract() -> Res<()> {
         ("vision-resnet8", ModelSpec::new("resnet8"), [3, 12, 12]),
         ("vision-resnet8x4", ModelSpec::new("resnet8x4"), [3, 8, 8]),
         ("vision-wrn-16-1", ModelSpec::new("wrn-16-1"), [3, 12, 10]),
+        ("vision-resnet18-w4", tv("resnet18"), [3, 35, 33]),
+        ("vision-resnet50-w2", tv("resnet50"), [3, 33, 32]),
     ] {
         let net = build_model(&spec, shape, 7, 1, &dev)?;
         image_case(name, net.as_ref(), shape, 11)?;
@@ -343,6 +351,7 @@ fn bert_students_match_tract() -> Res<()> {
         ("text-bert-mean-classifier", "mean", Head::Classify(3)),
         ("text-bert-cls-classifier", "cls", Head::Classify(2)),
         ("text-bert-mean-embedding", "mean", Head::Embed),
+        ("text-bert-pooler-classifier", "pooler", Head::Classify(2)),
     ] {
         let table: toml::Table = toml::from_str(&format!(
             "arch = \"bert\"\nbase = \"tiny\"\ninit = \"random\"\npooling = \"{pooling}\"\ndropout = 0.2"

@@ -217,6 +217,39 @@ impl Network for TvResNet {
         self.flops
     }
 
+    /// `input` `[batch, C, H, W]` (normalised as in training) -> `logits`: conv1-bn1-relu, `MaxPool` 3x3 /2
+    /// with padding 1 (ONNX pads with -inf, ours with zeros after the ReLU: the same maxima), the stages,
+    /// `GlobalAveragePool`, fc.
+    fn to_onnx(&self, g: &mut distill_nn::onnx::Graph) -> Result<()> {
+        use distill_nn::onnx::{self, Attr};
+        g.set_doc(
+            "input: [batch, C, H, W] f32, the image normalised per channel as in training \
+             ((pixel / 255 - mean[c]) / std[c]); logits: [batch, classes]",
+        );
+        let x = onnx::input_f32(g, "input", &self.input)?;
+        let y = self.conv1.onnx(g, &x)?;
+        let y = self.bn1.onnx(g, &y, true)?;
+        let mut y = g.op(
+            "MaxPool",
+            &[y.as_str()],
+            &[
+                Attr::Ints("kernel_shape", vec![3, 3]),
+                Attr::Ints("strides", vec![2, 2]),
+                Attr::Ints("pads", vec![1, 1, 1, 1]),
+            ],
+            "maxpool",
+        )?;
+        for block in self.stages.iter().flatten() {
+            y = match block {
+                Block::Basic(b) => b.onnx(g, &y)?,
+                Block::Bottleneck(b) => b.onnx(g, &y)?,
+            };
+        }
+        let y = onnx::global_avg_pool(g, &y, "pool")?;
+        let y = self.fc.onnx(g, &y)?;
+        onnx::output_f32(g, &y, "logits", &[self.num_classes])
+    }
+
     fn describe(&self) -> String {
         let [c, h, w] = self.input;
         let b = self.cfg.blocks;
