@@ -823,3 +823,98 @@ losses = [{ name = "heatmap-kd", temperature = 2.0, weight = 1.0 }]
     }
     assert_eq!(n, dets.len());
 }
+
+/// Copies `tests/fixtures/interop/e2e` (made by `scripts/interop/make_e2e_fixture.py`): a synthetic sentiment
+/// set and a `BertForSequenceClassification` fine-tuned on it with transformers.
+fn e2e_fixture(t: &Path) -> PathBuf {
+    let fx = root().join("tests/fixtures/interop/e2e");
+    copy_dir(&fx.join("data"), &t.join("data/toy"));
+    copy_dir(&fx.join("tiny-bert-clf"), &t.join("models/tiny-bert-clf"));
+    t.join("models")
+}
+
+const E2E_RECIPE: &str = r#"
+name = "e2e-hf-teacher"
+plugin = "text"
+dataset = "tsv-classification"
+seeds = [0]
+
+[data]
+batch_size = 16
+eval_batch_size = 64
+validation = 40
+options = { root = "toy", num_classes = 2, model = "tiny-bert-clf", max_len = 32 }
+
+[teacher]
+model = { arch = "bert", base = "tiny-bert-clf", init = "random", pooling = "pooler" }
+epochs = 0
+optimizer = { kind = "adamw", lr = 1e-3 }
+pretrained = "tiny-bert-clf"
+
+[student]
+model = { arch = "bert", base = "tiny-bert-clf", init = "random", layers = 1, hidden = 16, heads = 2, intermediate = 32, pooling = "pooler" }
+epochs = 3
+optimizer = { kind = "adamw", lr = 3e-3 }
+
+[distill]
+losses = [{ name = "kd", temperature = 2.0, weight = 0.5 }, { name = "task", weight = 0.5 }]
+"#;
+
+/// The issue's end-to-end path: a classifier fine-tuned with transformers is the teacher as it is (no teacher
+/// training), `distill run` distils it, the student is exported to ONNX, and `distill predict` on the ONNX file
+/// gives the top-1 of the student inside distill on every test sentence.
+#[test]
+fn hf_teacher_to_onnx_student_predicts_as_inside_distill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let models = e2e_fixture(t);
+    std::fs::write(t.join("r.toml"), E2E_RECIPE).unwrap();
+    let o = distill_command(t)
+        .args(["run", "r.toml", "--data-dir", "data", "--out", "out"])
+        .args(["--quiet", "--no-cache"])
+        .env("DISTILL_MODELS", &models)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // the teacher was loaded, not trained, and scores what transformers measured on the same test set
+    let report = read_value(&t.join("out/report.json"));
+    let teacher = &report["runs"][0]["teacher"];
+    let fixture = read_value(&models.join("tiny-bert-clf/fixture.json"));
+    let torch_acc = fixture["test_accuracy"].as_f64().unwrap();
+    assert_eq!(
+        teacher["metric"]["mean"].as_f64().unwrap(),
+        torch_acc,
+        "{teacher}"
+    );
+    assert_eq!(teacher["headline"], "pretrained", "{teacher}");
+    assert_eq!(
+        teacher["curves"],
+        serde_json::json!([[]]),
+        "no teacher epoch ran"
+    );
+
+    let o = distill_command(t)
+        .args(["export", "out", "--format", "onnx", "--to", "student"])
+        .env("DISTILL_MODELS", &models)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let test: Vec<String> = std::fs::read_to_string(t.join("data/toy/test.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit_once('\t').unwrap().0.to_string())
+        .collect();
+    assert_eq!(test.len(), 64);
+    let doc = predict_lines(t, "student", &test, &["--top-k", "2"]);
+    assert_eq!(doc["format"], "onnx");
+    let x = test_batch(
+        &distill_text::TextPlugin,
+        &t.join("out"),
+        &t.join("data"),
+        &models,
+        test.len(),
+    );
+    let probs = reference(&distill_text::TextPlugin, &t.join("out"), &models, &x);
+    check_predictions(&doc, &test, &probs, 2, 1e-4);
+}
