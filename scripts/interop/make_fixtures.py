@@ -6,7 +6,7 @@ inputs and PyTorch's eval-mode outputs, so the Rust tests compare distill's forw
 
 * ``resnet18-w2.{pth,safetensors}``: a torchvision ResNet-18 (module names exactly torchvision's) of base
   width 2 instead of 64, 10 classes; ``resnet50-w2.safetensors``: the same for ResNet-50 (Bottlenecks).
-* ``resnet8.pth``: mdistiller's CIFAR ``resnet8`` (widths 16/16-32-64, ``downsample.0/1``), 10 classes.
+* ``resnet8.{pth,safetensors}``: mdistiller's CIFAR ``resnet8`` (widths 16/16-32-64, ``downsample.0/1``), 10 classes.
 * ``mlp-seq.{pth,safetensors}``: ``nn.Sequential(Flatten, Linear(64, 32), ReLU, Linear(32, 16), ReLU,
   Linear(16, 10))`` (keys ``1.*``, ``3.*``, ``5.*``); ``mlp-seq-bf16.pth``: its bfloat16 copy;
   ``mlp-checkpoint.pth``: a training checkpoint ``{"epoch", "state_dict", "optimizer"}`` of the same MLP
@@ -240,8 +240,7 @@ def vision(ref, gen):
         sd = state(model)
         if name != "resnet50-w2":
             save_pth(sd, f"{name}.pth")
-        if name != "resnet8":
-            save_st(sd, f"{name}.safetensors")
+        save_st(sd, f"{name}.safetensors")
     # a width-64 copy of the module has torchvision's own keys and shapes, where torchvision is installed
     try:
         import torchvision

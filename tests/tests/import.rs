@@ -89,6 +89,13 @@ fn vision_logits_equal_pytorch_in_both_formats() {
             "image",
             "resnet8",
         ),
+        (
+            "arch = \"resnet8\"",
+            [3, 32, 32],
+            "resnet8.safetensors",
+            "image",
+            "resnet8",
+        ),
         // an nn.Sequential MLP: numbered names mapped in order
         (
             "arch = \"mlp\"\nhidden = [32, 16]",

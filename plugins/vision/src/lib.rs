@@ -3,7 +3,8 @@
 //! Data: MNIST (IDX, raw or gzip), CIFAR-10/100 (binary), and an image-folder loader for your own images
 //! (`root/train/CLASS/*.png|jpg` and `root/test/CLASS/...`). Augmentation: `jitterN` (±N px translation),
 //! `crop-flip` (CIFAR). Models: MLP, a LeNet-style CNN and the CIFAR ResNet family of the KD literature
-//! (resnet8x4, resnet32x4, resnet20/56/110, wrn-40-2, wrn-16-2). Metrics: top-1 (headline), top-5, errors.
+//! (resnet8x4, resnet32x4, resnet20/56/110, wrn-40-2, wrn-16-2), and torchvision's ImageNet ResNets
+//! (resnet18/34/50, with a `width` option) so a torchvision checkpoint is a teacher as is. Metrics: top-1 (headline), top-5, errors.
 //! Distillation losses are distill-core's (KD, DKD, FitNets, AT, SP, RKD).
 //!
 //! ```
