@@ -96,21 +96,26 @@ pub fn run_outcome(dir: &Path) -> Vec<(String, f64, Vec<f64>)> {
         .collect()
 }
 
-/// `distill run r.toml --data-dir data --out out --quiet --no-cache` in `cwd`: the layout the tests write.
+/// `distill run r.toml --data-dir data --out out --quiet --no-cache` in `cwd` (the layout the tests write),
+/// as a command a test may add to (e.g. a models dir in the environment).
+pub fn run_command(cwd: &Path) -> Command {
+    let mut c = distill_command(cwd);
+    c.args([
+        "run",
+        "r.toml",
+        "--data-dir",
+        "data",
+        "--out",
+        "out",
+        "--quiet",
+        "--no-cache",
+    ]);
+    c
+}
+
+/// [`run_command`], run.
 pub fn run_in(cwd: &Path) -> Output {
-    distill(
-        cwd,
-        &[
-            "run",
-            "r.toml",
-            "--data-dir",
-            "data",
-            "--out",
-            "out",
-            "--quiet",
-            "--no-cache",
-        ],
-    )
+    run_command(cwd).output().expect("run distill")
 }
 
 /// Writes an IDX file (big-endian header; `dims` after the magic), optionally gzip-compressed.

@@ -486,17 +486,7 @@ fn text_run(t: &Path) -> PathBuf {
     write_tiny_bert(&models);
     write_sentences(&t.join("data"));
     std::fs::write(t.join("r.toml"), TEXT_RECIPE).unwrap();
-    let o = distill_command(t)
-        .args([
-            "run",
-            "r.toml",
-            "--data-dir",
-            "data",
-            "--out",
-            "out",
-            "--quiet",
-            "--no-cache",
-        ])
+    let o = run_command(t)
         .env("DISTILL_MODELS", &models)
         .output()
         .unwrap();
@@ -869,9 +859,7 @@ fn hf_teacher_to_onnx_student_predicts_as_inside_distill() {
     let t = tmp.path();
     let models = e2e_fixture(t);
     std::fs::write(t.join("r.toml"), E2E_RECIPE).unwrap();
-    let o = distill_command(t)
-        .args(["run", "r.toml", "--data-dir", "data", "--out", "out"])
-        .args(["--quiet", "--no-cache"])
+    let o = run_command(t)
         .env("DISTILL_MODELS", &models)
         .output()
         .unwrap();
