@@ -7,8 +7,6 @@ use std::{
     process::{Command, Output},
 };
 
-
-pub mod upstream;
 /// The target dir and the profile the tests were built with (the test executable lives in
 /// `target/<profile>/deps/`).
 pub fn target_profile() -> (PathBuf, String) {
