@@ -18,7 +18,7 @@ use distill_core::{
 use distill_registry::Registry;
 
 use crate::cards::write_cards;
-use crate::dirs::{check_data_dir, device, dir_from, Dirs};
+use crate::dirs::{check_data_dir, data_dir, device, dir_from, Dirs};
 use crate::plugins::find_plugin;
 use crate::report_cmd::{fmt_secs, summary_table, write_bench_report};
 use crate::speed::{SpeedOptions, WORKLOADS};
@@ -96,7 +96,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// The options of `--speed` (and of a `--speed-worker`).
     pub fn speed_options(&self) -> Result<SpeedOptions> {
-        let data_dir = dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
+        let data_dir = data_dir(&self.dirs.data_dir);
         check_data_dir(&data_dir)?;
         Ok(SpeedOptions {
             workloads: self
@@ -113,7 +113,7 @@ impl BenchArgs {
 
     /// Resolves directories and the device.
     pub fn into_options(self) -> Result<BenchOptions> {
-        let data_dir = dir_from(&self.dirs.data_dir, "DISTILL_DATA", "datasets");
+        let data_dir = data_dir(&self.dirs.data_dir);
         check_data_dir(&data_dir)?;
         if !["local", "slurm"].contains(&self.executor.as_str()) {
             bail!("--executor {}: expected local or slurm", self.executor);
@@ -134,6 +134,7 @@ impl BenchArgs {
                 Some(dir_from(&self.cache_dir, "DISTILL_CACHE", ".distill-cache"))
             },
             quiet: self.quiet,
+            fetch: self.dirs.fetch,
             data_dir,
             models_dir: dir_from(&self.dirs.models_dir, "DISTILL_MODELS", "models"),
             device: (self.dirs.device.clone(), device(&self.dirs.device)?),
@@ -231,6 +232,11 @@ fn cpu_model() -> Option<String> {
 pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String>) -> Result<()> {
     let started = Instant::now();
     let runs = plan(reg, &opts.suite, opts.plugins.as_deref(), opts.seeds)?;
+    let datasets: std::collections::BTreeSet<&str> =
+        runs.iter().map(|r| r.recipe.dataset.as_str()).collect();
+    for ds in datasets {
+        crate::data::ensure_dataset(&opts.data_dir, ds, opts.fetch)?;
+    }
     let out = default_out(&opts);
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
 

@@ -9,9 +9,13 @@ use clap::Args;
 /// `--data-dir`, `--models-dir` and `--device`.
 #[derive(Args, Clone)]
 pub struct Dirs {
-    /// Data dir (default: $DISTILL_DATA, else datasets/).
+    /// Data dir (default: $DISTILL_DATA, else data/).
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Fetch a recipe's data set from its public source first when it is not in the data dir
+    /// (`distill data fetch NAME`).
+    #[arg(long, global = true)]
+    pub fetch: bool,
     /// Pretrained-models dir (default: $DISTILL_MODELS, else models/).
     #[arg(long, global = true)]
     pub models_dir: Option<PathBuf>,
@@ -42,6 +46,11 @@ pub fn dir_from(flag: &Option<PathBuf>, env: &str, default: &str) -> PathBuf {
     flag.clone()
         .or_else(|| std::env::var_os(env).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// The data dir: `flag`, else `$DISTILL_DATA`, else `data/`.
+pub fn data_dir(flag: &Option<PathBuf>) -> PathBuf {
+    dir_from(flag, "DISTILL_DATA", "data")
 }
 
 /// Checks that the data dir exists; the error says how to set or fill it.

@@ -17,7 +17,7 @@ use distill_core::{
 use distill_registry::Registry;
 
 use crate::cards::Card;
-use crate::dirs::{device, dir_from, Dirs};
+use crate::dirs::{data_dir, device, dir_from, Dirs};
 use crate::plugins::find_plugin;
 
 /// What `distill export` is asked.
@@ -139,7 +139,7 @@ pub fn cmd_export(reg: &Registry, a: &ExportArgs, dirs: &Dirs) -> Result<()> {
         toml::from_str(&card.model).with_context(|| format!("{}: `model`", card_path.display()))?;
     let plugin = find_plugin(reg, &card.plugin)
         .with_context(|| format!("{}: `plugin`", card_path.display()))?;
-    let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
+    let data_dir = data_dir(&dirs.data_dir);
     let models_dir = dir_from(&dirs.models_dir, "DISTILL_MODELS", "models");
     let device = device(&dirs.device)?;
     let stage = Staging::beside(&a.to)?;

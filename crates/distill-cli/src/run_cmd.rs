@@ -8,7 +8,7 @@ use distill_core::{checkpoint::read_json, recipe::Recipe, report::Report, RunCon
 use distill_registry::Registry;
 
 use crate::cards::{write_cards, Card};
-use crate::dirs::{check_data_dir, device, dir_from, Dirs};
+use crate::dirs::{check_data_dir, data_dir, device, dir_from, Dirs};
 use crate::plugins::find_plugin;
 use crate::run_markdown::write_report;
 
@@ -48,7 +48,8 @@ pub fn cmd_run(
     }
     let plugin = find_plugin(reg, &recipe.plugin)
         .with_context(|| format!("{}: `plugin`", recipe_path.display()))?;
-    let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
+    let data_dir = data_dir(&dirs.data_dir);
+    crate::data::ensure_dataset(&data_dir, &recipe.dataset, dirs.fetch)?;
     check_data_dir(&data_dir)?;
     let out_dir = out.unwrap_or_else(|| {
         PathBuf::from("runs").join(if quick {
@@ -93,7 +94,7 @@ pub fn cmd_check(reg: &Registry, recipe: &Path, quick: bool) -> Result<()> {
     let plugin =
         find_plugin(reg, &r.plugin).with_context(|| format!("{}: `plugin`", recipe.display()))?;
     // no data is read; the models dir serves networks built on pretrained configs
-    let mut ctx = RunContext::new(dir_from(&None, "DISTILL_DATA", "datasets"), ".");
+    let mut ctx = RunContext::new(data_dir(&None), ".");
     ctx.models_dir = dir_from(&None, "DISTILL_MODELS", "models");
     // an error located in the recipe file already names it
     let file = recipe.display().to_string();
@@ -131,7 +132,7 @@ pub fn cmd_eval(reg: &Registry, checkpoint: &Path, dirs: &Dirs) -> Result<()> {
     })?;
     let recipe = Recipe::parse(&card.recipe_toml, &card_path.display().to_string(), false)?;
     let plugin = find_plugin(reg, &card.plugin)?;
-    let data_dir = dir_from(&dirs.data_dir, "DISTILL_DATA", "datasets");
+    let data_dir = data_dir(&dirs.data_dir);
     check_data_dir(&data_dir)?;
     let ctx = RunContext {
         device: device(&dirs.device)?,

@@ -264,6 +264,8 @@ pub struct BenchOptions {
     pub quiet: bool,
     /// Data dir.
     pub data_dir: PathBuf,
+    /// Fetch a missing data set of a planned recipe first (`--fetch`).
+    pub fetch: bool,
     /// Models dir.
     pub models_dir: PathBuf,
     /// Device name and device.
