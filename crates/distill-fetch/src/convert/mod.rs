@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 
 pub mod coco128;
 pub mod fsdd;
+pub mod pickle;
 pub mod planetoid;
 pub mod text;
 
