@@ -519,9 +519,9 @@ mod tests {
         let card = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/cora/dataset.toml");
         let card: toml::Value = toml::from_str(&std::fs::read_to_string(&card).unwrap()).unwrap();
         let sources = card
-            .get("source")
+            .get("upstream")
             .and_then(|s| s.as_array())
-            .expect("[[source]]");
+            .expect("[[upstream]]");
         let names: Vec<&str> = sources
             .iter()
             .map(|s| s.get("name").and_then(|n| n.as_str()).expect("name"))

@@ -303,9 +303,9 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/coco128/dataset.toml");
         let card: toml::Value = toml::from_str(&fs::read_to_string(&card_path).unwrap()).unwrap();
         let sources = card
-            .get("source")
+            .get("upstream")
             .and_then(|s| s.as_array())
-            .expect("card has [[source]]");
+            .expect("card has [[upstream]]");
         let mut card_names = Vec::new();
         for s in sources {
             let name = s["name"].as_str().unwrap();
@@ -336,7 +336,7 @@ mod tests {
         card_names.sort();
         assert_eq!(
             written_sources, card_names,
-            "card [[source]] names vs files written"
+            "card [[upstream]] names vs files written"
         );
 
         // The directly downloaded files go to out/ (as the fetcher leaves them); the sources stay in mirror/.

@@ -12,3 +12,18 @@ pub mod coco128;
 pub mod fsdd;
 pub mod planetoid;
 pub mod text;
+
+use std::path::Path;
+
+/// Writes the upstream-format copy of the prepared data set `name` (a built-in card with a conversion) into
+/// `mirror` (= MIRROR/NAME/); returns the sources not byte-identical to the real upstream files.
+pub fn write_upstream(name: &str, prepared: &Path, mirror: &Path) -> anyhow::Result<Vec<String>> {
+    match name {
+        "cora" => planetoid::write_upstream(prepared, mirror),
+        "fsdd" => fsdd::write_upstream(prepared, mirror),
+        "coco128" => coco128::write_upstream(prepared, mirror),
+        "sst2" => text::write_sst2(prepared, mirror),
+        "stsb" => text::write_stsb(prepared, mirror),
+        other => anyhow::bail!("no upstream-copy writer for `{other}`"),
+    }
+}
