@@ -7,6 +7,8 @@ use std::{
     process::{Command, Output},
 };
 
+pub mod http;
+
 /// The target dir and the profile the tests were built with (the test executable lives in
 /// `target/<profile>/deps/`).
 pub fn target_profile() -> (PathBuf, String) {
