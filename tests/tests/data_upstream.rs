@@ -385,3 +385,60 @@ fn cifar10_tarball_unpacked_into_the_data_set_with_a_manifest() {
         stdout(&o)
     );
 }
+
+/// `distill run` on a recipe whose data set is missing names the fetch to run; with `--fetch` it fetches the
+/// data set first (here from a loopback mirror of MNIST's published files) and then trains on it.
+#[test]
+fn run_names_the_missing_data_set_and_fetch_gets_it_first() {
+    let Some(prepared) = shared("mnist") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = tmp.path().join("mirror/mnist");
+    std::fs::create_dir_all(&mirror).unwrap();
+    for e in std::fs::read_dir(&prepared).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".gz") {
+            std::fs::copy(e.path(), mirror.join(e.file_name())).unwrap();
+        }
+    }
+    let server = Server::start(&tmp.path().join("mirror"), Mode::Files);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("r.toml"), distill_tests::tiny_recipe(1)).unwrap();
+
+    let o = distill_tests::run_command(&work)
+        .env_remove("DISTILL_DATA")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("data set `mnist` not found in data")
+            && err.contains("distill data fetch mnist --data-dir data")
+            && err.contains("--fetch"),
+        "{err}"
+    );
+    assert!(!work.join("data/mnist").exists());
+
+    let o = distill_tests::run_command(&work)
+        .arg("--fetch")
+        .env_remove("DISTILL_DATA")
+        .env("DISTILL_DATA_MIRROR", &server.url)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mnist: not in data; fetching it"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(work.join("out/report.json").is_file());
+    let o = data(&[
+        "verify",
+        "mnist",
+        "--data-dir",
+        work.join("data").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
