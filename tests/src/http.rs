@@ -1,6 +1,7 @@
 //! A loopback HTTP/1.1 file server for the fetch tests (std::net, one thread per connection): it serves a
 //! folder, honours `Range: bytes=N-`, and can misbehave on purpose (truncate, stall, send an HTML page,
-//! refuse ranges, trickle bytes slowly so that a test can kill a fetch part way).
+//! refuse ranges, trickle bytes slowly so that a test can kill a fetch part way) — and the commands and
+//! checksums the fetch tests share.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -200,4 +201,51 @@ fn serve(
     let _ = stream.shutdown(std::net::Shutdown::Write);
     log.lock().unwrap().push(record);
     None
+}
+
+/// `distill data ARGS`, with no data dir or mirror from the environment.
+pub fn data(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::distill_bin())
+        .arg("data")
+        .args(args)
+        .env_remove("DISTILL_DATA_MIRROR")
+        .env_remove("DISTILL_DATA")
+        .output()
+        .unwrap()
+}
+
+/// A file's sha256 by coreutils' `sha256sum`, independent of the code under test.
+pub fn sha256_file(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+/// The sha256 of `bytes` by coreutils.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+/// Copies the `.gz` files of a prepared MNIST folder into `mirror/mnist/` (MNIST's upstream files are the
+/// published gzip files themselves) and serves `mirror`.
+pub fn serve_mnist_copy(prepared: &Path, mirror: &Path) -> Server {
+    let dir = mirror.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(prepared).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".gz") {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    Server::start(mirror, Mode::Files)
 }

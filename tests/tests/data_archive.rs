@@ -18,29 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use distill_tests::http::{Mode, Server};
+use distill_tests::http::{data, sha256_bytes, sha256_file, Mode, Server};
 use distill_tests::{distill_bin, stderr, stdout};
-
-fn data(args: &[&str]) -> Output {
-    Command::new(distill_bin())
-        .arg("data")
-        .args(args)
-        .env_remove("DISTILL_DATA_MIRROR")
-        .env_remove("DISTILL_DATA")
-        .output()
-        .unwrap()
-}
-
-fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
-}
-
-fn sha256_bytes(tmp: &Path, bytes: &[u8]) -> String {
-    let p = tmp.join(".hash-me");
-    std::fs::write(&p, bytes).unwrap();
-    sha256_file(&p)
-}
 
 /// A card for data set `a` with one zip or tar.gz upstream unpacked into the data set, and the files it
 /// should give.
@@ -60,7 +39,7 @@ fn archive_card(
         card.push_str(&format!(
             "[[file]]\nname = \"{f}\"\nsize = {}\nsha256 = \"{}\"\n",
             bytes.len(),
-            sha256_bytes(tmp, bytes)
+            sha256_bytes(bytes)
         ));
     }
     let p = tmp.join("card.toml");

@@ -12,30 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use distill_tests::http::{Mode, Server};
-use distill_tests::{distill_bin, stderr, stdout};
-
-/// `distill data ARGS` with no mirror from the environment.
-fn data(args: &[&str]) -> Output {
-    std::process::Command::new(distill_bin())
-        .arg("data")
-        .args(args)
-        .env_remove("DISTILL_DATA_MIRROR")
-        .env_remove("DISTILL_DATA")
-        .output()
-        .unwrap()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    // the same digest the CLI uses, computed by coreutils to keep this independent of the code under test
-    let tmp = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tmp.path(), bytes).unwrap();
-    let out = std::process::Command::new("sha256sum")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
-}
+use distill_tests::http::{data, sha256_bytes as sha256_hex, Mode, Server};
+use distill_tests::{stderr, stdout};
 
 /// A one-file card for data set `name` in `dir`.
 fn card(dir: &Path, name: &str, file: &str, size: usize, sha: &str) -> PathBuf {
@@ -273,4 +251,70 @@ fn no_server_at_all_says_what_to_do_without_a_network() {
         "{err}"
     );
     assert!(!dd.join("d").exists());
+}
+
+#[test]
+fn a_folder_that_does_not_verify_is_replaced_and_kept_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (served, dd, bytes) = small_files(tmp.path());
+    let c = card(tmp.path(), "d", "f.bin", bytes.len(), &sha256_hex(&bytes));
+    std::fs::create_dir_all(dd.join("d")).unwrap();
+    std::fs::write(dd.join("d/f.bin"), b"damaged").unwrap();
+    std::fs::write(dd.join("d/my-notes.txt"), b"mine").unwrap();
+    let server = Server::start(&served, Mode::Files);
+    let o = fetch_small(&c, &dd, &server.url, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(dd.join("d/f.bin")).unwrap(), bytes);
+    let aside: Vec<PathBuf> = std::fs::read_dir(&dd)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("d.replaced-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(aside[0].join("my-notes.txt")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(std::fs::read(aside[0].join("f.bin")).unwrap(), b"damaged");
+    assert!(
+        stdout(&o).contains(&format!("it was moved to {}", aside[0].display())),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn bench_names_the_missing_data_sets_fetch_before_running_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dd, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    std::fs::create_dir_all(&dd).unwrap();
+    // from the project root (where the plugins' recipe lists point), with an empty data dir
+    let o = distill_tests::distill(
+        &distill_tests::root(),
+        &[
+            "bench",
+            "--data-dir",
+            dd.to_str().unwrap(),
+            "--no-cache",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "not found in {}: get it with `distill data fetch ",
+            dd.display()
+        )) && err.contains("--fetch"),
+        "{err}"
+    );
+    let ran = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(ran, 0, "a run started before the check");
 }

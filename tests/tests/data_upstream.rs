@@ -10,33 +10,16 @@
 //! under CI=true they fail without it, elsewhere they print a note and return.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
 };
 
-use distill_tests::http::{Mode, Server};
-use distill_tests::{distill_bin, root, stderr, stdout};
-
-fn data(args: &[&str]) -> Output {
-    Command::new(distill_bin())
-        .arg("data")
-        .args(args)
-        .env_remove("DISTILL_DATA_MIRROR")
-        .env_remove("DISTILL_DATA")
-        .output()
-        .unwrap()
-}
+use distill_tests::http::{data, serve_mnist_copy, sha256_file, Mode, Server};
+use distill_tests::{root, stderr, stdout};
 
 fn shared(name: &str) -> Option<PathBuf> {
     distill_data::testing::required_dir("DISTILL_DATA", Some(name), "the upstream fetch test")
         .map(|d| d.join(name))
-}
-
-/// sha256 by coreutils, independent of the code under test.
-fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
 }
 
 /// A fetched data set, for the checks after it.
@@ -250,15 +233,7 @@ fn mnist_from_the_published_gzip_files() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mirror = tmp.path().join("mirror/mnist");
-    std::fs::create_dir_all(&mirror).unwrap();
-    for e in std::fs::read_dir(&prepared).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().ends_with(".gz") {
-            std::fs::copy(e.path(), mirror.join(e.file_name())).unwrap();
-        }
-    }
-    let server = Server::start(&tmp.path().join("mirror"), Mode::Files);
+    let server = serve_mnist_copy(&prepared, &tmp.path().join("mirror"));
     let dd = tmp.path().join("data");
     let o = data(&[
         "fetch",
@@ -394,15 +369,7 @@ fn run_names_the_missing_data_set_and_fetch_gets_it_first() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mirror = tmp.path().join("mirror/mnist");
-    std::fs::create_dir_all(&mirror).unwrap();
-    for e in std::fs::read_dir(&prepared).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().ends_with(".gz") {
-            std::fs::copy(e.path(), mirror.join(e.file_name())).unwrap();
-        }
-    }
-    let server = Server::start(&tmp.path().join("mirror"), Mode::Files);
+    let server = serve_mnist_copy(&prepared, &tmp.path().join("mirror"));
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("r.toml"), distill_tests::tiny_recipe(1)).unwrap();

@@ -273,7 +273,8 @@ fn a_panic_in_a_plugin_is_an_error_not_a_crash() {
     let recipe = distill_tests::tiny_recipe(1)
         .replace("plugin = \"image-classification\"", "plugin = \"panicky\"");
     std::fs::write(d.join("r.toml"), recipe).unwrap();
-    std::fs::create_dir_all(d.join("data")).unwrap();
+    // the data set folder is there (empty): the plugin is called and panics before it reads any of it
+    std::fs::create_dir_all(d.join("data/mnist")).unwrap();
     let o = distill(
         d,
         &[

@@ -141,6 +141,13 @@ fn fetch_card(
             s.reused
         );
     }
+    if let Some(old) = &s.replaced {
+        println!(
+            "the previous {} did not verify; it was moved to {} (delete it once you no longer need it)",
+            root.display(),
+            old.display()
+        );
+    }
     if let Some(next) = &card.after_fetch {
         println!("next: {next}");
     }
@@ -154,9 +161,13 @@ pub fn ensure_dataset(data_dir: &Path, dataset: &str, do_fetch: bool) -> Result<
         return Ok(()); // not a card (the plugin reads the user's own folder), or there
     }
     if !do_fetch {
+        let where_ = if data_dir.is_dir() {
+            format!("in {}", data_dir.display())
+        } else {
+            format!("(the data dir {} does not exist)", data_dir.display())
+        };
         bail!(
-            "data set `{dataset}` not found in {}: get it with `distill data fetch {dataset}{}` (or rerun with --fetch), or point --data-dir / DISTILL_DATA at a folder that holds it",
-            data_dir.display(),
+            "data set `{dataset}` not found {where_}: get it with `distill data fetch {dataset}{}` (or rerun with --fetch), or point --data-dir / DISTILL_DATA at a folder that holds it",
             if std::env::var_os("DISTILL_DATA").is_some() {
                 String::new()
             } else {

@@ -13,8 +13,9 @@
 //!    lists name) is downloaded into `out/` and checked — or taken from an existing `DATA/NAME/` copy that
 //!    already matches the card;
 //! 3. the card's conversion writes the rest of `out/`;
-//! 4. every file in `out/` is checked against the card; only then is `DATA/NAME` (if any) moved aside and
-//!    `out/` renamed to `DATA/NAME`, and the staging folder removed.
+//! 4. every file in `out/` is checked against the card; only then is an old `DATA/NAME` (if any) moved to
+//!    `DATA/NAME.replaced-<secs>` (never deleted), `out/` renamed to `DATA/NAME`, and the staging folder
+//!    removed.
 //!
 //! A fetch killed at any point leaves `DATA/NAME` as it was (or absent), never half made; the next fetch
 //! resumes downloads from their `.part` files and redoes the unpacking and the conversion.
@@ -53,6 +54,8 @@ pub struct Summary {
     pub files: usize,
     /// The data set was complete already: nothing was done.
     pub already_complete: bool,
+    /// Where the previous folder (which did not verify) was moved, if there was one.
+    pub replaced: Option<PathBuf>,
 }
 
 /// The staging folder of data set `name`.
@@ -243,7 +246,7 @@ pub fn fetch(card: &Card, data_dir: &Path, opts: &Options) -> Result<Summary> {
         );
     }
     summary.files = checked.count;
-    put_in_place(&staging, &out, &target)?;
+    summary.replaced = put_in_place(&staging, &out, &target)?;
     Ok(summary)
 }
 
@@ -353,15 +356,26 @@ fn unpack_upstream(
     Ok(())
 }
 
-/// Moves the finished `out` to `target` (moving an old `target` aside first), then removes `staging`.
-fn put_in_place(staging: &Path, out: &Path, target: &Path) -> Result<()> {
-    let previous = staging.join("previous");
+/// Moves the finished `out` to `target`, then removes `staging`. An old `target` (one that did not verify) is
+/// not deleted: it is moved to `NAME.replaced-<unix seconds>` beside it, returned so the user can be told.
+fn put_in_place(staging: &Path, out: &Path, target: &Path) -> Result<Option<PathBuf>> {
+    let mut kept = None;
     if target.exists() {
-        if previous.exists() {
-            fs::remove_dir_all(&previous).with_context(|| previous.display().to_string())?;
-        }
-        fs::rename(target, &previous)
-            .with_context(|| format!("moving the old {} aside", target.display()))?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut name = target.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".replaced-{secs}"));
+        let aside = target.with_file_name(name);
+        fs::rename(target, &aside).with_context(|| {
+            format!(
+                "moving the old {} aside to {}",
+                target.display(),
+                aside.display()
+            )
+        })?;
+        kept = Some(aside);
     }
     fs::rename(out, target)
         .with_context(|| format!("renaming {} to {}", out.display(), target.display()))?;
@@ -369,7 +383,7 @@ fn put_in_place(staging: &Path, out: &Path, target: &Path) -> Result<()> {
         sync_dir(p);
     }
     fs::remove_dir_all(staging).with_context(|| staging.display().to_string())?;
-    Ok(())
+    Ok(kept)
 }
 
 fn sync_dir(dir: &Path) {
