@@ -32,7 +32,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::archive::{unpack, Kind, Limits};
 use crate::card::{read_list, Card, FileSpec, Upstream};
 use crate::check::{check_file, Expect};
-use crate::http::{download, part_path, write_error, Client};
+use crate::http::{download, part_path, write_error, Client, Unreachable};
 use crate::verify::{all_files, check_all, MANIFEST};
 
 /// How a fetch gets its files.
@@ -138,8 +138,14 @@ pub fn fetch(card: &Card, data_dir: &Path, opts: &Options) -> Result<Summary> {
             Ok(true) => summary.downloaded += 1,
             Ok(false) => summary.reused += 1,
             Err(e) => {
-                bar.suspend(|| eprintln!("failed: {e:#}"));
+                let stop = e.downcast_ref::<Unreachable>().is_some();
+                if !stop {
+                    bar.suspend(|| eprintln!("failed: {e:#}"));
+                }
                 failures.push(format!("{e:#}"));
+                if stop {
+                    break; // no network: the other files cannot come either
+                }
             }
         }
     }
@@ -178,8 +184,14 @@ pub fn fetch(card: &Card, data_dir: &Path, opts: &Options) -> Result<Summary> {
                 Ok(true) => summary.downloaded += 1,
                 Ok(false) => summary.reused += 1,
                 Err(e) => {
-                    bar.suspend(|| eprintln!("failed: {e:#}"));
+                    let stop = e.downcast_ref::<Unreachable>().is_some();
+                    if !stop {
+                        bar.suspend(|| eprintln!("failed: {e:#}"));
+                    }
                     failures.push(format!("{e:#}"));
+                    if stop {
+                        break; // no network: the other files cannot come either
+                    }
                     continue;
                 }
             }
@@ -264,11 +276,14 @@ fn mirror_url(mirror: &str, name: &str, file: &str) -> String {
 }
 
 fn incomplete(card: &Card, staging: &Path, target: &Path, failures: &[String]) -> anyhow::Error {
+    let first = failures.first().map(String::as_str).unwrap_or_default();
+    let more = match failures.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more, listed above)", n - 1),
+    };
     anyhow!(
-        "{}: {} download(s) failed ({}); {} was not touched, and what was downloaded is kept in {} for the next fetch to resume",
+        "{}: a download failed: {first}{more}; {} was not touched, and what was downloaded is kept in {} for the next fetch to resume",
         card.name,
-        failures.len(),
-        failures.join("; "),
         target.display(),
         staging.display()
     )

@@ -105,7 +105,7 @@ pub fn download(
             };
             bail!("{url}: HTTP {code} {}{hint}", r.status_text())
         }
-        Err(ureq::Error::Transport(t)) => bail!("{url}: {}", transport_message(&t)),
+        Err(ureq::Error::Transport(t)) => return Err(transport_error(url, &t)),
     };
     let start = match resp.status() {
         206 => {
@@ -222,23 +222,42 @@ pub fn download(
     Ok(())
 }
 
+/// The host cannot be reached at all (no network, no DNS, nothing listening): a fetch stops at the first
+/// such error instead of trying every other file of the same host.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 /// A transport error as something a user can act on.
-fn transport_message(t: &ureq::Transport) -> String {
-    let msg = t.to_string();
+fn transport_error(url: &str, t: &ureq::Transport) -> anyhow::Error {
+    let detail = match (t.message(), std::error::Error::source(t)) {
+        (Some(m), Some(s)) => format!("{m}: {s}"),
+        (Some(m), None) => m.to_string(),
+        (None, Some(s)) => s.to_string(),
+        (None, None) => t.to_string(),
+    };
+    let offline = "without a network, point DISTILL_DATA at an existing copy of the data set, or fetch from a reachable mirror with --base-url";
     match t.kind() {
-        ureq::ErrorKind::Dns => format!(
-            "cannot resolve the host (no network, or no DNS): {msg}; without a network, point DISTILL_DATA at an existing copy of the data set, or fetch from a reachable mirror with --base-url"
-        ),
-        ureq::ErrorKind::ConnectionFailed => format!(
-            "cannot connect (no network, a firewall, or the server is down): {msg}; without a network, point DISTILL_DATA at an existing copy of the data set, or fetch from a reachable mirror with --base-url"
-        ),
-        _ if msg.contains("timed out")
-            || msg.contains("WouldBlock")
-            || msg.contains("temporarily unavailable") =>
+        ureq::ErrorKind::Dns => anyhow::Error::new(Unreachable(format!(
+            "{url}: cannot resolve the host (no network, or no DNS): {detail}; {offline}"
+        ))),
+        ureq::ErrorKind::ConnectionFailed => anyhow::Error::new(Unreachable(format!(
+            "{url}: cannot connect (no network, a firewall, or the server is down): {detail}; {offline}"
+        ))),
+        _ if detail.contains("timed out")
+            || detail.contains("WouldBlock")
+            || detail.contains("temporarily unavailable") =>
         {
-            format!("timed out waiting for the server (stalled or unreachable): {msg}")
+            anyhow!("{url}: timed out waiting for the server (stalled or unreachable): {detail}")
         }
-        _ => msg,
+        _ => anyhow!("{url}: {detail}"),
     }
 }
 
