@@ -381,7 +381,7 @@ fn run_names_the_missing_data_set_and_fetch_gets_it_first() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
-        err.contains("data set `mnist` not found in data")
+        err.contains("data set `mnist` not found (the data dir data does not exist)")
             && err.contains("distill data fetch mnist --data-dir data")
             && err.contains("--fetch"),
         "{err}"
