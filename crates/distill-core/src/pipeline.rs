@@ -161,14 +161,10 @@ fn build_losses<P: Domain + ?Sized>(
     Ok(terms)
 }
 
-/// `phase.pretrained` resolved: relative to the models dir unless absolute.
+/// `phase.pretrained` resolved: relative to the models dir unless absolute (`Path::join` keeps an absolute
+/// path as it is).
 fn pretrained_path(ctx: &RunContext, phase: &PhaseConfig) -> Option<std::path::PathBuf> {
-    let p = phase.pretrained.as_ref()?;
-    Some(if p.is_absolute() {
-        p.clone()
-    } else {
-        ctx.models_dir.join(p)
-    })
+    phase.pretrained.as_ref().map(|p| ctx.models_dir.join(p))
 }
 
 /// Loads `phase.pretrained` into `net` (strict unless `strict = false`), errors naming `key.pretrained`.

@@ -114,11 +114,7 @@ fn folder_root(data_dir: &Path, o: &AudioOptions) -> Result<PathBuf> {
             "audio-folder needs `root` (a folder with CLASS/*.wav and testing_list.txt)",
         )
     })?;
-    Ok(if root.is_absolute() {
-        root.clone()
-    } else {
-        data_dir.join(root)
-    })
+    Ok(data_dir.join(root)) // an absolute root stays as it is
 }
 
 impl AudioPlugin {

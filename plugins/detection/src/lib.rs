@@ -117,14 +117,6 @@ fn options(recipe: &Recipe) -> Result<DetOptions> {
     Ok(o)
 }
 
-fn under(data_dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        data_dir.join(p)
-    }
-}
-
 impl DetectionPlugin {
     fn info(&self, recipe: &Recipe, o: &DetOptions) -> Result<TaskInfo> {
         let (classes, channels) = match recipe.dataset.as_str() {
@@ -220,15 +212,15 @@ impl Domain for DetectionPlugin {
                 )
             }
             _ => {
-                let root = under(&ctx.data_dir, o.root.as_deref().unwrap_or(Path::new(".")));
-                let tr = under(
-                    &ctx.data_dir,
-                    o.train_annotations.as_deref().unwrap_or(Path::new("")),
-                );
-                let te = under(
-                    &ctx.data_dir,
-                    o.test_annotations.as_deref().unwrap_or(Path::new("")),
-                );
+                let root = ctx
+                    .data_dir
+                    .join(o.root.as_deref().unwrap_or(Path::new(".")));
+                let tr = ctx
+                    .data_dir
+                    .join(o.train_annotations.as_deref().unwrap_or(Path::new("")));
+                let te = ctx
+                    .data_dir
+                    .join(o.test_annotations.as_deref().unwrap_or(Path::new("")));
                 (root, tr, te)
             }
         };
@@ -317,11 +309,8 @@ impl Domain for DetectionPlugin {
                 coco::load_coco(&d.join("coco128/annotations/instances_train2017.json"))?.categories
             }
             _ => {
-                coco::load_coco(&under(
-                    d,
-                    o.train_annotations.as_deref().unwrap_or(Path::new("")),
-                ))?
-                .categories
+                coco::load_coco(&d.join(o.train_annotations.as_deref().unwrap_or(Path::new(""))))?
+                    .categories
             }
         };
         // classes are numbered in category-id order, as the loader numbers them

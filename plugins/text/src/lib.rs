@@ -48,7 +48,7 @@ use crate::{
     data::{pad_batch, read_labelled_tsv, read_pairs_tsv, TextTokenizer},
     export_hf::{copy_tokenizer, HfStudent},
     metrics::{accuracy_metric, spearman_metric},
-    models::{build_model, resolve, Head, ModelSpec, ARCHS},
+    models::{build_model, Head, ModelSpec, ARCHS},
     task::{ClassificationTask, PairSplit, PairTask},
 };
 
@@ -105,7 +105,7 @@ fn tokenizer_dir(models_dir: &Path, o: &TextOptions) -> PathBuf {
         .model
         .clone()
         .unwrap_or_else(|| PathBuf::from("all-MiniLM-L6-v2"));
-    resolve(models_dir, &model)
+    models_dir.join(model) // an absolute path stays as it is
 }
 
 fn tokenizer(models_dir: &Path, o: &TextOptions) -> Result<TextTokenizer> {
@@ -208,7 +208,7 @@ impl Domain for TextPlugin {
             let (dir, classes, test_file) = match recipe.dataset.as_str() {
                 "sst2" => (ctx.data_dir.join("sst2"), 2, "dev.tsv"),
                 _ => (
-                    resolve(&ctx.data_dir, o.root.as_deref().expect("checked")),
+                    ctx.data_dir.join(o.root.as_deref().expect("checked")),
                     info.num_classes,
                     "test.tsv",
                 ),

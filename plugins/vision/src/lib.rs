@@ -76,11 +76,7 @@ fn folder_root(data_dir: &Path, opts: &VisionOptions) -> Result<PathBuf> {
             "image-folder needs `root` (a folder with train/ and test/)",
         )
     })?;
-    Ok(if root.is_absolute() {
-        root.clone()
-    } else {
-        data_dir.join(root)
-    })
+    Ok(data_dir.join(root)) // an absolute root stays as it is
 }
 
 impl VisionPlugin {

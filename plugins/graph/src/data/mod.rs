@@ -662,13 +662,10 @@ pub fn parse_graph_files(
     Graph::new(name, features, nc, labels, adj, train, val, test)
 }
 
-/// Where a data set's folder is: `root` (relative to the data dir) when given, else `<data dir>/<name>`.
+/// Where a data set's folder is: `root` (relative to the data dir unless absolute: `Path::join` keeps an
+/// absolute path) when given, else `<data dir>/<name>`.
 pub fn graph_dir(data_dir: &Path, name: &str, root: Option<&PathBuf>) -> PathBuf {
-    match root {
-        Some(r) if r.is_absolute() => r.clone(),
-        Some(r) => data_dir.join(r),
-        None => data_dir.join(name),
-    }
+    data_dir.join(root.map(PathBuf::as_path).unwrap_or(Path::new(name)))
 }
 
 /// A random graph for benchmarks: `n` nodes, `m` undirected edges (preferential attachment-like: each edge

@@ -151,7 +151,7 @@ impl ModelSpec {
 
     /// The encoder's shape: `base`'s config with this spec's overrides.
     pub fn config(&self, models_dir: &Path) -> Result<(BertConfig, PathBuf)> {
-        let base = resolve(models_dir, &self.base);
+        let base = models_dir.join(&self.base); // an absolute path stays as it is
         let mut cfg = BertConfig::from_file(&base.join("config.json"))?;
         let pretrained_widths = (
             cfg.hidden_size,
@@ -194,15 +194,6 @@ impl ModelSpec {
             ));
         }
         Ok((cfg, base))
-    }
-}
-
-/// `p` under `dir` unless absolute.
-pub fn resolve(dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        dir.join(p)
     }
 }
 
