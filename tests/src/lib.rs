@@ -403,3 +403,28 @@ pub fn mono_tone_wav(path: &Path, freq: f64, rate: u32, n: usize) {
     b.extend_from_slice(&data);
     std::fs::write(path, b).unwrap();
 }
+
+/// Three noisy spiral arms as the template's CSV (`x,y,label`), from a fixed LCG: class `i % 3`.
+pub fn write_spirals(path: &Path, n: usize, seed: u64) {
+    let mut state = seed;
+    let mut uniform = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut text = String::from("x,y,label\n");
+    for i in 0..n {
+        let k = i % 3;
+        let t = 0.05 + 0.95 * uniform();
+        let a = 6.0 * t + 2.0 * std::f64::consts::PI * k as f64 / 3.0;
+        let (nx, ny) = (0.1 * (uniform() - 0.5), 0.1 * (uniform() - 0.5));
+        text.push_str(&format!(
+            "{:.5},{:.5},{k}\n",
+            t * a.cos() + nx,
+            t * a.sin() + ny
+        ));
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}

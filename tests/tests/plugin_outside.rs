@@ -57,31 +57,6 @@ fn standalone_manifest(template: &str, workspace: &str, checkout: &Path) -> Stri
     toml::to_string(&manifest).unwrap()
 }
 
-/// Three noisy spiral arms as the template's CSV (`x,y,label`), from a fixed LCG: class `i % 3`.
-fn write_spirals(path: &Path, n: usize, seed: u64) {
-    let mut state = seed;
-    let mut uniform = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut text = String::from("x,y,label\n");
-    for i in 0..n {
-        let k = i % 3;
-        let t = 0.05 + 0.95 * uniform();
-        let a = 6.0 * t + 2.0 * std::f64::consts::PI * k as f64 / 3.0;
-        let (nx, ny) = (0.1 * (uniform() - 0.5), 0.1 * (uniform() - 0.5));
-        text.push_str(&format!(
-            "{:.5},{:.5},{k}\n",
-            t * a.cos() + nx,
-            t * a.sin() + ny
-        ));
-    }
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
 #[test]
 fn the_template_builds_outside_the_workspace_and_loads() {
     let checkout = root().canonicalize().unwrap();
@@ -149,8 +124,8 @@ fn the_template_builds_outside_the_workspace_and_loads() {
     )
     .unwrap();
     // the recipe holds out the last 300 of 900 training rows
-    write_spirals(&d.join("data/spirals/train.csv"), 900, 1);
-    write_spirals(&d.join("data/spirals/test.csv"), 600, 2);
+    distill_tests::write_spirals(&d.join("data/spirals/train.csv"), 900, 1);
+    distill_tests::write_spirals(&d.join("data/spirals/test.csv"), 600, 2);
     let recipe = krate.join("recipes/spirals.toml");
     let o = distill(
         d,

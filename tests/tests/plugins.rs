@@ -488,31 +488,6 @@ fn a_plugins_toml_without_builtins_in_the_working_dir_only_adds() {
     }
 }
 
-/// Three noisy spiral arms as the template's CSV (`x,y,label`), from a fixed LCG: class `i % 3`.
-fn write_spirals(path: &Path, n: usize, seed: u64) {
-    let mut state = seed;
-    let mut uniform = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut text = String::from("x,y,label\n");
-    for i in 0..n {
-        let k = i % 3;
-        let t = 0.05 + 0.95 * uniform();
-        let a = 6.0 * t + 2.0 * std::f64::consts::PI * k as f64 / 3.0;
-        let (nx, ny) = (0.1 * (uniform() - 0.5), 0.1 * (uniform() - 0.5));
-        text.push_str(&format!(
-            "{:.5},{:.5},{k}\n",
-            t * a.cos() + nx,
-            t * a.sin() + ny
-        ));
-    }
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
 /// A template recipe: `data` lines go into `[data]`, `phase` lines into `[teacher]`.
 fn template_recipe(data: &str, phase: &str) -> String {
     format!(
@@ -550,8 +525,8 @@ fn the_template_gets_a_validation_split_and_early_stopping_from_core() {
     let d = dir.path();
     let reg = registry(d, &[("tabular", &rel("distill-plugin-template"))]);
     let reg_s = reg.to_str().unwrap();
-    write_spirals(&d.join("data/s/train.csv"), 240, 1);
-    write_spirals(&d.join("data/s/test.csv"), 300, 2);
+    distill_tests::write_spirals(&d.join("data/s/train.csv"), 240, 1);
+    distill_tests::write_spirals(&d.join("data/s/test.csv"), 300, 2);
     let run = |recipe: &str, out: &str| {
         distill(
             d,
