@@ -33,7 +33,7 @@ use crate::archive::{unpack, Kind, Limits};
 use crate::card::{read_list, Card, FileSpec, Upstream};
 use crate::check::{check_file, Expect};
 use crate::http::{download, part_path, write_error, Client, Unreachable};
-use crate::verify::{all_files, check_all, MANIFEST};
+use crate::verify::{check_all, MANIFEST};
 
 /// How a fetch gets its files.
 pub struct Options<'a> {
@@ -107,13 +107,15 @@ pub fn fetch(card: &Card, data_dir: &Path, opts: &Options) -> Result<Summary> {
     fs::create_dir_all(data_dir).map_err(|e| write_error(data_dir, e))?;
     let _lock = lock(data_dir, &card.name)?;
     let target = data_dir.join(&card.name);
-    if target.is_dir() && check_all(card, &target).ok() {
-        let files = all_files(card, &target, &mut Vec::new()).len();
-        return Ok(Summary {
-            files,
-            already_complete: true,
-            ..Summary::default()
-        });
+    if target.is_dir() {
+        let present = check_all(card, &target);
+        if present.ok() {
+            return Ok(Summary {
+                files: present.count,
+                already_complete: true,
+                ..Summary::default()
+            });
+        }
     }
     let staging = staging_dir(data_dir, &card.name);
     let (sources, out) = (staging.join("sources"), staging.join("out"));
@@ -134,19 +136,9 @@ pub fn fetch(card: &Card, data_dir: &Path, opts: &Options) -> Result<Summary> {
                 .upstream_url(u)
                 .ok_or_else(|| anyhow!("{}: [[upstream]] `{}` has no URL", card.name, u.name))?,
         };
-        match get(opts.client, &url, &dest, u.into(), &bar) {
-            Ok(true) => summary.downloaded += 1,
-            Ok(false) => summary.reused += 1,
-            Err(e) => {
-                let stop = e.downcast_ref::<Unreachable>().is_some();
-                if !stop {
-                    bar.suspend(|| eprintln!("failed: {e:#}"));
-                }
-                failures.push(format!("{e:#}"));
-                if stop {
-                    break; // no network: the other files cannot come either
-                }
-            }
+        let got = get(opts.client, &url, &dest, u.into(), &bar);
+        if tally(got, &mut summary, &mut failures, &bar) == Tally::Unreachable {
+            break; // no network: the other files cannot come either
         }
     }
     if !failures.is_empty() {
@@ -171,29 +163,20 @@ pub fn fetch(card: &Card, data_dir: &Path, opts: &Options) -> Result<Summary> {
         let dest = out.join(&f.name);
         if let Some(url) = file_url(card, &f, opts.mirror) {
             bar.set_prefix(format!("[{i}/{}]", todo.len()));
+            // staged already, else a matching copy in the old folder, else downloaded: each file hashed once
             let reuse = target.join(&f.name);
-            let got = if f.has_checksum()
-                && check_file(&reuse, (&f).into()).is_ok()
-                && check_file(&dest, (&f).into()).is_err()
-            {
+            let pinned = f.has_checksum();
+            let got = if pinned && check_file(&dest, (&f).into()).is_ok() {
+                Ok(false)
+            } else if pinned && check_file(&reuse, (&f).into()).is_ok() {
                 copy_atomic(&reuse, &dest).map(|()| false)
             } else {
                 get(opts.client, &url, &dest, (&f).into(), &bar)
             };
-            match got {
-                Ok(true) => summary.downloaded += 1,
-                Ok(false) => summary.reused += 1,
-                Err(e) => {
-                    let stop = e.downcast_ref::<Unreachable>().is_some();
-                    if !stop {
-                        bar.suspend(|| eprintln!("failed: {e:#}"));
-                    }
-                    failures.push(format!("{e:#}"));
-                    if stop {
-                        break; // no network: the other files cannot come either
-                    }
-                    continue;
-                }
+            match tally(got, &mut summary, &mut failures, &bar) {
+                Tally::Done => {}
+                Tally::Failed => continue,
+                Tally::Unreachable => break, // no network: the other files cannot come either
             }
         }
         if f.list && check_file(&dest, (&f).into()).is_ok() {
@@ -225,20 +208,28 @@ pub fn fetch(card: &Card, data_dir: &Path, opts: &Options) -> Result<Summary> {
         })?;
     }
 
-    // 4. check everything, then put it in place
+    // 4. check everything (the members of a checked archive that the card pins no checksum for go into the
+    // manifest with the sha256 this check computed), then put it in place
+    let mut checked = check_all(card, &out);
     if !unpacked_manifest.is_empty() {
+        let from_archive = |path: &str| {
+            unpacked_manifest
+                .iter()
+                .find(|n| out.join(n).display().to_string() == path)
+                .cloned()
+        };
         let mut text = String::new();
-        for f in all_files(card, &out, &mut Vec::new()) {
-            if f.has_checksum() || !unpacked_manifest.contains(&f.name) {
-                continue;
-            }
-            if let Ok(sha) = check_file(&out.join(&f.name), (&f).into()) {
-                text.push_str(&format!("{sha}  {}\n", f.name));
-            }
-        }
+        checked
+            .unpinned
+            .retain(|(path, sha)| match from_archive(path) {
+                Some(name) => {
+                    text.push_str(&format!("{sha}  {name}\n"));
+                    false
+                }
+                None => true,
+            });
         write_atomic(&out.join(MANIFEST), text.as_bytes())?;
     }
-    let checked = check_all(card, &out);
     if !checked.ok() {
         let mut all = checked.problems.clone();
         all.extend(
@@ -287,6 +278,43 @@ fn incomplete(card: &Card, staging: &Path, target: &Path, failures: &[String]) -
         target.display(),
         staging.display()
     )
+}
+
+/// What one download's outcome means for the rest of the fetch.
+#[derive(PartialEq)]
+enum Tally {
+    /// Downloaded or already there.
+    Done,
+    /// Failed (said, and kept for the summary); the other files are still tried.
+    Failed,
+    /// The host cannot be reached: no other file can come either.
+    Unreachable,
+}
+
+/// Counts `got` into the summary, or records and says its failure.
+fn tally(
+    got: Result<bool>,
+    summary: &mut Summary,
+    failures: &mut Vec<String>,
+    bar: &ProgressBar,
+) -> Tally {
+    match got {
+        Ok(true) => summary.downloaded += 1,
+        Ok(false) => summary.reused += 1,
+        Err(e) => {
+            let unreachable = e.downcast_ref::<Unreachable>().is_some();
+            if !unreachable {
+                bar.suspend(|| eprintln!("failed: {e:#}"));
+            }
+            failures.push(format!("{e:#}"));
+            return if unreachable {
+                Tally::Unreachable
+            } else {
+                Tally::Failed
+            };
+        }
+    }
+    Tally::Done
 }
 
 /// Makes `dest` a checked copy of `url`: `Ok(false)` when it already was one, `Ok(true)` when downloaded.
@@ -428,10 +456,4 @@ fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     fs::copy(from, &tmp).map_err(|e| write_error(&tmp, e))?;
     fs::rename(&tmp, to).with_context(|| to.display().to_string())?;
     Ok(())
-}
-
-/// Whether the data set of `card` is complete under `data_dir` (every file checks).
-pub fn is_complete(card: &Card, data_dir: &Path) -> bool {
-    let root = data_dir.join(&card.name);
-    root.is_dir() && check_all(card, &root).ok()
 }
