@@ -338,6 +338,7 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
                 plugin.as_ref(),
             )?,
             no_training: opts.collect,
+            measure_latency: false,
         };
         let resumed = dir.exists();
         let t0 = Instant::now();

@@ -82,6 +82,10 @@ enum Command {
         /// Check the recipe with its [quick] overrides applied.
         #[arg(long)]
         quick: bool,
+        /// Also time the (untrained) teacher and student at batch 1 and 256 and compare the speed-up with
+        /// their FLOPs ratio.
+        #[arg(long)]
+        latency: bool,
     },
     /// List the plugins, or show one.
     Plugins {
@@ -210,7 +214,11 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             quiet,
             &dirs,
         ),
-        Command::Check { recipe, quick } => run_cmd::cmd_check(reg, &recipe, quick),
+        Command::Check {
+            recipe,
+            quick,
+            latency,
+        } => run_cmd::cmd_check(reg, &recipe, quick, latency),
         Command::Plugins { what } => plugins::cmd_plugins(reg, what),
         Command::Cache { what, cache_dir } => cache_cmd::cmd_cache(what, &cache_dir),
         Command::Eval { checkpoint, dirs } => run_cmd::cmd_eval(reg, &checkpoint, &dirs),

@@ -76,6 +76,7 @@ pub fn cmd_run(
         allow_changed,
         plugin_identity: distill_registry::identity(reg.get(&recipe.plugin)?, plugin.as_ref())?,
         no_training: false,
+        measure_latency: false,
     };
     // held until the report is written: a second run or resume of these seeds exits 2 naming this process
     let _locks = distill_core::run_record::lock_seeds(&out_dir, &recipe.seeds)?;
@@ -89,13 +90,14 @@ pub fn cmd_run(
 }
 
 /// `distill check RECIPE [--quick]`: builds the recipe's networks and losses on zeros, no data.
-pub fn cmd_check(reg: &Registry, recipe: &Path, quick: bool) -> Result<()> {
+pub fn cmd_check(reg: &Registry, recipe: &Path, quick: bool, latency: bool) -> Result<()> {
     let r = Recipe::load(recipe, quick)?;
     let plugin =
         find_plugin(reg, &r.plugin).with_context(|| format!("{}: `plugin`", recipe.display()))?;
     // no data is read; the models dir serves networks built on pretrained configs
     let mut ctx = RunContext::new(data_dir(&None), ".");
     ctx.models_dir = dir_from(&None, "DISTILL_MODELS", "models");
+    ctx.measure_latency = latency;
     // an error located in the recipe file already names it
     let file = recipe.display().to_string();
     let named = |e: distill_core::Error, label: String| {
@@ -109,6 +111,10 @@ pub fn cmd_check(reg: &Registry, recipe: &Path, quick: bool) -> Result<()> {
     let s = plugin.check(&r, &ctx).map_err(|e| named(e, file.clone()))?;
     if !quick && r.quick.is_some() {
         // the [quick] overrides build too (model specs, losses, feature shapes)
+        let ctx = RunContext {
+            measure_latency: false,
+            ..ctx.clone()
+        };
         plugin
             .check(&Recipe::load(recipe, true)?, &ctx)
             .map_err(|e| named(e, format!("{file} [quick]")))?;
@@ -117,7 +123,36 @@ pub fn cmd_check(reg: &Registry, recipe: &Path, quick: bool) -> Result<()> {
     println!("  teacher  {} ({} params)", s.teacher, s.teacher_params);
     println!("  student  {} ({} params)", s.student, s.student_params);
     println!("  losses   {}", s.losses.join(" + "));
+    if let Some((t, st)) = &s.latency {
+        println!("{}", latency_lines(&s, t, st));
+    }
     Ok(())
+}
+
+/// `distill check --latency`'s lines: both networks' latency, the speed-ups and the FLOPs target (a student
+/// should be faster than its teacher by at least half the FLOPs ratio, at most 4×).
+fn latency_lines(
+    s: &distill_core::pipeline::CheckSummary,
+    t: &distill_core::report::Latency,
+    st: &distill_core::report::Latency,
+) -> String {
+    let ratio = s.teacher_flops as f64 / s.student_flops.max(1) as f64;
+    let target = (0.5 * ratio).min(4.0);
+    let (b1, b256) = (t.batch1 / st.batch1, t.batch256 / st.batch256);
+    let verdict = |x: f64| if x >= target { "meets" } else { "below" };
+    format!(
+        "  flops    teacher {} · student {} per sample · ratio {ratio:.2} · target speed-up ≥ {target:.2}×\n  \
+         latency  teacher {:.3} / {:.2} ms · student {:.3} / {:.2} ms (batch 1 / 256, median)\n  \
+         speed-up {b1:.2}× at batch 1 ({}), {b256:.2}× at batch 256 ({})",
+        s.teacher_flops,
+        s.student_flops,
+        t.batch1,
+        t.batch256,
+        st.batch1,
+        st.batch256,
+        verdict(b1),
+        verdict(b256),
+    )
 }
 
 /// `distill eval CHECKPOINT`.

@@ -43,7 +43,12 @@ pub fn check_recipe<P: Domain + ?Sized>(
         }
     }
     let device = candle_core::Device::Cpu;
-    let placeholder = plugin.placeholder_task(recipe)?;
+    // timing needs the real task where the networks' cost depends on the data (a GNN's graph)
+    let placeholder = if ctx.measure_latency {
+        Some(plugin.load_task(recipe, ctx)?)
+    } else {
+        plugin.placeholder_task(recipe)?
+    };
     let bctx = BuildContext {
         device: &device,
         ..BuildContext::new(&info, 0, ctx, placeholder.as_deref())
@@ -63,11 +68,21 @@ pub fn check_recipe<P: Domain + ?Sized>(
     load_pretrained(teacher.as_ref(), &recipe.teacher, "teacher", ctx, true)?;
     load_pretrained(student.as_ref(), &recipe.student, "student", ctx, true)?;
     let losses = build_losses(plugin, recipe, teacher.as_ref(), student.as_ref(), &bctx)?;
+    let latency = if let Some(task) = placeholder.as_deref().filter(|_| ctx.measure_latency) {
+        let t = crate::train::measure_latency(teacher.as_ref(), task, &device)?;
+        let s = crate::train::measure_latency(student.as_ref(), task, &device)?;
+        Some((t, s))
+    } else {
+        None
+    };
     Ok(CheckSummary {
         teacher: teacher.describe(),
         student: student.describe(),
         teacher_params: crate::network::num_params(teacher.as_ref()),
         student_params: crate::network::num_params(student.as_ref()),
+        teacher_flops: teacher.flops(),
+        student_flops: student.flops(),
+        latency,
         losses: losses
             .iter()
             .map(|(w, t)| format!("{} × {w}", term_name(t)))
@@ -101,6 +116,12 @@ pub struct CheckSummary {
     pub teacher_params: usize,
     /// Student parameters.
     pub student_params: usize,
+    /// Teacher FLOPs per sample (0: the plugin does not count them).
+    pub teacher_flops: u64,
+    /// Student FLOPs per sample.
+    pub student_flops: u64,
+    /// Teacher and student latency, with [`RunContext::measure_latency`].
+    pub latency: Option<(crate::report::Latency, crate::report::Latency)>,
     /// Loss terms with weights.
     pub losses: Vec<String>,
 }

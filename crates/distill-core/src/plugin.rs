@@ -71,6 +71,9 @@ pub struct RunContext {
     /// Train nothing: every phase must have finished already (its results are read back), else the run fails
     /// naming the phase (`distill bench --collect`).
     pub no_training: bool,
+    /// `distill check --latency`: also time the teacher and the student ([`crate::train::measure_latency`]) on
+    /// the real task (this reads the data set).
+    pub measure_latency: bool,
 }
 
 impl RunContext {
@@ -90,6 +93,7 @@ impl RunContext {
             allow_changed: Vec::new(),
             plugin_identity: String::new(),
             no_training: false,
+            measure_latency: false,
         }
     }
 }

@@ -64,6 +64,14 @@ pub trait Task: Send + Sync {
         augment: Option<&str>,
         rng: &mut Rng,
     ) -> Result<Batch>;
+    /// The input a latency measurement feeds the networks: `batch` samples of [`TaskInfo::input_shape`], zeros
+    /// by default. A task whose networks' cost depends on which samples they see overrides it (the graph
+    /// plugin: `batch` distinct nodes, so a GNN really propagates over their neighbourhoods).
+    fn latency_input(&self, batch: usize, device: &candle_core::Device) -> Result<Tensor> {
+        let mut shape = vec![batch];
+        shape.extend_from_slice(&self.info().input_shape);
+        Ok(Tensor::zeros(shape, candle_core::DType::F32, device)?)
+    }
     /// The task's own loss (the "hard label" loss); cross-entropy by default.
     fn task_loss(&self, outputs: &Outputs, batch: &Batch) -> Result<Tensor> {
         crate::losses::ce_loss(&outputs.logits, &batch.targets)

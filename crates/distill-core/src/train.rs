@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 
 use crate::{
     checkpoint::{read_json, read_safetensors, write_json_atomic},
@@ -59,18 +59,16 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Median inference latency (ms) at batch 1 and batch 256 on zero inputs of `input_shape`.
+/// Median inference latency (ms) at batch 1 and batch 256 on the task's [`Task::latency_input`].
 pub fn measure_latency(
     net: &dyn Network,
-    input_shape: &[usize],
+    task: &dyn Task,
     device: &candle_core::Device,
 ) -> Result<Latency> {
     // At most `reps` timed passes after one or two warm-ups, stopping early once 2 s have been spent (a
     // large network at batch 256 then costs two or three passes, not seven).
     let time = |b: usize, reps: usize| -> Result<f64> {
-        let mut shape = vec![b];
-        shape.extend_from_slice(input_shape);
-        let x = Tensor::zeros(shape, candle_core::DType::F32, device)?;
+        let x = task.latency_input(b, device)?;
         let t0 = Instant::now();
         net.forward(&x, Mode::Eval)?;
         if t0.elapsed().as_secs_f64() < 0.5 {
@@ -275,7 +273,7 @@ pub fn finish_phase(
     let eval = task.evaluate(net, Split::Test, spec.eval_batch_size)?;
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
     let device = crate::network::device_of(net);
-    let latency = measure_latency(net, &task.info().input_shape, &device)?;
+    let latency = measure_latency(net, task, &device)?;
     let best_val_epoch_metric = best_epoch
         .and_then(|e| curve.iter().find(|r| r.epoch == e))
         .and_then(|r| r.test_metric);

@@ -69,6 +69,14 @@ impl Task for GraphTask {
         self.nodes(split).len()
     }
 
+    /// `batch` distinct nodes (0, 1, 2, … cycling over the graph): zeros would be one node `batch` times,
+    /// and a GNN would propagate over that one node's neighbourhood only.
+    fn latency_input(&self, batch: usize, device: &candle_core::Device) -> Result<Tensor> {
+        let n = self.graph.num_nodes().max(1) as u32;
+        let ids: Vec<u32> = (0..batch as u32).map(|i| i % n).collect();
+        Ok(Tensor::from_vec(ids, batch, device)?)
+    }
+
     fn batch(
         &self,
         split: Split,
