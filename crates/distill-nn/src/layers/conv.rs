@@ -197,13 +197,30 @@ impl ConvBn {
             bn: BatchNorm2d::new(cfg.out_channels, bn)?,
         })
     }
-    /// `bn(conv(x))`, then ReLU when `relu`; batch statistics when `train`.
+    /// `bn(conv(x))`, then ReLU when `relu`; batch statistics when `train`. In evaluation the batch norm is
+    /// folded into the convolution ([`ops::conv2d_bn`]: inference, no autograd).
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train, relu)
+        conv_bn(&self.conv, &self.bn, x, train, relu)
     }
     /// FLOPs for an `h`x`w` output map.
     pub fn flops(&self, h: usize, w: usize) -> u64 {
         self.conv.flops(h, w)
+    }
+}
+
+/// `bn(conv(x))` (+ ReLU): composed in training (batch statistics), folded into one convolution in evaluation
+/// ([`ops::conv2d_bn`]: inference, no autograd).
+pub fn conv_bn(
+    conv: &Conv2d,
+    bn: &BatchNorm2d,
+    x: &Tensor,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
+    if train {
+        bn.forward(&conv.forward(x)?, true, relu)
+    } else {
+        ops::conv2d_bn(conv.inner(), bn.inner(), x, relu)
     }
 }
 
@@ -245,10 +262,22 @@ impl DepthwiseSeparable {
             cfg: *cfg,
         })
     }
-    /// The block on `x` `[B, C, H, W]`.
+    /// The block on `x` `[B, C, H, W]`. In evaluation the whole block is one op with each batch norm folded
+    /// into the convolution before it ([`ops::depthwise_separable_bn`]: inference, no autograd).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let p = self.cfg.padding;
         let s = self.cfg.stride;
+        if !train {
+            return ops::depthwise_separable_bn(
+                x,
+                &self.dw,
+                self.bn_dw.inner(),
+                (p, p),
+                (s, s),
+                self.pw.inner(),
+                self.bn_pw.inner(),
+            );
+        }
         let y = ops::depthwise_conv2d(x, &self.dw, (p, p), (s, s))?;
         let y = self.bn_dw.forward(&y, train, true)?;
         self.bn_pw.forward(&self.pw.forward(&y)?, train, true)

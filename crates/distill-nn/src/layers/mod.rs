@@ -25,7 +25,7 @@ mod mlp;
 mod norm;
 mod resnet;
 
-pub use conv::{Conv1d, Conv2d, ConvBn, ConvConfig, DepthwiseSeparable};
+pub use conv::{conv_bn, Conv1d, Conv2d, ConvBn, ConvConfig, DepthwiseSeparable};
 pub use dropout::dropout;
 pub use embedding::Embedding;
 pub use linear::{Linear, LinearConfig, LinearInit};

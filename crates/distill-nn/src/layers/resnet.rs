@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{BatchNorm2d, Conv2d, ConvConfig};
+use super::{conv_bn, BatchNorm2d, Conv2d, ConvConfig};
 use crate::{Error, Result};
 
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
@@ -37,7 +37,7 @@ impl Downsample {
     }
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &self.0 {
-            Some((c, b)) => b.forward(&c.forward(x)?, train, false),
+            Some((c, b)) => conv_bn(c, b, x, train, false),
             None => Ok(x.clone()),
         }
     }
@@ -79,8 +79,8 @@ impl BasicBlock {
 
     /// The block on `x` `[B, cin, H, W]`; `train` selects batch statistics (and updates the running ones).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.bn1.forward(&self.conv1.forward(x)?, train, true)?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?, train, false)?;
+        let out = conv_bn(&self.conv1, &self.bn1, x, train, true)?;
+        let out = conv_bn(&self.conv2, &self.bn2, &out, train, false)?;
         let residual = self.downsample.forward(x, train)?;
         Ok((out + residual)?.relu()?)
     }
@@ -138,9 +138,9 @@ impl Bottleneck {
 
     /// The block on `x` `[B, cin, H, W]`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.bn1.forward(&self.conv1.forward(x)?, train, true)?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?, train, true)?;
-        let out = self.bn3.forward(&self.conv3.forward(&out)?, train, false)?;
+        let out = conv_bn(&self.conv1, &self.bn1, x, train, true)?;
+        let out = conv_bn(&self.conv2, &self.bn2, &out, train, true)?;
+        let out = conv_bn(&self.conv3, &self.bn3, &out, train, false)?;
         let residual = self.downsample.forward(x, train)?;
         Ok((out + residual)?.relu()?)
     }
@@ -268,7 +268,7 @@ impl ResNetTrunk {
 
     /// The stem's output, then each stage's output map.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
-        let stem = self.bn1.forward(&self.conv1.forward(x)?, train, true)?;
+        let stem = conv_bn(&self.conv1, &self.bn1, x, train, true)?;
         let mut x = stem.clone();
         let mut maps = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {

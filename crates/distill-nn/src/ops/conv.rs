@@ -185,6 +185,51 @@ pub(crate) fn conv2d_impl(
     })
 }
 
+/// Inference with a convolution followed by an evaluation-mode batch norm (and ReLU when `relu`), folded into
+/// one convolution: `w' = w·scale`, `b' = (b·scale) + shift` per output channel ([`batch_norm_affine`]), then
+/// [`conv2d`] / [`conv2d_relu`] with the bias and the ReLU inside the op: one pass over the output instead of
+/// three. Nothing is recorded for autograd (inference only: no gradient reaches the layer's parameters).
+/// Groups or dilation: the layer's own forward, then the batch norm.
+pub fn conv2d_bn(
+    layer: &candle_nn::Conv2d,
+    bn: &candle_nn::BatchNorm,
+    x: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    let cfg = layer.config();
+    if cfg.groups != 1 || cfg.dilation != 1 {
+        let y = candle_core::Module::forward(layer, &x.detach())?;
+        return super::batch_norm(bn, &y, false, relu).map(|y| y.detach());
+    }
+    let (w, b) = fold_bn(layer.weight(), layer.bias(), bn)?;
+    conv2d_impl(&x.detach(), &w, Some(&b), cfg.stride, cfg.padding, relu, 0)
+}
+
+/// `(w·scale, b·scale + shift)` for a convolution kernel `[O, ...]` and the batch norm after it (detached).
+pub(crate) fn fold_bn(
+    w: &Tensor,
+    b: Option<&Tensor>,
+    bn: &candle_nn::BatchNorm,
+) -> Result<(Tensor, Tensor)> {
+    let (scale, shift) = batch_norm_affine(bn)?;
+    let o = scale.elem_count();
+    if w.dim(0)? != o {
+        return Err(Error::Shape(format!(
+            "conv + batch norm: the kernel {:?} has {} output channels, the batch norm {o}",
+            w.dims(),
+            w.dim(0)?
+        )));
+    }
+    let mut per = vec![1; w.rank()];
+    per[0] = o;
+    let wf = w.detach().broadcast_mul(&scale.reshape(per)?)?;
+    let bf = match b {
+        Some(b) => b.detach().mul(&scale)?.add(&shift)?,
+        None => shift,
+    };
+    Ok((wf, bf))
+}
+
 /// [`conv2d`] with a candle-nn `Conv2d` layer's weights and settings; layers with groups or dilation go
 /// through the layer's own forward.
 pub fn conv2d_layer(layer: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
@@ -215,6 +260,10 @@ impl ConvGeo {
             (self.h + 2 * self.padding - self.kh) / self.stride + 1,
             (self.w + 2 * self.padding - self.kw) / self.stride + 1,
         )
+    }
+    /// A 1x1 kernel, stride 1, no padding: the image `[C, H·W]` is its own column matrix.
+    pub(crate) fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
     /// Rows of the column matrix: `C·KH·KW`.
     pub(crate) fn k(&self) -> usize {
@@ -393,12 +442,19 @@ impl Conv2dOp {
             return self.forward_pooled(x, w, bias, batch);
         }
         let mut out = vec![0f32; batch * g.o * n];
+        // a 1x1 convolution with stride 1 and no padding reads the image itself as its column matrix
+        let pointwise = g.is_pointwise();
         out.par_chunks_mut(g.o * n)
             .zip(x.par_chunks(img))
             .for_each_init(
-                || vec![0f32; k * n],
+                || vec![0f32; if pointwise { 0 } else { k * n }],
                 |cols, (y, xi)| {
-                    g.im2col(xi, cols);
+                    let cols: &[f32] = if pointwise {
+                        xi
+                    } else {
+                        g.im2col(xi, cols);
+                        cols
+                    };
                     if let Some(b) = bias {
                         for (row, &bv) in y.chunks_mut(n).zip(b) {
                             row.fill(bv);

@@ -114,6 +114,263 @@ impl DwGeo {
     }
 }
 
+impl DwGeo {
+    /// The convolution of `x` with `wt`, channel planes in parallel; each plane starts from its channel's
+    /// `bias` (else zeros) and ends with ReLU when `relu`.
+    fn forward(
+        &self,
+        x: &[f32],
+        wt: &[f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> (CpuStorage, Shape) {
+        let g = *self;
+        let (plane, oplane, k) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+        let mut out = vec![0f32; g.b * g.c * oplane];
+        out.par_chunks_mut(oplane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |scratch, (p, (o, xi))| {
+                    let ch = p % g.c;
+                    let b = bias.map_or(0.0, |b| b[ch]);
+                    g.plane(xi, &wt[ch * k..][..k], b, relu, scratch, o);
+                },
+            );
+        (CpuStorage::F32(out), Shape::from((g.b, g.c, g.oh, g.ow)))
+    }
+
+    /// One channel plane `xi` convolved with its filter `wc`, plus `bias`, ReLU'd when `relu`, into `out`
+    /// (`oh x ow`); `scratch` is reused between planes.
+    fn plane(
+        &self,
+        xi: &[f32],
+        wc: &[f32],
+        bias: f32,
+        relu: bool,
+        scratch: &mut (Vec<f32>, Vec<f32>),
+        out: &mut [f32],
+    ) {
+        if self.sh == 1 && self.sw == 1 {
+            return self.plane_stride1(xi, wc, bias, relu, &mut scratch.0, &mut scratch.1, out);
+        }
+        out.fill(bias);
+        self.spans(|t, o0, i0, n| axpy_strided(&mut out[o0..o0 + n], wc[t], &xi[i0..], self.sw));
+        if relu {
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+impl DwGeo {
+    /// One channel plane at stride 1: the input copied once into a zero-padded plane `pad` (`hp x wp`), then
+    /// each kernel tap is one long contiguous multiply-add over `acc`, the output rows laid out `wp` wide (the
+    /// last `kw − 1` columns of each are never read); finally the valid columns, plus `bias`, ReLU'd when
+    /// `relu`, into `out`. Long vectorised loops instead of a short one per tap and output row.
+    #[allow(clippy::too_many_arguments)]
+    fn plane_stride1(
+        &self,
+        xi: &[f32],
+        wc: &[f32],
+        bias: f32,
+        relu: bool,
+        pad: &mut Vec<f32>,
+        acc: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let g = self;
+        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+        pad.clear();
+        pad.resize(hp * wp, 0.0);
+        for (y, row) in xi.chunks_exact(g.w).enumerate() {
+            pad[(y + g.ph) * wp + g.pw..][..g.w].copy_from_slice(row);
+        }
+        // rows oy of `acc` span wp columns; the last row only needs ow of them
+        let len = (g.oh - 1) * wp + g.ow;
+        acc.clear();
+        acc.resize(len, bias);
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let a = wc[i * g.kw + j];
+                let src = &pad[i * wp + j..][..len];
+                acc.iter_mut().zip(src).for_each(|(o, v)| *o += a * v);
+            }
+        }
+        for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
+            let src = &acc[oy * wp..][..g.ow];
+            if relu {
+                row.iter_mut().zip(src).for_each(|(o, v)| *o = v.max(0.0));
+            } else {
+                row.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// Inference with a depthwise convolution followed by an evaluation-mode batch norm (and ReLU when `relu`),
+/// folded into one pass per channel plane: the kernel scaled by the norm's per-channel scale, the plane started
+/// from its shift, the ReLU at its end ([`super::batch_norm_affine`]). Nothing is recorded for autograd
+/// (inference only). Arguments as [`depthwise_conv2d`]; off the fast path, the composed ops on the folded
+/// weights.
+pub fn depthwise_conv2d_bn(
+    x: &Tensor,
+    weight: &Tensor,
+    bn: &candle_nn::BatchNorm,
+    padding: (usize, usize),
+    stride: (usize, usize),
+    relu: bool,
+) -> Result<Tensor> {
+    let (w, b) = fold_bn(weight, None, bn)?;
+    let x = x.detach();
+    if !fast(&[&x, &w, &b]) {
+        let c = b.elem_count();
+        let y = depthwise_conv2d_composed(&x, &w, padding, stride)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?)?;
+        return Ok(if relu { y.relu()? } else { y });
+    }
+    let geo = DwGeo::new(x.dims(), w.dims(), padding, stride)?;
+    let op = DepthwiseBnOp {
+        geo,
+        bias: b.to_vec1::<f32>()?,
+        relu,
+    };
+    Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?)
+}
+
+/// [`depthwise_conv2d_bn`]'s op: forward only.
+struct DepthwiseBnOp {
+    geo: DwGeo,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+impl CustomOp2 for DepthwiseBnOp {
+    fn name(&self) -> &'static str {
+        "distill-depthwise-conv2d-bn"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "depthwise_conv2d input")?;
+        let wt = f32_slice(s2, l2, "depthwise_conv2d weight")?;
+        Ok(self.geo.forward(x, wt, Some(&self.bias), self.relu))
+    }
+}
+
+/// Inference with a whole depthwise-separable block, `relu(bn_pw(pw(relu(bn_dw(dw(x))))))`, both batch norms
+/// folded into their convolutions: per image (images in parallel), the depthwise planes go into a scratch
+/// buffer that stays in cache and the pointwise 1x1 convolution is one GEMM from it into the output, with
+/// the bias and the ReLU. The intermediate map is never written to memory, and the output is the block's only
+/// allocation. Nothing is recorded for autograd (inference only). `dw` `[C, 1, k, k]`, `pw` a 1x1
+/// convolution `C -> O` without groups, stride or padding; off the fast path, [`depthwise_conv2d_bn`] then
+/// [`super::conv2d_bn`].
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_separable_bn(
+    x: &Tensor,
+    dw: &Tensor,
+    bn_dw: &candle_nn::BatchNorm,
+    padding: (usize, usize),
+    stride: (usize, usize),
+    pw: &candle_nn::Conv2d,
+    bn_pw: &candle_nn::BatchNorm,
+) -> Result<Tensor> {
+    let (dw_w, dw_b) = fold_bn(dw, None, bn_dw)?;
+    let (pw_w, pw_b) = fold_bn(pw.weight(), pw.bias(), bn_pw)?;
+    let cfg = pw.config();
+    let x = x.detach();
+    let pointwise = matches!(pw_w.dims(), &[_, _, 1, 1])
+        && (cfg.groups, cfg.dilation, cfg.stride, cfg.padding) == (1, 1, 1, 0);
+    if !pointwise || !fast(&[&x, &dw_w, &pw_w]) {
+        let y = depthwise_conv2d_bn(&x, dw, bn_dw, padding, stride, true)?;
+        return super::conv2d_bn(pw, bn_pw, &y, true);
+    }
+    let geo = DwGeo::new(x.dims(), dw_w.dims(), padding, stride)?;
+    let (o, c) = (pw_w.dim(0)?, pw_w.dim(1)?);
+    if c != geo.c {
+        return Err(Error::Shape(format!(
+            "depthwise-separable block: the pointwise kernel {:?} does not take the {} depthwise channels",
+            pw_w.dims(),
+            geo.c
+        )));
+    }
+    let op = SeparableBnOp {
+        geo,
+        o,
+        dw_w: dw_w.flatten_all()?.to_vec1()?,
+        dw_b: dw_b.to_vec1()?,
+        pw_w: pw_w.flatten_all()?.to_vec1()?,
+        pw_b: pw_b.to_vec1()?,
+    };
+    Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// [`depthwise_separable_bn`]'s op: forward only, the folded weights as plain vectors.
+struct SeparableBnOp {
+    geo: DwGeo,
+    o: usize,
+    dw_w: Vec<f32>,
+    dw_b: Vec<f32>,
+    pw_w: Vec<f32>,
+    pw_b: Vec<f32>,
+}
+
+impl candle_core::CustomOp1 for SeparableBnOp {
+    fn name(&self) -> &'static str {
+        "distill-depthwise-separable-bn"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "depthwise-separable block input")?;
+        let g = self.geo;
+        let (plane, n, k, o) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw, self.o);
+        let mut out = vec![0f32; g.b * o * n];
+        out.par_chunks_mut(o * n)
+            .zip(x.par_chunks(g.c * plane))
+            .for_each_init(
+                || (vec![0f32; g.c * n], (Vec::new(), Vec::new())),
+                |(mid, scratch), (y, xi)| {
+                    for ((ch, xp), mp) in xi
+                        .chunks_exact(plane)
+                        .enumerate()
+                        .zip(mid.chunks_exact_mut(n))
+                    {
+                        g.plane(
+                            xp,
+                            &self.dw_w[ch * k..][..k],
+                            self.dw_b[ch],
+                            true,
+                            scratch,
+                            mp,
+                        );
+                    }
+                    for (row, &b) in y.chunks_exact_mut(n).zip(&self.pw_b) {
+                        row.fill(b);
+                    }
+                    // y[o, n] += pw[o, c] · mid[c, n]
+                    super::conv::gemm1(
+                        o,
+                        n,
+                        g.c,
+                        y,
+                        true,
+                        &self.pw_w,
+                        g.c as isize,
+                        1,
+                        mid,
+                        n as isize,
+                        1,
+                    );
+                    y.iter_mut().for_each(|v| *v = v.max(0.0));
+                },
+            );
+        Ok((CpuStorage::F32(out), Shape::from((g.b, o, g.oh, g.ow))))
+    }
+}
+
 /// `out[..n] += a * x[0], x[s], x[2s], ...` (vectorised when `s == 1`).
 #[inline]
 pub(crate) fn axpy_strided(out: &mut [f32], a: f32, x: &[f32], s: usize) {
@@ -149,19 +406,9 @@ impl CustomOp2 for DepthwiseOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.0;
         let x = f32_slice(s1, l1, "depthwise_conv2d input")?;
         let wt = f32_slice(s2, l2, "depthwise_conv2d weight")?;
-        let (plane, oplane, k) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
-        let mut out = vec![0f32; g.b * g.c * oplane];
-        out.par_chunks_mut(oplane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(p, (o, xi))| {
-                let wc = &wt[(p % g.c) * k..][..k];
-                g.spans(|t, o0, i0, n| axpy_strided(&mut o[o0..o0 + n], wc[t], &xi[i0..], g.sw));
-            });
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.c, g.oh, g.ow))))
+        Ok(self.0.forward(x, wt, None, false))
     }
     fn bwd(
         &self,

@@ -167,6 +167,26 @@ impl CustomOp3 for LayerNormGrad {
 // batch normalisation
 // ---------------------------------------------------------------------------------------------------------
 
+/// The per-channel map an evaluation-mode batch norm applies, `y = scale·x + shift`: `scale = γ / √(var + ε)`,
+/// `shift = β − mean·scale` from the running statistics (γ = 1, β = 0 without an affine part). Detached: it is
+/// for inference, where a convolution before the norm absorbs it ([`super::conv2d_bn`]).
+pub fn batch_norm_affine(bn: &candle_nn::BatchNorm) -> Result<(Tensor, Tensor)> {
+    let var = bn.running_var().detach();
+    let mean = bn.running_mean().detach();
+    let rstd = (var + bn.eps())?.sqrt()?.recip()?;
+    Ok(match bn.weight_and_bias() {
+        Some((gamma, beta)) => {
+            let scale = gamma.detach().mul(&rstd)?;
+            let shift = beta.detach().sub(&mean.mul(&scale)?)?;
+            (scale, shift)
+        }
+        None => {
+            let shift = mean.mul(&rstd)?.neg()?;
+            (rstd, shift)
+        }
+    })
+}
+
 /// candle-nn's `BatchNorm` over `x` `[B, C, ...]`, optionally followed by ReLU, in training (`train`, batch
 /// statistics; the running mean and variance are updated as candle-nn does) or evaluation mode (running
 /// statistics). On f32 CPU tensors evaluation mode is one per-channel scale-and-shift op, and training mode

@@ -569,3 +569,113 @@ fn fused_conv_relu_pool_equals_the_separate_ops() -> Result<()> {
     }
     Ok(())
 }
+
+/// A batch norm over `c` channels with random scale, shift and running statistics (so evaluation really
+/// rescales), as candle-nn holds it.
+fn random_bn(c: usize, dev: &Device) -> Result<candle_nn::BatchNorm> {
+    Ok(candle_nn::BatchNorm::new(
+        c,
+        Tensor::randn(0f32, 0.5, c, dev)?,
+        (Tensor::rand(0f32, 1.0, c, dev)? + 0.5)?,
+        Tensor::randn(1f32, 0.3, c, dev)?,
+        Tensor::randn(0f32, 0.3, c, dev)?,
+        1e-5,
+    )?)
+}
+
+/// candle-nn's evaluation-mode batch norm after `y`, then ReLU when `relu`: the unfolded reference.
+fn bn_eval(bn: &candle_nn::BatchNorm, y: &Tensor, relu: bool) -> Result<Tensor> {
+    use candle_nn::ModuleT;
+    let z = bn.forward_t(y, false)?;
+    Ok(if relu { z.relu()? } else { z })
+}
+
+/// The inference ops that fold an evaluation-mode batch norm into the convolution before it equal candle's
+/// convolution followed by candle-nn's batch norm (and ReLU): a 3x3 conv with and without bias, strides and
+/// padding, a 1x1 pointwise conv (its no-im2col path), depthwise convs at strides 1 and 2, and a whole
+/// depthwise-separable block. Their outputs record nothing for autograd.
+#[test]
+fn batch_norm_folded_inference_matches_conv_then_batch_norm() -> Result<()> {
+    let dev = Device::Cpu;
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    for (i, (cin, cout, k, stride, padding, bias, relu)) in [
+        (3, 5, 3, 1, 1, false, true),
+        (3, 5, 3, 2, 1, true, false),
+        (4, 6, 1, 1, 0, false, true),
+        (4, 6, 1, 2, 0, true, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = candle_nn::Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let vb = vb.pp(format!("c{i}"));
+        let conv = if bias {
+            candle_nn::conv2d(cin, cout, k, cfg, vb)?
+        } else {
+            candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?
+        };
+        let bn = random_bn(cout, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, cin, 7, 6), &dev)?;
+        let folded = conv2d_bn(&conv, &bn, &x, relu)?;
+        let reference = bn_eval(&bn, &candle_core::Module::forward(&conv, &x)?, relu)?;
+        assert_eq!(folded.dims(), reference.dims());
+        close(&folded, &reference, 1e-5);
+        assert!(!folded.track_op());
+    }
+    for (stride, padding) in [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((1, 1), (0, 0))] {
+        let (c, o) = (4, 6);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, c, 9, 8), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (c, 1, 3, 3), &dev)?)?;
+        let bn = random_bn(c, &dev)?;
+        let grouped = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), padding.0, stride.0, 1, c)?;
+        let dw = depthwise_conv2d_bn(x.as_tensor(), w.as_tensor(), &bn, padding, stride, true)?;
+        close(&dw, &bn_eval(&bn, &grouped, true)?, 1e-5);
+        assert!(!dw.track_op());
+        let pw = candle_nn::conv2d_no_bias(
+            c,
+            o,
+            1,
+            Default::default(),
+            vb.pp(format!("pw{}{}", stride.0, padding.0)),
+        )?;
+        let bn_pw = random_bn(o, &dev)?;
+        let block = depthwise_separable_bn(
+            x.as_tensor(),
+            w.as_tensor(),
+            &bn,
+            padding,
+            stride,
+            &pw,
+            &bn_pw,
+        )?;
+        let mid = bn_eval(&bn, &grouped, true)?;
+        let reference = bn_eval(&bn_pw, &candle_core::Module::forward(&pw, &mid)?, true)?;
+        assert_eq!(block.dims(), reference.dims());
+        close(&block, &reference, 1e-5);
+        assert!(!block.track_op());
+    }
+    // the pointwise kernel must take the depthwise channels
+    let x = Tensor::randn(0f32, 1.0, (1, 4, 5, 5), &dev)?;
+    let w = Tensor::randn(0f32, 1.0, (4, 1, 3, 3), &dev)?;
+    let pw = candle_nn::conv2d_no_bias(3, 2, 1, Default::default(), vb.pp("bad"))?;
+    let err = depthwise_separable_bn(
+        &x,
+        &w,
+        &random_bn(4, &dev)?,
+        (1, 1),
+        (1, 1),
+        &pw,
+        &random_bn(2, &dev)?,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("pointwise kernel [2, 3, 1, 1]"), "{err}");
+    Ok(())
+}

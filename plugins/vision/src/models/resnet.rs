@@ -156,7 +156,7 @@ impl Network for ResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         super::input::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
-        let mut x = self.bn1.forward(&self.conv1.forward(input)?, train, true)?;
+        let mut x = distill_nn::layers::conv_bn(&self.conv1, &self.bn1, input, train, true)?;
         let mut maps = Vec::with_capacity(3);
         for stage in &self.stages {
             for block in stage {

@@ -192,7 +192,7 @@ impl Network for TvResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Outputs> {
         super::input::check_image_input(input, self.input, &self.cfg.name)?;
         let train = mode.is_train();
-        let x = self.bn1.forward(&self.conv1.forward(input)?, train, true)?;
+        let x = distill_nn::layers::conv_bn(&self.conv1, &self.bn1, input, train, true)?;
         let mut x = max_pool_3x3_s2(&x)?;
         let mut maps = Vec::with_capacity(4);
         for stage in &self.stages {
