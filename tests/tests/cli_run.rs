@@ -250,3 +250,62 @@ fn early_stopping_keeps_the_best_validation_epoch() {
         assert_eq!(r["best_val_epoch_metric"].as_f64().unwrap(), at_best);
     }
 }
+
+/// The number after `key` in `line` (up to the next space, `×` or `x`).
+fn number_after(s: &str, key: &str) -> f64 {
+    let rest = &s[s.find(key).unwrap_or_else(|| panic!("`{key}` not in {s}")) + key.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}: {e} in {s}"))
+}
+
+/// `distill check --latency` reads the data (a graph's networks need it: plain `check` does not), times
+/// both networks and prints FLOPs, latencies and speed-ups that agree with each other: the FLOPs those of
+/// a GCN 12-8-3 and an MLP 12-8-3 on this graph, each speed-up the ratio of the printed latencies, the
+/// target half the FLOPs ratio.
+#[test]
+fn check_latency_times_both_networks_on_the_real_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("r.toml"), tiny_graph_recipe(1)).unwrap();
+    let o = distill(tmp.path(), &["check", "--latency", "r.toml"]);
+    assert!(!o.status.success(), "no data: {}", stdout(&o));
+    assert!(
+        stderr(&o).contains("graph folder not found"),
+        "{}",
+        stderr(&o)
+    );
+    write_graph_folder(&tmp.path().join("data/g"), 60);
+    let o = distill(tmp.path(), &["check", "--latency", "r.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    // 60 nodes, 2·(3·60 − 1 − 3 − 6) = 340 edge ends: average degree 340 / 60 = 5 (integer), + 1 self loop
+    let (t_flops, s_flops) = (2 * (12 * 8 + 8 * 3) + 2 * 6 * (8 + 3), 2 * (12 * 8 + 8 * 3));
+    assert_eq!(number_after(&s, "flops    teacher "), t_flops as f64, "{s}");
+    assert_eq!(number_after(&s, "· student "), s_flops as f64, "{s}");
+    let ratio = t_flops as f64 / s_flops as f64;
+    assert!(
+        (number_after(&s, "target speed-up ≥ ") - 0.5 * ratio).abs() < 0.006,
+        "{s}"
+    );
+    let line = s.lines().find(|l| l.contains("latency  teacher")).unwrap();
+    let t1 = number_after(line, "teacher ");
+    let t256 = number_after(line, &format!("teacher {t1:.3} / "));
+    let s1 = number_after(line, "student ");
+    let s256 = number_after(line, &format!("student {s1:.3} / "));
+    assert!(t1 > 0.0 && t256 > 0.0 && s1 > 0.0 && s256 > 0.0, "{line}");
+    // each speed-up lies within what the printed (rounded) latencies allow
+    let within = |speedup: f64, t: f64, st: f64, half_ulp: f64| {
+        let (lo, hi) = (
+            (t - half_ulp) / (st + half_ulp),
+            (t + half_ulp) / (st - half_ulp),
+        );
+        speedup >= lo - 0.005 && speedup <= hi + 0.005
+    };
+    let b1 = number_after(&s, "\n  speed-up ");
+    assert!(within(b1, t1, s1, 0.0005), "{s}");
+    let b256 = number_after(s.split("at batch 1").nth(1).unwrap(), "), ");
+    assert!(within(b256, t256, s256, 0.005), "{s}");
+}

@@ -135,3 +135,35 @@ impl Task for GraphTask {
         Ok(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use distill_core::task::MetricInfo;
+
+    /// A latency batch is distinct nodes in order, cycling once the graph runs out (zeros would be one node
+    /// `batch` times, whose neighbourhood is all a GNN would then propagate over).
+    #[test]
+    fn latency_input_is_distinct_nodes() -> Result<()> {
+        let n = 5;
+        let x = Tensor::zeros((n, 2), DType::F32, &Device::Cpu)?;
+        let adj = crate::data::Adjacency::from_pairs(n, &[(0, 1), (1, 2), (3, 4)]);
+        let g = Graph::new("g", x, 2, vec![Some(0); n], adj, vec![0], vec![1], vec![2])?;
+        let info = TaskInfo {
+            dataset: "g".into(),
+            input_shape: vec![1],
+            num_classes: 2,
+            metric: MetricInfo {
+                name: "accuracy".into(),
+                higher_is_better: true,
+            },
+        };
+        let task = GraphTask::new(info, Arc::new(g), false);
+        let ids: Vec<u32> = task.latency_input(3, &Device::Cpu)?.to_vec1()?;
+        assert_eq!(ids, [0, 1, 2]);
+        let ids: Vec<u32> = task.latency_input(7, &Device::Cpu)?.to_vec1()?;
+        assert_eq!(ids, [0, 1, 2, 3, 4, 0, 1]);
+        Ok(())
+    }
+}
