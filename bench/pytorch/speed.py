@@ -12,6 +12,10 @@ that both sides do the same arithmetic on the same data:
            max-pool 2, linear 1600->128, ReLU, linear 128->10, cross-entropy, SGD (momentum 0.9).
   gcn      full-batch epochs of a 2-layer GCN on Cora (1433-16-7, dropout 0.5, Adam lr 0.01, L2 5e-4 on the first
            layer), the normalised adjacency as a sparse matrix.
+  dscnn_step training steps at batch 64 of the audio plugin's DS-CNN student (width 32, 4 blocks): conv 1->32
+           3x3 stride 2 + BN + ReLU, 4 x (depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU), global average
+           pooling, linear 32->10; on [1, 40, 32] Gaussian inputs, AdamW (lr 5e-3, weight decay 5e-4),
+           cross-entropy.
 
 One workload per process, so the peak resident memory (ru_maxrss) is that workload's. Prints one JSON line:
 {"workload", "impl": "pytorch", "samples", "seconds", "samples_per_s", "peak_rss_mib", "threads", "version"}.
@@ -233,7 +237,44 @@ def gcn(args):
     return epochs * x.shape[0], time.perf_counter() - t0
 
 
-WORKLOADS = {"mlp_ce": mlp_ce, "mlp_kd": mlp_kd, "cnn_step": cnn_step, "gcn": gcn}
+def conv_bn(cin, cout, k, stride=1, groups=1):
+    return [
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
+
+
+def ds_cnn(width=32, blocks=4, classes=10):
+    layers = conv_bn(1, width, 3, stride=2)
+    for _ in range(blocks):
+        layers += conv_bn(width, width, 3, groups=width) + conv_bn(width, width, 1)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes)]
+    return nn.Sequential(*layers)
+
+
+def dscnn_step(args):
+    model = ds_cnn()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=5e-4)
+    inputs = [torch.randn(64, 1, 40, 32) for _ in range(8)]
+    y = torch.arange(64) % 10
+
+    def step(i):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(inputs[i % 8]), y)
+        loss.backward()
+        opt.step()
+
+    steps = args.steps or 50
+    for i in range(3):
+        step(steps + i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps * 64, time.perf_counter() - t0
+
+
+WORKLOADS = {"mlp_ce": mlp_ce, "mlp_kd": mlp_kd, "cnn_step": cnn_step, "gcn": gcn, "dscnn_step": dscnn_step}
 
 
 def main():

@@ -12,6 +12,7 @@
 //! | `mlp_kd` | one distillation epoch: frozen 784-1200-1200-10 teacher, 784-800-800-10 student, `0.9·T²·KL + 0.1·CE`, T = 4 |
 //! | `cnn_step` | 50 steps at batch 128: conv 1→32 3×3, ReLU, max-pool 2, conv 32→64 3×3, ReLU, max-pool 2, 1600→128→10, SGD |
 //! | `gcn` | 200 full-batch epochs of a 2-layer GCN (16 hidden) on Cora, Adam, L2 on the first layer |
+//! | `dscnn_step` | 50 steps at batch 64 of the audio plugin's DS-CNN student (width 32, 4 blocks) on 40x32 log-mel-sized inputs (seeded Gaussian), AdamW, cross-entropy |
 //!
 //! The timed part excludes loading and a warm-up (5 batches, 3 CNN steps or 5 GCN epochs), as in the Python
 //! script.
@@ -44,7 +45,7 @@ use crate::plugins::find_plugin;
 const GCN_RECIPE: &str = include_str!("../../../plugins/graph/recipes/gcn-cora.toml");
 
 /// The workloads, in the order they run.
-pub const WORKLOADS: &[&str] = &["mlp_ce", "mlp_kd", "cnn_step", "gcn"];
+pub const WORKLOADS: &[&str] = &["mlp_ce", "mlp_kd", "cnn_step", "gcn", "dscnn_step"];
 
 /// One timed run of one workload by one implementation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -345,6 +346,52 @@ impl Workload for Gcn {
     }
 }
 
+/// The audio plugin's `ds-cnn` student as fsdd-kws trains it (width 32, 4 blocks, AdamW lr 0.005, weight
+/// decay 5e-4), at batch 64 on `[1, 40, 32]` inputs: seeded Gaussian values (the arithmetic does not depend on
+/// them; PyTorch's script draws its own), labels `i mod 10`. Inputs are made once, 8 batches cycled.
+struct DsCnnStep {
+    net: Box<dyn Network>,
+    inputs: Vec<Tensor>,
+    labels: Tensor,
+    opt: Box<dyn Optimizer>,
+}
+
+/// `dscnn_step`'s batch size.
+const DSCNN_BATCH: usize = 64;
+
+impl DsCnnStep {
+    fn new() -> Result<Self> {
+        let spec: distill_audio::models::ModelSpec =
+            toml::from_str("arch = \"ds-cnn\"\nwidth = 32\nblocks = 4")?;
+        let net = distill_audio::models::build_model(&spec, [1, 40, 32], 10, 0, &Device::Cpu)?;
+        let opt = build_optimizer(&adamw(5e-3, 5e-4), trainable_vars(net.varmap()))?;
+        let inputs = (0..8)
+            .map(|_| Tensor::randn(0f32, 1.0, (DSCNN_BATCH, 1, 40, 32), &Device::Cpu))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let labels: Vec<u32> = (0..DSCNN_BATCH as u32).map(|i| i % 10).collect();
+        Ok(Self {
+            net,
+            inputs,
+            labels: Tensor::new(labels, &Device::Cpu)?,
+            opt,
+        })
+    }
+}
+
+impl Workload for DsCnnStep {
+    fn step(&mut self, i: usize) -> Result<()> {
+        let x = &self.inputs[i % self.inputs.len()];
+        let out = self.net.forward(x, Mode::Train { seed: i as u64 })?;
+        optimise(self.opt.as_mut(), &ce_loss(&out.logits, &self.labels)?)
+    }
+    fn samples(&self, _i: usize) -> usize {
+        DSCNN_BATCH
+    }
+    fn schedule(&self) -> (usize, usize) {
+        (50, 3)
+    }
+}
+
 /// Builds a workload with its data, model and optimiser.
 pub fn build(reg: &Registry, name: &str, data_dir: &Path) -> Result<Box<dyn Workload>> {
     Ok(match name {
@@ -361,6 +408,7 @@ pub fn build(reg: &Registry, name: &str, data_dir: &Path) -> Result<Box<dyn Work
             Box::new(Cnn::new(x, y)?)
         }
         "gcn" => Box::new(Gcn::new(reg, data_dir)?),
+        "dscnn_step" => Box::new(DsCnnStep::new()?),
         other => bail!(
             "unknown speed workload `{other}` (known: {})",
             WORKLOADS.join(", ")
@@ -651,7 +699,8 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            e.to_string().contains("mlp_ce, mlp_kd, cnn_step, gcn"),
+            e.to_string()
+                .contains("mlp_ce, mlp_kd, cnn_step, gcn, dscnn_step"),
             "{e}"
         );
     }

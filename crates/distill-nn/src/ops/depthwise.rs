@@ -447,6 +447,66 @@ impl CustomOp2 for DepthwiseOp {
 
 /// The gradients of a depthwise convolution from the input and the output's gradient, packed as
 /// `[gw (C·kh·kw) | gx (B·C·H·W, only when wanted)]`.
+/// Per-thread buffers of the stride-1 gradient: the padded input plane, the output gradient laid out `wp`
+/// wide, the padded input gradient.
+#[derive(Default)]
+struct Scratch {
+    pad: Vec<f32>,
+    gy: Vec<f32>,
+    gpad: Vec<f32>,
+}
+
+impl DwGeo {
+    /// The gradients of one channel plane at stride 1, the adjoint of [`DwGeo::plane_stride1`]: in the
+    /// padded, `wp`-wide layout each tap's weight gradient is one long dot product of the output gradient
+    /// with the shifted padded input, and the input gradient one long multiply-add of the output gradient
+    /// into the shifted padded input gradient (the layout's spare columns hold zeros, so they add nothing).
+    fn plane_grad_stride1(
+        &self,
+        xi: &[f32],
+        gyi: &[f32],
+        wc: &[f32],
+        gwp: &mut [f32],
+        gxi: Option<&mut [f32]>,
+        sc: &mut Scratch,
+    ) {
+        let g = self;
+        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+        let len = (g.oh - 1) * wp + g.ow;
+        sc.pad.clear();
+        sc.pad.resize(hp * wp, 0.0);
+        for (y, row) in xi.chunks_exact(g.w).enumerate() {
+            sc.pad[(y + g.ph) * wp + g.pw..][..g.w].copy_from_slice(row);
+        }
+        sc.gy.clear();
+        sc.gy.resize(len, 0.0);
+        for (oy, row) in gyi.chunks_exact(g.ow).enumerate() {
+            sc.gy[oy * wp..][..g.ow].copy_from_slice(row);
+        }
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let src = &sc.pad[i * wp + j..][..len];
+                gwp[i * g.kw + j] += sc.gy.iter().zip(src).map(|(a, b)| a * b).sum::<f32>();
+            }
+        }
+        let Some(gxi) = gxi else { return };
+        sc.gpad.clear();
+        sc.gpad.resize(hp * wp, 0.0);
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let a = wc[i * g.kw + j];
+                let dst = &mut sc.gpad[i * wp + j..][..len];
+                dst.iter_mut().zip(&sc.gy).for_each(|(d, v)| *d += a * v);
+            }
+        }
+        for (y, row) in gxi.chunks_exact_mut(g.w).enumerate() {
+            row.iter_mut()
+                .zip(&sc.gpad[(y + g.ph) * wp + g.pw..][..g.w])
+                .for_each(|(d, v)| *d += v);
+        }
+    }
+}
+
 pub(crate) struct DepthwiseGrad {
     geo: DwGeo,
     w: Tensor,
@@ -477,8 +537,12 @@ impl CustomOp2 for DepthwiseGrad {
         let (gw, gx) = out.split_at_mut(g.c * k);
         // per-plane weight gradients, then summed over the batch per channel
         let mut gw_planes = vec![0f32; g.b * g.c * k];
-        let run = |p: usize, gwp: &mut [f32], gxi: Option<&mut [f32]>| {
+        let run = |p: usize, gwp: &mut [f32], gxi: Option<&mut [f32]>, scratch: &mut Scratch| {
             let (xi, gyi) = (&x[p * plane..][..plane], &gy[p * oplane..][..oplane]);
+            if g.sh == 1 && g.sw == 1 {
+                let wc = &wt[(p % g.c) * k..][..k];
+                return g.plane_grad_stride1(xi, gyi, wc, gwp, gxi, scratch);
+            }
             g.spans(|t, o0, i0, n| gwp[t] += dot_strided(&gyi[o0..o0 + n], &xi[i0..], g.sw));
             if let Some(gxi) = gxi {
                 let wc = &wt[(p % g.c) * k..][..k];
@@ -504,12 +568,14 @@ impl CustomOp2 for DepthwiseGrad {
                 .par_chunks_mut(k)
                 .zip(gx.par_chunks_mut(plane))
                 .enumerate()
-                .for_each(|(p, (gwp, gxi))| run(p, gwp, Some(gxi)));
+                .for_each_init(Scratch::default, |sc, (p, (gwp, gxi))| {
+                    run(p, gwp, Some(gxi), sc)
+                });
         } else {
             gw_planes
                 .par_chunks_mut(k)
                 .enumerate()
-                .for_each(|(p, gwp)| run(p, gwp, None));
+                .for_each_init(Scratch::default, |sc, (p, gwp)| run(p, gwp, None, sc));
         }
         for (p, gwp) in gw_planes.chunks(k).enumerate() {
             let dst = &mut gw[(p % g.c) * k..][..k];

@@ -275,17 +275,52 @@ pub(crate) fn bn_dims(shape: &Shape) -> (usize, usize, usize) {
     (d[0], d[1], d[2..].iter().product())
 }
 
-/// Per-channel `(mean, biased variance)` of `x` `[B, C, plane]`, in f64 accumulators.
+/// Lanes of a vectorised sum.
+const LANES: usize = 16;
+
+/// `(Σ f(v).0, Σ f(v).1)` over `xs`: 16 f32 partial sums per term (vectorised), added up in f64. Within a
+/// plane (a few hundred values) f32 partials lose nothing that matters; planes are summed in f64.
+#[inline]
+fn lane_sums(xs: &[f32], f: impl Fn(f32) -> (f32, f32)) -> (f64, f64) {
+    lane_sums2(xs, xs, |v, _| f(v))
+}
+
+/// [`lane_sums`] over two slices of the same length.
+#[inline]
+fn lane_sums2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    let (mut p, mut q) = ([0f32; LANES], [0f32; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..LANES {
+            let (u, v) = f(xa[l], xb[l]);
+            p[l] += u;
+            q[l] += v;
+        }
+    }
+    let (mut s, mut t) = (
+        p.iter().map(|&v| v as f64).sum::<f64>(),
+        q.iter().map(|&v| v as f64).sum::<f64>(),
+    );
+    for (&xa, &xb) in ra.iter().zip(rb) {
+        let (u, v) = f(xa, xb);
+        s += u as f64;
+        t += v as f64;
+    }
+    (s, t)
+}
+
+/// Per-channel `(mean, biased variance)` of `x` `[B, C, plane]`: vectorised f32 partial sums per plane,
+/// f64 across planes.
 pub(crate) fn channel_stats(x: &[f32], b: usize, c: usize, plane: usize) -> Vec<(f32, f32)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let (mut s, mut s2) = (0f64, 0f64);
             for bi in 0..b {
-                for &v in &x[(bi * c + ch) * plane..][..plane] {
-                    s += v as f64;
-                    s2 += (v as f64) * (v as f64);
-                }
+                let (ps, ps2) = lane_sums(&x[(bi * c + ch) * plane..][..plane], |v| (v, v * v));
+                s += ps;
+                s2 += ps2;
             }
             let n = (b * plane) as f64;
             let mean = s / n;
@@ -503,10 +538,11 @@ impl CustomOp2 for BatchNormGrad {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 for bi in 0..b {
                     let at = (bi * c + ch) * plane;
-                    for (gv, xv) in g[at..at + plane].iter().zip(&x[at..at + plane]) {
-                        sg += *gv as f64;
-                        sgx += (*gv * (xv - mean) * r) as f64;
-                    }
+                    let (a, bsum) = lane_sums2(&g[at..at + plane], &x[at..at + plane], |gv, xv| {
+                        (gv, gv * (xv - mean) * r)
+                    });
+                    sg += a;
+                    sgx += bsum;
                 }
                 (sg as f32, sgx as f32)
             })
