@@ -24,8 +24,14 @@ pub fn depthwise_conv2d(
         return depthwise_conv2d_composed(x, weight, padding, stride);
     }
     let geo = DwGeo::new(x.dims(), weight.dims(), padding, stride)?;
-    Ok(x.contiguous()?
-        .apply_op2(&weight.contiguous()?, DepthwiseOp(geo))?)
+    Ok(x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        DepthwiseOp {
+            geo,
+            bias: None,
+            relu: false,
+        },
+    )?)
 }
 
 /// The shapes of one depthwise convolution.
@@ -230,36 +236,12 @@ pub fn depthwise_conv2d_bn(
         return Ok(if relu { y.relu()? } else { y });
     }
     let geo = DwGeo::new(x.dims(), w.dims(), padding, stride)?;
-    let op = DepthwiseBnOp {
+    let op = DepthwiseOp {
         geo,
-        bias: b.to_vec1::<f32>()?,
+        bias: Some(b.to_vec1::<f32>()?),
         relu,
     };
     Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?)
-}
-
-/// [`depthwise_conv2d_bn`]'s op: forward only.
-struct DepthwiseBnOp {
-    geo: DwGeo,
-    bias: Vec<f32>,
-    relu: bool,
-}
-
-impl CustomOp2 for DepthwiseBnOp {
-    fn name(&self) -> &'static str {
-        "distill-depthwise-conv2d-bn"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "depthwise_conv2d input")?;
-        let wt = f32_slice(s2, l2, "depthwise_conv2d weight")?;
-        Ok(self.geo.forward(x, wt, Some(&self.bias), self.relu))
-    }
 }
 
 /// Inference with a whole depthwise-separable block, `relu(bn_pw(pw(relu(bn_dw(dw(x))))))`, both batch norms
@@ -393,7 +375,13 @@ pub(crate) fn dot_strided(y: &[f32], x: &[f32], s: usize) -> f32 {
     }
 }
 
-pub(crate) struct DepthwiseOp(DwGeo);
+/// The depthwise convolution op; with a per-channel `bias` and `relu` only for inference
+/// ([`depthwise_conv2d_bn`], applied without a backward pass).
+pub(crate) struct DepthwiseOp {
+    geo: DwGeo,
+    bias: Option<Vec<f32>>,
+    relu: bool,
+}
 
 impl CustomOp2 for DepthwiseOp {
     fn name(&self) -> &'static str {
@@ -408,7 +396,7 @@ impl CustomOp2 for DepthwiseOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "depthwise_conv2d input")?;
         let wt = f32_slice(s2, l2, "depthwise_conv2d weight")?;
-        Ok(self.0.forward(x, wt, None, false))
+        Ok(self.geo.forward(x, wt, self.bias.as_deref(), self.relu))
     }
     fn bwd(
         &self,
@@ -417,7 +405,10 @@ impl CustomOp2 for DepthwiseOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.0;
+        if self.bias.is_some() || self.relu {
+            candle_core::bail!("depthwise_conv2d: the folded inference op has no backward pass")
+        }
+        let g = self.geo;
         let (want_x, want_w) = (x.track_op(), w.track_op());
         if !want_x && !want_w {
             return Ok((None, None));
