@@ -12,6 +12,11 @@ that both sides do the same arithmetic on the same data:
            max-pool 2, linear 1600->128, ReLU, linear 128->10, cross-entropy, SGD (momentum 0.9).
   gcn      full-batch epochs of a 2-layer GCN on Cora (1433-16-7, dropout 0.5, Adam lr 0.01, L2 5e-4 on the first
            layer), the normalised adjacency as a sparse matrix.
+  bert_step training steps at batch 32 x 64 tokens of a MiniLM-L6-shaped BERT (transformers' BertModel from
+           $DISTILL_MODELS/all-MiniLM-L6-v2/config.json, randomly initialised), mean pooling, dropout 0.1, a
+           2-way linear classifier, AdamW (lr 5e-5, weight decay 0.01), cross-entropy. Needs transformers.
+  bert_kd  distillation steps at the same batch: that BERT frozen (eval, no gradients), a 3-layer student, loss
+           0.9 * T^2 * KL + 0.1 * CE at T = 4, AdamW.
   dscnn_step training steps at batch 64 of the audio plugin's DS-CNN student (width 32, 4 blocks): conv 1->32
            3x3 stride 2 + BN + ReLU, 4 x (depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU), global average
            pooling, linear 32->10; on [1, 40, 32] Gaussian inputs, AdamW (lr 5e-3, weight decay 5e-4),
@@ -274,7 +279,83 @@ def dscnn_step(args):
     return steps * 64, time.perf_counter() - t0
 
 
-WORKLOADS = {"mlp_ce": mlp_ce, "mlp_kd": mlp_kd, "cnn_step": cnn_step, "gcn": gcn, "dscnn_step": dscnn_step}
+def models_dir():
+    return os.environ.get("DISTILL_MODELS", "models")
+
+
+class BertClassifier(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig.from_json_file(os.path.join(models_dir(), "all-MiniLM-L6-v2", "config.json"))
+        cfg.num_hidden_layers = layers
+        self.bert = BertModel(cfg, add_pooling_layer=False)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.classifier = nn.Linear(cfg.hidden_size, 2)
+
+    def forward(self, ids):
+        mask = (ids != 0).float()
+        h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return self.classifier(self.drop(pooled))
+
+
+def bert_inputs(b=32, t=64):
+    inputs = []
+    for j in range(4):
+        i = torch.arange(b * t, dtype=torch.int64) + j * b * t
+        inputs.append((1000 + (i * 7919) % 20000).reshape(b, t))
+    return inputs, torch.arange(b) % 2
+
+
+def bert_run(args, kd):
+    torch.manual_seed(0)
+    teacher = BertClassifier(6).eval() if kd else None
+    student = BertClassifier(3 if kd else 6)
+    opt = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=0.01)
+    inputs, y = bert_inputs()
+    T = 4.0
+
+    def step(i):
+        x = inputs[i % len(inputs)]
+        opt.zero_grad(set_to_none=True)
+        s = student(x)
+        loss = F.cross_entropy(s, y)
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher(x)
+            kl = F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T
+            loss = 0.9 * kl + 0.1 * loss
+        loss.backward()
+        opt.step()
+
+    steps = args.steps or 20
+    for i in range(2):
+        step(steps + i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps * 32, time.perf_counter() - t0
+
+
+def bert_step(args):
+    return bert_run(args, False)
+
+
+def bert_kd(args):
+    return bert_run(args, True)
+
+
+WORKLOADS = {
+    "mlp_ce": mlp_ce,
+    "mlp_kd": mlp_kd,
+    "cnn_step": cnn_step,
+    "gcn": gcn,
+    "dscnn_step": dscnn_step,
+    "bert_step": bert_step,
+    "bert_kd": bert_kd,
+}
 
 
 def main():

@@ -54,7 +54,7 @@ pub struct BenchArgs {
     /// bench/pytorch/speed.py alternated on the same workloads; prints samples/s, peak memory and ratios.
     #[arg(long)]
     pub speed: bool,
-    /// `--speed`: the workloads (comma-separated; default all: mlp_ce, mlp_kd, cnn_step, gcn, dscnn_step).
+    /// `--speed`: the workloads (comma-separated; default all: mlp_ce, mlp_kd, cnn_step, gcn, dscnn_step, bert_step, bert_kd).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
     /// `--speed`: alternating rounds per workload (the table shows medians).

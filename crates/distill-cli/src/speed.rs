@@ -12,6 +12,8 @@
 //! | `mlp_kd` | one distillation epoch: frozen 784-1200-1200-10 teacher, 784-800-800-10 student, `0.9·T²·KL + 0.1·CE`, T = 4 |
 //! | `cnn_step` | 50 steps at batch 128: conv 1→32 3×3, ReLU, max-pool 2, conv 32→64 3×3, ReLU, max-pool 2, 1600→128→10, SGD |
 //! | `gcn` | 200 full-batch epochs of a 2-layer GCN (16 hidden) on Cora, Adam, L2 on the first layer |
+//! | `bert_step` | 20 steps at batch 32 × 64 tokens of a MiniLM-L6-shaped BERT (6 layers, hidden 384, 12 heads, randomly initialised from the config in the models dir), mean pooling, dropout 0.1, a 2-way classifier, AdamW, cross-entropy |
+//! | `bert_kd` | 20 distillation steps at the same batch: the 6-layer BERT frozen (eval), a 3-layer student, `0.9·T²·KL + 0.1·CE` at T = 4, AdamW |
 //! | `dscnn_step` | 50 steps at batch 64 of the audio plugin's DS-CNN student (width 32, 4 blocks) on 40x32 log-mel-sized inputs (seeded Gaussian), AdamW, cross-entropy |
 //!
 //! The timed part excludes loading and a warm-up (5 batches, 3 CNN steps or 5 GCN epochs), as in the Python
@@ -45,7 +47,15 @@ use crate::plugins::find_plugin;
 const GCN_RECIPE: &str = include_str!("../../../plugins/graph/recipes/gcn-cora.toml");
 
 /// The workloads, in the order they run.
-pub const WORKLOADS: &[&str] = &["mlp_ce", "mlp_kd", "cnn_step", "gcn", "dscnn_step"];
+pub const WORKLOADS: &[&str] = &[
+    "mlp_ce",
+    "mlp_kd",
+    "cnn_step",
+    "gcn",
+    "dscnn_step",
+    "bert_step",
+    "bert_kd",
+];
 
 /// One timed run of one workload by one implementation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +402,96 @@ impl Workload for DsCnnStep {
     }
 }
 
+/// `bert_step` / `bert_kd`'s batch: sentences and tokens per sentence.
+const BERT_BATCH: (usize, usize) = (32, 64);
+
+/// The text plugin's BERT classifier with `layers` layers of the MiniLM-L6 config in the models dir
+/// (`all-MiniLM-L6-v2/config.json`), randomly initialised from `seed`, mean pooling, 2 classes.
+fn bert(models_dir: &Path, layers: usize, seed: u64) -> Result<Box<dyn Network>> {
+    let spec = distill_text::models::ModelSpec::parse(&toml::toml! {
+        arch = "bert"
+        init = "random"
+        layers = (layers as i64)
+    })?;
+    let net = distill_text::models::build_model(
+        &spec,
+        distill_text::models::Head::Classify(2),
+        models_dir,
+        seed,
+        &Device::Cpu,
+    )?;
+    Ok(Box::new(net))
+}
+
+/// Token ids `1000 + (i·7919 mod 20000)` (no padding) for 4 batches, and labels `i mod 2`: the same in
+/// PyTorch's script.
+fn bert_inputs() -> Result<(Vec<Tensor>, Tensor)> {
+    let (b, t) = BERT_BATCH;
+    let inputs = (0..4)
+        .map(|j| {
+            let ids: Vec<u32> = (0..b * t)
+                .map(|i| 1000 + ((j * b * t + i) as u32 * 7919) % 20000)
+                .collect();
+            Tensor::from_vec(ids, (b, t), &Device::Cpu)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let labels: Vec<u32> = (0..b as u32).map(|i| i % 2).collect();
+    Ok((inputs, Tensor::new(labels, &Device::Cpu)?))
+}
+
+/// `bert_step` (no teacher) and `bert_kd` (a frozen 6-layer teacher, a 3-layer student).
+struct BertStep {
+    teacher: Option<Box<dyn Network>>,
+    student: Box<dyn Network>,
+    inputs: Vec<Tensor>,
+    labels: Tensor,
+    opt: Box<dyn Optimizer>,
+}
+
+impl BertStep {
+    fn new(models_dir: &Path, kd: bool) -> Result<Self> {
+        let (teacher, student) = if kd {
+            (Some(bert(models_dir, 6, 0)?), bert(models_dir, 3, 1)?)
+        } else {
+            (None, bert(models_dir, 6, 0)?)
+        };
+        let opt = build_optimizer(&adamw(5e-5, 0.01), trainable_vars(student.varmap()))?;
+        let (inputs, labels) = bert_inputs()?;
+        Ok(Self {
+            teacher,
+            student,
+            inputs,
+            labels,
+            opt,
+        })
+    }
+}
+
+impl Workload for BertStep {
+    fn step(&mut self, i: usize) -> Result<()> {
+        let x = &self.inputs[i % self.inputs.len()];
+        let s = self
+            .student
+            .forward(x, Mode::Train { seed: i as u64 })?
+            .logits;
+        let ce = ce_loss(&s, &self.labels)?;
+        let loss = match &self.teacher {
+            Some(t) => {
+                let t = t.forward(x, Mode::Eval)?.logits.detach();
+                (kd_loss(&s, &t, 4.0)?.affine(0.9, 0.0)? + ce.affine(0.1, 0.0)?)?
+            }
+            None => ce,
+        };
+        optimise(self.opt.as_mut(), &loss)
+    }
+    fn samples(&self, _i: usize) -> usize {
+        BERT_BATCH.0
+    }
+    fn schedule(&self) -> (usize, usize) {
+        (20, 2)
+    }
+}
+
 /// Builds a workload with its data, model and optimiser.
 pub fn build(reg: &Registry, name: &str, data_dir: &Path) -> Result<Box<dyn Workload>> {
     Ok(match name {
@@ -409,6 +509,10 @@ pub fn build(reg: &Registry, name: &str, data_dir: &Path) -> Result<Box<dyn Work
         }
         "gcn" => Box::new(Gcn::new(reg, data_dir)?),
         "dscnn_step" => Box::new(DsCnnStep::new()?),
+        "bert_step" | "bert_kd" => {
+            let models = crate::dirs::dir_from(&None, "DISTILL_MODELS", "models");
+            Box::new(BertStep::new(&models, name == "bert_kd")?)
+        }
         other => bail!(
             "unknown speed workload `{other}` (known: {})",
             WORKLOADS.join(", ")
