@@ -286,7 +286,10 @@ def models_dir():
 class BertClassifier(nn.Module):
     def __init__(self, layers):
         super().__init__()
-        from transformers import BertConfig, BertModel
+        try:
+            from transformers import BertConfig, BertModel
+        except ImportError:
+            sys.exit("bert_step and bert_kd need transformers on PyTorch's side: pip install transformers")
 
         cfg = BertConfig.from_json_file(os.path.join(models_dir(), "all-MiniLM-L6-v2", "config.json"))
         cfg.num_hidden_layers = layers
