@@ -370,10 +370,19 @@ struct DsCnnStep {
 const DSCNN_BATCH: usize = 64;
 
 impl DsCnnStep {
-    fn new() -> Result<Self> {
-        let spec: distill_audio::models::ModelSpec =
-            toml::from_str("arch = \"ds-cnn\"\nwidth = 32\nblocks = 4")?;
-        let net = distill_audio::models::build_model(&spec, [1, 40, 32], 10, 0, &Device::Cpu)?;
+    fn new(reg: &Registry, data_dir: &Path) -> Result<Self> {
+        let net = plugin_network(
+            reg,
+            FSDD_RECIPE,
+            "fsdd-kws.toml",
+            data_dir,
+            &toml::toml! {
+                arch = "ds-cnn"
+                width = 32
+                blocks = 4
+            },
+            0,
+        )?;
         let opt = build_optimizer(&adamw(5e-3, 5e-4), trainable_vars(net.varmap()))?;
         let inputs = (0..8)
             .map(|_| Tensor::randn(0f32, 1.0, (DSCNN_BATCH, 1, 40, 32), &Device::Cpu))
@@ -386,6 +395,30 @@ impl DsCnnStep {
             opt,
         })
     }
+}
+
+/// The recipes whose plugins and task shapes the `dscnn_step` and `bert_*` workloads build their networks
+/// through (no data is read: `task_info` and `build_network` only).
+const FSDD_RECIPE: &str = include_str!("../../../plugins/audio/recipes/fsdd-kws.toml");
+const SST2_RECIPE: &str = include_str!("../../../plugins/text/recipes/sst2-distilbert.toml");
+
+/// The network `model` of the plugin that `recipe` (a builtin recipe's text) names, for its task's shape,
+/// initialised from `seed`: through the plugin contract, as `distill run` builds it.
+fn plugin_network(
+    reg: &Registry,
+    recipe: &str,
+    file: &str,
+    data_dir: &Path,
+    model: &toml::Table,
+    seed: u64,
+) -> Result<Box<dyn Network>> {
+    let recipe = Recipe::parse(recipe, &format!("{file} (built in)"), false)?;
+    let plugin = find_plugin(reg, &recipe.plugin)
+        .with_context(|| format!("the workload needs the `{}` plugin", recipe.plugin))?;
+    let mut ctx = RunContext::new(data_dir, std::env::temp_dir());
+    ctx.models_dir = crate::dirs::dir_from(&None, "DISTILL_MODELS", "models");
+    let info = plugin.task_info(&recipe)?;
+    Ok(plugin.build_network(model, &BuildContext::new(&info, seed, &ctx, None))?)
 }
 
 impl Workload for DsCnnStep {
@@ -405,22 +438,21 @@ impl Workload for DsCnnStep {
 /// `bert_step` / `bert_kd`'s batch: sentences and tokens per sentence.
 const BERT_BATCH: (usize, usize) = (32, 64);
 
-/// The text plugin's BERT classifier with `layers` layers of the MiniLM-L6 config in the models dir
-/// (`all-MiniLM-L6-v2/config.json`), randomly initialised from `seed`, mean pooling, 2 classes.
-fn bert(models_dir: &Path, layers: usize, seed: u64) -> Result<Box<dyn Network>> {
-    let spec = distill_text::models::ModelSpec::parse(&toml::toml! {
-        arch = "bert"
-        init = "random"
-        layers = (layers as i64)
-    })?;
-    let net = distill_text::models::build_model(
-        &spec,
-        distill_text::models::Head::Classify(2),
-        models_dir,
+/// The text plugin's BERT classifier (SST-2's: mean pooling, 2 classes) with `layers` layers of the MiniLM-L6
+/// config in the models dir (`all-MiniLM-L6-v2/config.json`), randomly initialised from `seed`.
+fn bert(reg: &Registry, data_dir: &Path, layers: usize, seed: u64) -> Result<Box<dyn Network>> {
+    plugin_network(
+        reg,
+        SST2_RECIPE,
+        "sst2-distilbert.toml",
+        data_dir,
+        &toml::toml! {
+            arch = "bert"
+            init = "random"
+            layers = (layers as i64)
+        },
         seed,
-        &Device::Cpu,
-    )?;
-    Ok(Box::new(net))
+    )
 }
 
 /// Token ids `1000 + (i·7919 mod 20000)` (no padding) for 4 batches, and labels `i mod 2`: the same in
@@ -449,11 +481,11 @@ struct BertStep {
 }
 
 impl BertStep {
-    fn new(models_dir: &Path, kd: bool) -> Result<Self> {
+    fn new(reg: &Registry, data_dir: &Path, kd: bool) -> Result<Self> {
         let (teacher, student) = if kd {
-            (Some(bert(models_dir, 6, 0)?), bert(models_dir, 3, 1)?)
+            (Some(bert(reg, data_dir, 6, 0)?), bert(reg, data_dir, 3, 1)?)
         } else {
-            (None, bert(models_dir, 6, 0)?)
+            (None, bert(reg, data_dir, 6, 0)?)
         };
         let opt = build_optimizer(&adamw(5e-5, 0.01), trainable_vars(student.varmap()))?;
         let (inputs, labels) = bert_inputs()?;
@@ -508,11 +540,8 @@ pub fn build(reg: &Registry, name: &str, data_dir: &Path) -> Result<Box<dyn Work
             Box::new(Cnn::new(x, y)?)
         }
         "gcn" => Box::new(Gcn::new(reg, data_dir)?),
-        "dscnn_step" => Box::new(DsCnnStep::new()?),
-        "bert_step" | "bert_kd" => {
-            let models = crate::dirs::dir_from(&None, "DISTILL_MODELS", "models");
-            Box::new(BertStep::new(&models, name == "bert_kd")?)
-        }
+        "dscnn_step" => Box::new(DsCnnStep::new(reg, data_dir)?),
+        "bert_step" | "bert_kd" => Box::new(BertStep::new(reg, data_dir, name == "bert_kd")?),
         other => bail!(
             "unknown speed workload `{other}` (known: {})",
             WORKLOADS.join(", ")
