@@ -136,14 +136,11 @@ impl DwGeo {
         out.par_chunks_mut(oplane)
             .zip(x.par_chunks(plane))
             .enumerate()
-            .for_each_init(
-                || (Vec::new(), Vec::new()),
-                |scratch, (p, (o, xi))| {
-                    let ch = p % g.c;
-                    let b = bias.map_or(0.0, |b| b[ch]);
-                    g.plane(xi, &wt[ch * k..][..k], b, relu, scratch, o);
-                },
-            );
+            .for_each_init(Scratch::default, |scratch, (p, (o, xi))| {
+                let ch = p % g.c;
+                let b = bias.map_or(0.0, |b| b[ch]);
+                g.plane(xi, &wt[ch * k..][..k], b, relu, scratch, o);
+            });
         (CpuStorage::F32(out), Shape::from((g.b, g.c, g.oh, g.ow)))
     }
 
@@ -155,11 +152,11 @@ impl DwGeo {
         wc: &[f32],
         bias: f32,
         relu: bool,
-        scratch: &mut (Vec<f32>, Vec<f32>),
+        scratch: &mut Scratch,
         out: &mut [f32],
     ) {
         if self.sh == 1 && self.sw == 1 {
-            return self.plane_stride1(xi, wc, bias, relu, &mut scratch.0, &mut scratch.1, out);
+            return self.plane_stride1(xi, wc, bias, relu, scratch, out);
         }
         out.fill(bias);
         self.spans(|t, o0, i0, n| axpy_strided(&mut out[o0..o0 + n], wc[t], &xi[i0..], self.sw));
@@ -167,39 +164,47 @@ impl DwGeo {
             out.iter_mut().for_each(|v| *v = v.max(0.0));
         }
     }
-}
 
-impl DwGeo {
-    /// One channel plane at stride 1: the input copied once into a zero-padded plane `pad` (`hp x wp`), then
-    /// each kernel tap is one long contiguous multiply-add over `acc`, the output rows laid out `wp` wide (the
-    /// last `kw − 1` columns of each are never read); finally the valid columns, plus `bias`, ReLU'd when
-    /// `relu`, into `out`. Long vectorised loops instead of a short one per tap and output row.
-    #[allow(clippy::too_many_arguments)]
+    /// The padded plane's width, and the length of the `wp`-wide output layout of the stride-1 paths: rows
+    /// `oy` span `wp` columns, the last one only the `ow` it needs.
+    fn stride1_layout(&self) -> (usize, usize) {
+        let wp = self.w + 2 * self.pw;
+        (wp, (self.oh - 1) * wp + self.ow)
+    }
+
+    /// `xi` copied into `pad`, a zero-padded `hp x wp` plane.
+    fn pad_plane(&self, xi: &[f32], pad: &mut Vec<f32>) {
+        let (hp, wp) = (self.h + 2 * self.ph, self.w + 2 * self.pw);
+        pad.clear();
+        pad.resize(hp * wp, 0.0);
+        for (y, row) in xi.chunks_exact(self.w).enumerate() {
+            pad[(y + self.ph) * wp + self.pw..][..self.w].copy_from_slice(row);
+        }
+    }
+
+    /// One channel plane at stride 1: the input copied once into a zero-padded plane, then each kernel tap
+    /// is one long contiguous multiply-add over the output laid out `wp` wide (the last `kw − 1` columns of
+    /// each row are never read); finally the valid columns, plus `bias`, ReLU'd when `relu`, into `out`. Long
+    /// vectorised loops instead of a short one per tap and output row.
     fn plane_stride1(
         &self,
         xi: &[f32],
         wc: &[f32],
         bias: f32,
         relu: bool,
-        pad: &mut Vec<f32>,
-        acc: &mut Vec<f32>,
+        sc: &mut Scratch,
         out: &mut [f32],
     ) {
         let g = self;
-        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-        pad.clear();
-        pad.resize(hp * wp, 0.0);
-        for (y, row) in xi.chunks_exact(g.w).enumerate() {
-            pad[(y + g.ph) * wp + g.pw..][..g.w].copy_from_slice(row);
-        }
-        // rows oy of `acc` span wp columns; the last row only needs ow of them
-        let len = (g.oh - 1) * wp + g.ow;
+        let (wp, len) = g.stride1_layout();
+        g.pad_plane(xi, &mut sc.pad);
+        let acc = &mut sc.wide;
         acc.clear();
         acc.resize(len, bias);
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let a = wc[i * g.kw + j];
-                let src = &pad[i * wp + j..][..len];
+                let src = &sc.pad[i * wp + j..][..len];
                 acc.iter_mut().zip(src).for_each(|(o, v)| *o += a * v);
             }
         }
@@ -261,16 +266,16 @@ pub fn depthwise_separable_bn(
     pw: &candle_nn::Conv2d,
     bn_pw: &candle_nn::BatchNorm,
 ) -> Result<Tensor> {
-    let (dw_w, dw_b) = fold_bn(dw, None, bn_dw)?;
-    let (pw_w, pw_b) = fold_bn(pw.weight(), pw.bias(), bn_pw)?;
     let cfg = pw.config();
-    let x = x.detach();
-    let pointwise = matches!(pw_w.dims(), &[_, _, 1, 1])
+    let pointwise = matches!(pw.weight().dims(), &[_, _, 1, 1])
         && (cfg.groups, cfg.dilation, cfg.stride, cfg.padding) == (1, 1, 1, 0);
-    if !pointwise || !fast(&[&x, &dw_w, &pw_w]) {
-        let y = depthwise_conv2d_bn(&x, dw, bn_dw, padding, stride, true)?;
+    if !pointwise || !fast(&[x, dw, pw.weight()]) {
+        let y = depthwise_conv2d_bn(x, dw, bn_dw, padding, stride, true)?;
         return super::conv2d_bn(pw, bn_pw, &y, true);
     }
+    let (dw_w, dw_b) = fold_bn(dw, None, bn_dw)?;
+    let (pw_w, pw_b) = fold_bn(pw.weight(), pw.bias(), bn_pw)?;
+    let x = x.detach();
     let geo = DwGeo::new(x.dims(), dw_w.dims(), padding, stride)?;
     let (o, c) = (pw_w.dim(0)?, pw_w.dim(1)?);
     if c != geo.c {
@@ -313,7 +318,7 @@ impl candle_core::CustomOp1 for SeparableBnOp {
         out.par_chunks_mut(o * n)
             .zip(x.par_chunks(g.c * plane))
             .for_each_init(
-                || (vec![0f32; g.c * n], (Vec::new(), Vec::new())),
+                || (vec![0f32; g.c * n], Scratch::default()),
                 |(mid, scratch), (y, xi)| {
                     for ((ch, xp), mp) in xi
                         .chunks_exact(plane)
@@ -436,14 +441,12 @@ impl CustomOp2 for DepthwiseOp {
     }
 }
 
-/// The gradients of a depthwise convolution from the input and the output's gradient, packed as
-/// `[gw (C·kh·kw) | gx (B·C·H·W, only when wanted)]`.
-/// Per-thread buffers of the stride-1 gradient: the padded input plane, the output gradient laid out `wp`
-/// wide, the padded input gradient.
+/// Per-thread buffers of the stride-1 paths: the padded input plane, the `wp`-wide layout (the forward
+/// pass's output, the backward pass's output gradient), the padded input gradient.
 #[derive(Default)]
 struct Scratch {
     pad: Vec<f32>,
-    gy: Vec<f32>,
+    wide: Vec<f32>,
     gpad: Vec<f32>,
 }
 
@@ -462,32 +465,28 @@ impl DwGeo {
         sc: &mut Scratch,
     ) {
         let g = self;
-        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-        let len = (g.oh - 1) * wp + g.ow;
-        sc.pad.clear();
-        sc.pad.resize(hp * wp, 0.0);
-        for (y, row) in xi.chunks_exact(g.w).enumerate() {
-            sc.pad[(y + g.ph) * wp + g.pw..][..g.w].copy_from_slice(row);
-        }
-        sc.gy.clear();
-        sc.gy.resize(len, 0.0);
+        let (wp, len) = g.stride1_layout();
+        g.pad_plane(xi, &mut sc.pad);
+        let gy = &mut sc.wide;
+        gy.clear();
+        gy.resize(len, 0.0);
         for (oy, row) in gyi.chunks_exact(g.ow).enumerate() {
-            sc.gy[oy * wp..][..g.ow].copy_from_slice(row);
+            gy[oy * wp..][..g.ow].copy_from_slice(row);
         }
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let src = &sc.pad[i * wp + j..][..len];
-                gwp[i * g.kw + j] += sc.gy.iter().zip(src).map(|(a, b)| a * b).sum::<f32>();
+                gwp[i * g.kw + j] += gy.iter().zip(src).map(|(a, b)| a * b).sum::<f32>();
             }
         }
         let Some(gxi) = gxi else { return };
         sc.gpad.clear();
-        sc.gpad.resize(hp * wp, 0.0);
+        sc.gpad.resize(sc.pad.len(), 0.0);
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let a = wc[i * g.kw + j];
                 let dst = &mut sc.gpad[i * wp + j..][..len];
-                dst.iter_mut().zip(&sc.gy).for_each(|(d, v)| *d += a * v);
+                dst.iter_mut().zip(gy.iter()).for_each(|(d, v)| *d += a * v);
             }
         }
         for (y, row) in gxi.chunks_exact_mut(g.w).enumerate() {
@@ -498,6 +497,8 @@ impl DwGeo {
     }
 }
 
+/// The gradients of a depthwise convolution from the input and the output's gradient, packed as
+/// `[gw (C·kh·kw) | gx (B·C·H·W, only when wanted)]`.
 pub(crate) struct DepthwiseGrad {
     geo: DwGeo,
     w: Tensor,
