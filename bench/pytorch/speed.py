@@ -242,6 +242,16 @@ def gcn(args):
     return epochs * x.shape[0], time.perf_counter() - t0
 
 
+def timed_steps(step, steps, warm, batch):
+    """`warm` untimed calls of step(i) (i past the timed ones), then `steps` timed ones: (samples, seconds)."""
+    for i in range(warm):
+        step(steps + i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps * batch, time.perf_counter() - t0
+
+
 def conv_bn(cin, cout, k, stride=1, groups=1):
     return [
         nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
@@ -270,13 +280,7 @@ def dscnn_step(args):
         loss.backward()
         opt.step()
 
-    steps = args.steps or 50
-    for i in range(3):
-        step(steps + i)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return steps * 64, time.perf_counter() - t0
+    return timed_steps(step, args.steps or 50, 3, 64)
 
 
 def models_dir():
@@ -333,13 +337,7 @@ def bert_run(args, kd):
         loss.backward()
         opt.step()
 
-    steps = args.steps or 20
-    for i in range(2):
-        step(steps + i)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return steps * 32, time.perf_counter() - t0
+    return timed_steps(step, args.steps or 20, 2, 32)
 
 
 def bert_step(args):
