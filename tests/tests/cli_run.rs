@@ -244,10 +244,87 @@ fn early_stopping_keeps_the_best_validation_epoch() {
             "{phase}: {} epochs, best {best}",
             curve.len()
         );
-        // the kept weights are the best epoch's: their test accuracy is that epoch's
-        let at_best = curve[best - 1]["test_metric"].as_f64().unwrap();
-        assert_eq!(r["metric"].as_f64().unwrap(), at_best, "{phase}");
-        assert_eq!(r["best_val_epoch_metric"].as_f64().unwrap(), at_best);
+        // test is read once, after training: no epoch has a test figure
+        assert!(curve.iter().all(|e| e.get("test_metric").is_none()), "{r}");
+        // the kept weights are the best epoch's; the last epoch's are evaluated too
+        let metric = r["metric"].as_f64().unwrap();
+        assert_eq!(r["best_val_epoch_metric"].as_f64().unwrap(), metric);
+        let last = r["last_epoch_metric"]
+            .as_f64()
+            .expect("a last-epoch metric");
+        if best == curve.len() {
+            assert_eq!(last, metric, "{phase}");
+        }
+    }
+}
+
+/// No choice the pipeline makes depends on the test split: two runs whose data sets differ only in the test
+/// labels train every phase identically (the same validation curves, best epochs, early stop and kept
+/// weights, byte for byte), and only the final test figures differ.
+#[test]
+fn selection_never_reads_the_test_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(4)
+        .replace("eval_batch_size = 500", "eval_batch_size = 500\nvalidation = 300")
+        .replace(
+            "[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 4",
+            "[student]\nmodel = { arch = \"mlp\", hidden = [16] }\nepochs = 4\nearly_stopping = { patience = 1 }",
+        );
+    assert!(recipe.contains("early_stopping") && recipe.contains("validation"));
+    let runs: Vec<std::path::PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let d = tmp.path().join(name);
+            write_synthetic_mnist(&d.join("data"), 420, 300);
+            std::fs::write(d.join("r.toml"), &recipe).unwrap();
+            d
+        })
+        .collect();
+    // run b's test labels are all 0: its test accuracy is that of predicting "0"
+    write_idx(
+        &runs[1].join("data/mnist/t10k-labels-idx1-ubyte.gz"),
+        2049,
+        &[300],
+        &[0u8; 300],
+        true,
+    );
+    for d in &runs {
+        let o = run_in(d);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let result = |d: &std::path::Path, phase: &str| -> serde_json::Value {
+        let p = d.join(format!("out/seed-0/{phase}/result.json"));
+        let mut r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        // wall times differ from run to run
+        for e in r["curve"].as_array_mut().unwrap() {
+            e.as_object_mut().unwrap().remove("seconds");
+        }
+        r
+    };
+    for phase in ["teacher", "scratch", "distilled"] {
+        let (a, b) = (result(&runs[0], phase), result(&runs[1], phase));
+        for key in ["best_val_epoch", "epochs", "curve"] {
+            assert_eq!(a[key], b[key], "{phase}: {key} differs");
+        }
+        assert!(a["best_val_epoch"].as_u64().is_some(), "{a}");
+        // the content digest distill writes in the header (the header's key order varies)
+        let weights = |d: &std::path::Path| {
+            let bytes =
+                std::fs::read(d.join(format!("out/seed-0/{phase}/model.safetensors"))).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            let digest = header["__metadata__"]["distill.sha256"].clone();
+            assert!(digest.is_string(), "{header}");
+            digest
+        };
+        assert!(
+            weights(&runs[0]) == weights(&runs[1]),
+            "{phase}: kept weights differ"
+        );
+        // the test figures are read, and they are the only difference
+        assert_ne!(a["metric"], b["metric"], "{phase}");
+        assert_ne!(a["last_epoch_metric"], b["last_epoch_metric"], "{phase}");
     }
 }
 

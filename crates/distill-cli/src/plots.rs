@@ -357,6 +357,20 @@ fn curves<DB: DrawingBackend>(
         .map_err(e)?;
     let (w, _) = root.dim_in_pixel();
     let (left, right) = root.split_horizontally(w / 2);
+    // the right panel is the validation metric per epoch (runs made before 2026-12-07 also evaluated test
+    // after every epoch; their plots keep showing that when there is no validation curve)
+    let has_val = PHASES.iter().any(|p| {
+        phase(run, p)
+            .curves
+            .iter()
+            .flatten()
+            .any(|r| r.val_metric.is_some())
+    });
+    let (split_name, per_epoch): (&str, fn(&EpochRecord) -> Option<f64>) = if has_val {
+        ("validation", |r| r.val_metric)
+    } else {
+        ("test", |r| r.test_metric)
+    };
     let series: Vec<(&str, Curve, Curve)> = PHASES
         .iter()
         .map(|p| {
@@ -364,7 +378,7 @@ fn curves<DB: DrawingBackend>(
             (
                 *p,
                 mean_curve(c, |r| Some(r.train_loss).filter(|v| *v > 0.0)),
-                mean_curve(c, |r| r.test_metric),
+                mean_curve(c, per_epoch),
             )
         })
         .collect();
@@ -438,7 +452,7 @@ fn curves<DB: DrawingBackend>(
                 .configure_mesh()
                 .x_desc("epoch")
                 .x_label_formatter(&epoch_label)
-                .y_desc(format!("test {}", run.metric.name))
+                .y_desc(format!("{split_name} {}", run.metric.name))
                 .y_label_formatter(&|v| format!("{v:.3}"))
                 .label_style(("sans-serif", 12))
                 .axis_desc_style(("sans-serif", 14))

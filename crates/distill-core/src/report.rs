@@ -72,7 +72,10 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Validation metric, when there is a validation split.
     pub val_metric: Option<f64>,
-    /// Test metric.
+    /// Test metric after this epoch: only in runs made before 2026-12-07, which evaluated the test split
+    /// after every epoch (nothing was chosen on it, but it was read); now `None`, as the test split is read
+    /// once, after training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_metric: Option<f64>,
     /// Seconds spent in this epoch (training + evaluation).
     pub seconds: f64,
@@ -92,10 +95,16 @@ pub struct Latency {
 pub struct PhaseResult {
     /// Test metric of the kept weights (the last epoch, or the best validation epoch with early stopping).
     pub metric: f64,
-    /// Test metric at the epoch with the best validation metric, when there is a validation split.
+    /// Test metric of the weights of the epoch with the best validation metric, when there is a validation
+    /// split (evaluated after training, from `best.safetensors`).
     pub best_val_epoch_metric: Option<f64>,
     /// Which epoch that was.
     pub best_val_epoch: Option<usize>,
+    /// Test metric of the last epoch's weights, when the phase trained (evaluated after training). Runs made
+    /// before 2026-12-07 evaluated test after every epoch instead and have it as the curve's last
+    /// `test_metric`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_epoch_metric: Option<f64>,
     /// Extra figures (e.g. `top5`, `errors`).
     pub extra: BTreeMap<String, f64>,
     /// Parameters (including buffers).
@@ -177,7 +186,10 @@ impl PhaseSummary {
         };
         let last: Option<Vec<f64>> = results
             .iter()
-            .map(|r| r.curve.last().and_then(|e| e.test_metric))
+            .map(|r| {
+                r.last_epoch_metric
+                    .or_else(|| r.curve.last().and_then(|e| e.test_metric))
+            })
             .collect();
         let n = results.len() as f64;
         Self {
@@ -419,6 +431,7 @@ mod tests {
             metric,
             best_val_epoch_metric: None,
             best_val_epoch: None,
+            last_epoch_metric: None,
             extra: BTreeMap::new(),
             params: 10,
             bytes: 40,

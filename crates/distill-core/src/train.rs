@@ -148,11 +148,6 @@ pub fn train_phase(
         state.elapsed_s,
     )?;
     epochs.run(optim.as_mut(), &mut state)?;
-    // under early stopping the phase ends with its best validation epoch's weights
-    if spec.config.early_stopping.is_some() && dir.join(files::BEST).exists() {
-        let best = read_safetensors(&dir.join(files::BEST), &device)?;
-        load_into_varmap(net.varmap(), &best, &dir.join(files::BEST))?;
-    }
     let mut result = finish_phase(
         task,
         net,
@@ -258,7 +253,11 @@ fn resume(
     Ok(())
 }
 
-/// Evaluates a trained (or loaded) network, saves its final weights and result in `spec.dir`.
+/// Evaluates a trained (or loaded) network on the test split, saves its final weights and result in
+/// `spec.dir`. This is the only place training reads the test split, and it runs after every choice is made:
+/// the last epoch's weights are evaluated, then (when a validation split chose a best epoch) the best
+/// epoch's weights from `best.safetensors`. Under early stopping the phase keeps the best epoch's weights,
+/// otherwise the last epoch's.
 pub fn finish_phase(
     task: &dyn Task,
     net: &dyn Network,
@@ -270,16 +269,42 @@ pub fn finish_phase(
 ) -> Result<PhaseResult> {
     let dir = &spec.dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let eval = task.evaluate(net, Split::Test, spec.eval_batch_size)?;
+    let last = task.evaluate(net, Split::Test, spec.eval_batch_size)?;
+    let best_path = dir.join(files::BEST);
+    let last_epoch = curve.last().map(|r| r.epoch);
+    let best = match best_epoch {
+        Some(b) if Some(b) != last_epoch && best_path.exists() => {
+            let device = crate::network::device_of(net);
+            // a deep copy: loading the best weights writes into the variables' storage
+            let kept = crate::network::varmap_tensors(net.varmap())?
+                .into_iter()
+                .map(|(k, t)| Ok((k, t.copy()?)))
+                .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+            load_into_varmap(
+                net.varmap(),
+                &read_safetensors(&best_path, &device)?,
+                &best_path,
+            )?;
+            let eval = task.evaluate(net, Split::Test, spec.eval_batch_size)?;
+            if spec.config.early_stopping.is_none() {
+                load_into_varmap(net.varmap(), &kept, dir)?;
+            }
+            Some(eval)
+        }
+        Some(_) => Some(last.clone()),
+        None => None,
+    };
+    let eval = match (&best, spec.config.early_stopping.is_some()) {
+        (Some(b), true) => b.clone(),
+        _ => last.clone(),
+    };
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
     let device = crate::network::device_of(net);
     let latency = measure_latency(net, task, &device)?;
-    let best_val_epoch_metric = best_epoch
-        .and_then(|e| curve.iter().find(|r| r.epoch == e))
-        .and_then(|r| r.test_metric);
     let result = PhaseResult {
         metric: eval.metric,
-        best_val_epoch_metric,
+        best_val_epoch_metric: best.map(|b| b.metric),
+        last_epoch_metric: last_epoch.map(|_| last.metric),
         best_val_epoch: best_epoch,
         extra: eval.extra,
         params: crate::network::num_params(net),

@@ -103,6 +103,7 @@ mod tests {
             metric: m,
             best_val_epoch_metric: None,
             best_val_epoch: None,
+            last_epoch_metric: None,
             extra: BTreeMap::from([("errors".to_string(), (1.0 - m) * tests as f64)]),
             params: 10,
             bytes: 40,

@@ -366,8 +366,9 @@ impl<'a> Epochs<'a> {
         )))
     }
 
-    /// After an epoch: evaluation on the validation and test splits, the best epoch and early stopping,
-    /// the log line, the checkpoint and the metrics line.
+    /// After an epoch: evaluation on the validation split, the best epoch and early stopping, the log
+    /// line, the checkpoint and the metrics line. The test split is not read here: it is evaluated once,
+    /// after training ([`super::finish_phase`]), so nothing chosen during training can depend on it.
     fn finish_epoch(
         &self,
         optim: &mut dyn Optimizer,
@@ -382,9 +383,6 @@ impl<'a> Epochs<'a> {
         } else {
             None
         };
-        let test = task
-            .evaluate(net, Split::Test, spec.eval_batch_size)?
-            .metric;
         let steps = self.steps as f64;
         let rec = EpochRecord {
             epoch: epoch + 1,
@@ -396,7 +394,7 @@ impl<'a> Epochs<'a> {
                 .collect(),
             lr: sums.lr,
             val_metric: val,
-            test_metric: Some(test),
+            test_metric: None,
             seconds: sums.started.elapsed().as_secs_f64(),
         };
         if let Some(v) = val {
@@ -404,13 +402,12 @@ impl<'a> Epochs<'a> {
         }
         if !spec.quiet {
             eprintln!(
-                "[{}] epoch {}/{} loss {:.4}{} test {:.4} lr {:.2e} ({:.1}s)",
+                "[{}] epoch {}/{} loss {:.4}{} lr {:.2e} ({:.1}s)",
                 spec.label,
                 epoch + 1,
                 cfg.epochs,
                 rec.train_loss,
                 val.map(|v| format!(" val {v:.4}")).unwrap_or_default(),
-                test,
                 rec.lr,
                 rec.seconds
             );
@@ -429,8 +426,8 @@ impl<'a> Epochs<'a> {
         writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
     }
 
-    /// Best-epoch selection on the validation metric `v` (saving the best weights under early stopping) and
-    /// the early-stopping patience count.
+    /// Best-epoch selection on the validation metric `v` (saving the best weights, which the phase's final
+    /// evaluation reads) and the early-stopping patience count.
     fn track_best(&self, state: &mut PhaseState, epoch: usize, v: f64) -> Result<()> {
         let cfg = &self.spec.config;
         let hib = self.task.info().metric.higher_is_better;
@@ -453,12 +450,10 @@ impl<'a> Epochs<'a> {
             state.best_val = Some(v);
             state.best_epoch = Some(epoch + 1);
             state.bad_epochs = 0;
-            if cfg.early_stopping.is_some() {
-                write_safetensors_atomic(
-                    &varmap_tensors(self.net.varmap())?,
-                    &self.spec.dir.join(files::BEST),
-                )?;
-            }
+            write_safetensors_atomic(
+                &varmap_tensors(self.net.varmap())?,
+                &self.spec.dir.join(files::BEST),
+            )?;
         } else {
             state.bad_epochs += 1;
             if let Some(es) = &cfg.early_stopping {
