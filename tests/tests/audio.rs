@@ -137,3 +137,57 @@ fn bad_files_stop_the_run_or_are_skipped_and_counted() {
         assert!((0.0..=1.0).contains(&acc), "{p}: {acc}");
     }
 }
+
+/// FSDD's validation split is fixed (repetitions 5-9 of the training recordings): a recipe asking for another
+/// number of validation clips is refused with the number to use, before any training.
+#[test]
+fn fsdd_validation_must_be_the_repetitions_5_to_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data/fsdd");
+    std::fs::create_dir_all(dir.join("recordings")).unwrap();
+    let mut index = String::from("file\tdigit\tspeaker\tindex\tsplit\tnum_samples\n");
+    for digit in 0..2u32 {
+        for rep in 0..12u32 {
+            let file = format!("{digit}_a_{rep}.wav");
+            tone_wav(
+                &dir.join("recordings").join(&file),
+                300.0 + 900.0 * digit as f64,
+                8000,
+                1,
+                2000,
+                rep as f64,
+            );
+            let split = if rep < 5 { "test" } else { "train" };
+            index.push_str(&format!("{file}\t{digit}\ta\t{rep}\t{split}\t2000\n"));
+        }
+    }
+    std::fs::write(dir.join("index.tsv"), index).unwrap();
+    let recipe = |validation: usize| {
+        recipe(false)
+            .replace("dataset = \"audio-folder\"", "dataset = \"fsdd\"")
+            .replace("root = \"tones\"", "split = \"official\"")
+            .replace(
+                "eval_batch_size = 64",
+                &format!("eval_batch_size = 64\nvalidation = {validation}"),
+            )
+    };
+    std::fs::write(tmp.path().join("r.toml"), recipe(3)).unwrap();
+    let o = run_in(tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("data.validation") && e.contains("set data.validation to 10 (or 0)"),
+        "{e}"
+    );
+    // 2 digits x reps 5-9 = 10 validation clips; reps 10 and 11 (4 clips) train
+    std::fs::write(tmp.path().join("r.toml"), recipe(10)).unwrap();
+    let o = run_in(tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out/report.json")).unwrap())
+            .unwrap();
+    let notes = &r["runs"][0]["notes"];
+    assert_eq!(notes["validation_clips"], 10, "{notes}");
+    assert_eq!(notes["train_clips"], 4, "{notes}");
+    assert_eq!(notes["test_clips"], 10, "{notes}");
+}

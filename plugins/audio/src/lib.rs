@@ -199,6 +199,8 @@ impl Domain for AudioPlugin {
 
     fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
         let o = options(recipe)?;
+        // FSDD's validation clips (the last training clips) and their count
+        let mut fsdd_val = None;
         let (train, test, classes) = match recipe.dataset.as_str() {
             "fsdd" => {
                 let split = match (o.split.as_deref(), &o.speaker) {
@@ -211,7 +213,8 @@ impl Domain for AudioPlugin {
                     }
                     _ => FsddSplit::Official,
                 };
-                let (tr, te) = data::fsdd_clips(&ctx.data_dir.join("fsdd"), &split)?;
+                let (tr, te, n_val) = data::fsdd_clips(&ctx.data_dir.join("fsdd"), &split)?;
+                fsdd_val = Some((tr[tr.len() - n_val..].to_vec(), n_val));
                 (tr, te, None)
             }
             _ => {
@@ -227,6 +230,26 @@ impl Domain for AudioPlugin {
             Some(n) if n < test.len() => test[..n].to_vec(),
             _ => test,
         };
+        if let Some((val_clips, n_val)) = &fsdd_val {
+            // FSDD's validation split is fixed (repetitions 5-9): data.validation must hold out exactly it
+            let lost = val_clips
+                .iter()
+                .filter(|c| skipped.iter().any(|(p, _)| p == &c.path))
+                .count();
+            let n = n_val - lost;
+            let v = recipe.data.validation;
+            if v != 0 && v != n {
+                return Err(Error::config(
+                    "data.validation",
+                    format!(
+                        "is {v}, but FSDD's validation split is repetitions {}-{} of the training recordings: \
+                         {n} clips here; set data.validation to {n} (or 0)",
+                        data::FSDD_VALIDATION_REPS.start(),
+                        data::FSDD_VALIDATION_REPS.end()
+                    ),
+                ));
+            }
+        }
         let (test_set, s2) = data::featurize(&test, &fe, o.skip_bad_files)?;
         skipped.extend(s2);
         if !ctx.quiet {
@@ -252,7 +275,12 @@ impl Domain for AudioPlugin {
                 .collect();
             notes.insert("skipped".into(), serde_json::json!(list));
         }
-        notes.insert("train_clips".into(), serde_json::json!(train_set.len()));
+        let n_val = recipe.data.validation.min(train_set.len());
+        notes.insert(
+            "train_clips".into(),
+            serde_json::json!(train_set.len() - n_val),
+        );
+        notes.insert("validation_clips".into(), serde_json::json!(n_val));
         notes.insert("test_clips".into(), serde_json::json!(test_set.len()));
         if let Some(s) = &o.speaker {
             notes.insert("held_out_speaker".into(), serde_json::json!(s));

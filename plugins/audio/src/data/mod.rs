@@ -3,7 +3,9 @@
 //!
 //! **FSDD** (`<data dir>/fsdd`): `index.tsv` (`file digit speaker index split num_samples`) and
 //! `recordings/*.wav`. Official split: repetitions 0-4 are the test set (the `split` column). Leave-one-speaker-
-//! out: every recording of one speaker is the test set, the other five speakers' recordings train.
+//! out: every recording of one speaker is the test set, the other five speakers' recordings train. In both,
+//! the training recordings' repetitions 5-9 ([`FSDD_VALIDATION_REPS`]) are placed last, so
+//! `data.validation = <their count>` holds them out as the validation split (every speaker and digit in it).
 //!
 //! **Folder per class** (Speech Commands): `root/CLASS/*.wav`; folders whose name starts with `_` (e.g.
 //! `_background_noise_`) are ignored; `root/testing_list.txt` lists the test clips (`CLASS/file.wav`, one per
@@ -110,8 +112,13 @@ pub fn fsdd_index(dir: &Path) -> Result<Vec<FsddEntry>> {
     Ok(out)
 }
 
-/// FSDD's (train, test) clips for `split`.
-pub fn fsdd_clips(dir: &Path, split: &FsddSplit) -> Result<(Vec<Clip>, Vec<Clip>)> {
+/// The repetitions of the training recordings that form FSDD's validation split (placed last by
+/// [`fsdd_clips`]).
+pub const FSDD_VALIDATION_REPS: std::ops::RangeInclusive<u32> = 5..=9;
+
+/// FSDD's (train, test) clips for `split`, and how many of the training clips (the last ones) are
+/// repetitions [`FSDD_VALIDATION_REPS`], the validation split.
+pub fn fsdd_clips(dir: &Path, split: &FsddSplit) -> Result<(Vec<Clip>, Vec<Clip>, usize)> {
     let entries = fsdd_index(dir)?;
     if let FsddSplit::LeaveOneSpeakerOut(s) = split {
         if !entries.iter().any(|e| &e.speaker == s) {
@@ -125,12 +132,13 @@ pub fn fsdd_clips(dir: &Path, split: &FsddSplit) -> Result<(Vec<Clip>, Vec<Clip>
             });
         }
     }
-    let (mut train, mut test) = (Vec::new(), Vec::new());
+    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
     for e in entries {
         let is_test = match split {
             FsddSplit::Official => e.split == "test",
             FsddSplit::LeaveOneSpeakerOut(s) => &e.speaker == s,
         };
+        let is_val = FSDD_VALIDATION_REPS.contains(&e.index);
         let clip = Clip {
             path: dir.join("recordings").join(&e.file),
             label: e.digit,
@@ -138,11 +146,15 @@ pub fn fsdd_clips(dir: &Path, split: &FsddSplit) -> Result<(Vec<Clip>, Vec<Clip>
         };
         if is_test {
             test.push(clip)
+        } else if is_val {
+            val.push(clip)
         } else {
             train.push(clip)
         }
     }
-    Ok((train, test))
+    let n_val = val.len();
+    train.extend(val);
+    Ok((train, test, n_val))
 }
 
 /// A folder-per-class data set: (train, test, class names). See the module docs for the layout.
@@ -343,6 +355,50 @@ mod tests {
         std::fs::remove_file(d.path().join("testing_list.txt")).unwrap();
         let e = folder_clips(d.path()).unwrap_err().to_string();
         assert!(e.contains("testing_list.txt"), "{e}");
+    }
+
+    #[test]
+    fn fsdd_validation_is_repetitions_5_to_9_of_the_training_recordings_placed_last() {
+        let d = tempfile::tempdir().unwrap();
+        let mut index = String::from("file\tdigit\tspeaker\tindex\tsplit\tnum_samples\n");
+        for speaker in ["a", "b"] {
+            for digit in 0..2 {
+                for rep in 0..12 {
+                    let split = if rep < 5 { "test" } else { "train" };
+                    index.push_str(&format!(
+                        "{digit}_{speaker}_{rep}.wav\t{digit}\t{speaker}\t{rep}\t{split}\t10\n"
+                    ));
+                }
+            }
+        }
+        std::fs::write(d.path().join("index.tsv"), index).unwrap();
+        let name = |c: &Clip| c.path.file_name().unwrap().to_str().unwrap().to_string();
+        let rep = |c: &Clip| {
+            name(c)
+                .rsplit('_')
+                .next()
+                .unwrap()
+                .trim_end_matches(".wav")
+                .parse::<u32>()
+                .unwrap()
+        };
+        // official: reps 0-4 test; of reps 5-11, reps 5-9 (2 speakers x 2 digits x 5 = 20) come last
+        let (train, test, n_val) = fsdd_clips(d.path(), &FsddSplit::Official).unwrap();
+        assert_eq!((train.len(), test.len(), n_val), (28, 20, 20));
+        assert!(
+            train[..8].iter().all(|c| rep(c) >= 10),
+            "{:?}",
+            train.iter().map(name).collect::<Vec<_>>()
+        );
+        assert!(train[8..].iter().all(|c| (5..=9).contains(&rep(c))));
+        assert!(test.iter().all(|c| rep(c) < 5));
+        // leave-one-speaker-out: speaker b is the test set; speaker a's reps 5-9 (10 clips) validate
+        let split = FsddSplit::LeaveOneSpeakerOut("b".into());
+        let (train, test, n_val) = fsdd_clips(d.path(), &split).unwrap();
+        assert_eq!((train.len(), test.len(), n_val), (24, 24, 10));
+        assert!(train.iter().all(|c| c.speaker.as_deref() == Some("a")));
+        assert!(train[14..].iter().all(|c| (5..=9).contains(&rep(c))));
+        assert!(train[..14].iter().all(|c| !(5..=9).contains(&rep(c))));
     }
 
     #[test]
