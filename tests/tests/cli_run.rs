@@ -45,7 +45,39 @@ fn run_writes_a_report_that_eval_and_export_agree_with() {
     let d = run["distilled"]["metric"]["mean"].as_f64().unwrap();
     let s = run["scratch"]["metric"]["mean"].as_f64().unwrap();
     assert!((kd_gain - (d - s)).abs() < 1e-12);
-    assert!(tmp.path().join("out/report.md").exists());
+    // each phase keeps its 400 test examples' hits (1) and misses (0), whose mean is its accuracy
+    for phase in ["teacher", "scratch", "distilled"] {
+        let p = tmp
+            .path()
+            .join(format!("out/seed-0/{phase}/test_examples.json"));
+        let e: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        assert_eq!(e["kind"], "mean");
+        let scores: Vec<f64> = e["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(scores.len(), 400);
+        assert!(scores.iter().all(|&v| v == 0.0 || v == 1.0));
+        let acc = run[phase]["metric"]["mean"].as_f64().unwrap();
+        assert!(
+            (scores.iter().sum::<f64>() / 400.0 - acc).abs() < 1e-12,
+            "{phase}"
+        );
+    }
+    // the KD gain's paired bootstrap interval (1 seed x 400 examples) holds the gain
+    let iv = &run["kd_gain_interval"];
+    assert_eq!(
+        (iv["seeds"].as_u64(), iv["examples"].as_u64()),
+        (Some(1), Some(400)),
+        "{iv}"
+    );
+    let (lo, hi) = (iv["lo"].as_f64().unwrap(), iv["hi"].as_f64().unwrap());
+    assert!(lo <= kd_gain && kd_gain <= hi, "{iv} vs {kd_gain}");
+    let md = std::fs::read_to_string(tmp.path().join("out/report.md")).unwrap();
+    assert!(md.contains("95 % interval") && md.contains("noise"), "{md}");
     let jsonl =
         std::fs::read_to_string(tmp.path().join("out/seed-0/distilled/metrics.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), 3);

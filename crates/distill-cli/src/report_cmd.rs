@@ -391,6 +391,51 @@ fn fmt_stat(s: &Stat) -> String {
     }
 }
 
+/// The KD gain of a run for the summary table: mean ± std over seeds, then the 95 % paired bootstrap interval
+/// and `**beyond noise**` when it excludes 0 (runs without an interval show the gain alone).
+fn fmt_kd_gain(r: &RunReport) -> String {
+    let g = fmt_gain(&kd_gain_stat(r));
+    match &r.kd_gain_interval {
+        Some(i) => format!(
+            "{g} [{:+.4}, {:+.4}]{}",
+            i.lo,
+            i.hi,
+            if i.beyond_noise() {
+                " **beyond noise**"
+            } else {
+                " within noise"
+            }
+        ),
+        None => g,
+    }
+}
+
+/// One line on a run's KD-gain interval for report.md.
+pub fn kd_gain_interval_line(r: &RunReport) -> String {
+    match &r.kd_gain_interval {
+        Some(i) => format!(
+            "KD gain {:+.4}, 95 % interval [{:+.4}, {:+.4}] (paired bootstrap over {} seed(s) × {} test \
+             examples, {} resamples): {}",
+            r.derived.kd_gain,
+            i.lo,
+            i.hi,
+            i.seeds,
+            i.examples,
+            i.resamples,
+            if i.beyond_noise() {
+                "beyond noise (the interval excludes 0)"
+            } else {
+                "within noise (the interval includes 0)"
+            }
+        ),
+        None => format!(
+            "KD gain {:+.4}: no interval (the metric keeps no per-example test scores, or the run predates them); \
+             not marked beyond noise",
+            r.derived.kd_gain
+        ),
+    }
+}
+
 fn fmt_gain(s: &Stat) -> String {
     if !s.mean.is_finite() {
         "n/a".into()
@@ -436,7 +481,7 @@ pub fn summary_table(report: &Report) -> String {
             r.derived.compression * 100.0,
             r.derived.speedup,
             fmt_stat(&retention_stat(r)),
-            fmt_gain(&kd_gain_stat(r)),
+            fmt_kd_gain(r),
             fmt_secs(run_wall(r))
         );
     }
@@ -488,7 +533,8 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
         "Figures are test-set values, mean ± sample std over seeds (no ± with one seed). The **headline** figure of a \
          phase is the one its kept weights give: the last epoch's, or the best validation epoch's when the phase \
          uses early stopping; the domain tables show both and name the headline. KD gain = distilled − scratch \
-         (sign flipped when lower is better), retention = distilled / teacher, compression = 1 − student / \
+         (sign flipped when lower is better), with its 95 % paired bootstrap interval over seeds × test examples \
+         in brackets; a gain is **beyond noise** only when that interval excludes 0. Retention = distilled / teacher, compression = 1 − student / \
          teacher parameters, speed-up = teacher / student latency at batch 256. \"All runs\" is the wall time of \
          every run's phases summed, those of earlier invocations included (a teacher shared through the cache \
          counts in each run that uses it).\n"

@@ -91,6 +91,7 @@ pub fn run_markdown(report: &Report) -> String {
             },
             d.kd_gain
         );
+        let _ = writeln!(s, "{}\n", crate::report_cmd::kd_gain_interval_line(r));
         for (k, v) in &r.notes {
             let _ = writeln!(s, "- {k}: {v}");
         }

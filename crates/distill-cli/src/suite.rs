@@ -95,6 +95,23 @@ pub struct PlannedRun {
     pub origin: String,
 }
 
+/// The fewest seeds a run of the full suite has: a recipe listing fewer runs more (a KD gain from one seed
+/// cannot be told from noise).
+pub const FULL_MIN_SEEDS: usize = 3;
+
+/// `seeds` extended with the smallest seeds not in it until there are `n`.
+fn at_least_seeds(seeds: &[u64], n: usize) -> Vec<u64> {
+    let mut out = seeds.to_vec();
+    let mut next = 0u64;
+    while out.len() < n {
+        if !out.contains(&next) {
+            out.push(next);
+        }
+        next += 1;
+    }
+    out
+}
+
 /// The runs a suite asks for, in order. `plugins` restricts them to those plugins (each must be in the
 /// registry); `seeds` (`--seeds N`) replaces every run's seeds with `0..N`.
 pub fn plan(
@@ -133,7 +150,10 @@ pub fn plan(
                                 .unwrap_or_else(|_| ".".into())
                         );
                     }
-                    let recipe = Recipe::load(&path, quick)?;
+                    let mut recipe = Recipe::load(&path, quick)?;
+                    if !quick {
+                        recipe.seeds = at_least_seeds(&recipe.seeds, FULL_MIN_SEEDS);
+                    }
                     if recipe.plugin != e.name {
                         bail!(
                             "{rel}: `plugin = \"{}\"`, but plugin `{}` lists it as one of its recipes",
@@ -330,6 +350,14 @@ epochs = 1
         std::fs::create_dir(tmp.path().join("recipes")).unwrap();
         std::fs::write(tmp.path().join("recipes/r.toml"), RECIPE).unwrap();
         tmp
+    }
+
+    #[test]
+    fn the_full_suite_tops_seeds_up_to_three() {
+        assert_eq!(at_least_seeds(&[0], 3), [0, 1, 2]);
+        assert_eq!(at_least_seeds(&[1], 3), [1, 0, 2]);
+        assert_eq!(at_least_seeds(&[4, 0], 3), [4, 0, 1]);
+        assert_eq!(at_least_seeds(&[0, 1, 2, 3, 4], 3), [0, 1, 2, 3, 4]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// The plugin ABI version: the layout of [`PluginDeclaration`] and the calling contract of [`Plugin`].
-pub const PLUGIN_ABI_VERSION: u32 = 4;
+pub const PLUGIN_ABI_VERSION: u32 = 5;
 
 // Each fact is written once, as a literal-producing macro, so the plain constant and its NUL-terminated copy
 // for the declaration cannot drift apart.

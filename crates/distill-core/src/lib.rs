@@ -43,6 +43,7 @@ pub mod recipe;
 pub mod report;
 pub mod run_record;
 pub mod runtime;
+pub mod stats;
 pub mod task;
 pub mod teacher_cache;
 pub mod train;

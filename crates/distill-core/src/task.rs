@@ -48,6 +48,10 @@ pub struct Evaluation {
     pub metric: f64,
     /// Other figures.
     pub extra: BTreeMap<String, f64>,
+    /// The per-example scores behind `metric`, when the metric can be recomputed on a resample of the
+    /// examples (a paired bootstrap of the KD gain, [`crate::stats`]); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples: Option<crate::stats::ExampleScores>,
 }
 
 /// A task: batches, the task loss and evaluation. Classification gets sensible defaults.
@@ -108,15 +112,17 @@ pub fn evaluate_classification<T: Task + ?Sized>(
 ) -> Result<Evaluation> {
     let n = task.len(split);
     let mut rng = Rng::new(0);
-    let (mut top1, mut top5) = (0usize, 0usize);
+    let mut top5 = 0usize;
+    let mut hits = Vec::with_capacity(n);
     let idx: Vec<usize> = (0..n).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let batch = task.batch(split, chunk, None, &mut rng)?;
         let logits = net.forward(&batch.inputs, Mode::Eval)?.logits;
-        let (c1, c5) = topk_correct(&logits, &batch.targets)?;
-        top1 += c1;
-        top5 += c5;
+        let ranks = target_ranks(&logits, &batch.targets)?;
+        hits.extend(ranks.iter().map(|&r| (r < 1) as u8 as f64));
+        top5 += ranks.iter().filter(|&&r| r < 5).count();
     }
+    let top1 = hits.iter().sum::<f64>() as usize;
     let mut extra = BTreeMap::new();
     let nf = n.max(1) as f64;
     extra.insert("top5".to_string(), top5 as f64 / nf);
@@ -124,6 +130,7 @@ pub fn evaluate_classification<T: Task + ?Sized>(
     Ok(Evaluation {
         metric: top1 as f64 / nf,
         extra,
+        examples: Some(crate::stats::ExampleScores::Mean { scores: hits }),
     })
 }
 
@@ -141,6 +148,20 @@ pub fn topk_correct(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)>
 /// a row with a NaN logit is never correct. `logits`: `[B, K]`; `targets`: `[B]` class indices (any integer
 /// dtype), each `< K`. The one top-k of distill: every plugin's classification metric goes through it.
 pub fn topk_counts(logits: &Tensor, targets: &Tensor, ks: &[usize]) -> Result<Vec<usize>> {
+    if ks.contains(&0) {
+        return Err(Error::msg("top-k needs k >= 1"));
+    }
+    let ranks = target_ranks(logits, targets)?;
+    Ok(ks
+        .iter()
+        .map(|&k| ranks.iter().filter(|&&r| r < k).count())
+        .collect())
+}
+
+/// Each sample's rank of its target class, as [`topk_counts`] defines it (the number of other classes with a
+/// logit larger than or equal to the target's; `usize::MAX` for a row with a NaN logit): the sample is in the
+/// top `k` when its rank is below `k`.
+pub fn target_ranks(logits: &Tensor, targets: &Tensor) -> Result<Vec<usize>> {
     let (b, classes) = logits.dims2().map_err(|_| {
         Error::Shape(format!(
             "top-k expects [B, classes] logits, got {:?}",
@@ -154,11 +175,8 @@ pub fn topk_counts(logits: &Tensor, targets: &Tensor, ks: &[usize]) -> Result<Ve
             targets.dims()
         )));
     }
-    if ks.contains(&0) {
-        return Err(Error::msg("top-k needs k >= 1"));
-    }
     if b == 0 {
-        return Ok(vec![0; ks.len()]);
+        return Ok(Vec::new());
     }
     let targets = targets.to_dtype(DType::U32)?;
     let max_target = targets.max(0)?.to_scalar::<u32>()?;
@@ -191,10 +209,7 @@ pub fn topk_counts(logits: &Tensor, targets: &Tensor, ks: &[usize]) -> Result<Ve
             }
         })
         .collect();
-    Ok(ks
-        .iter()
-        .map(|&k| ranks.iter().filter(|&&r| r < k).count())
-        .collect())
+    Ok(ranks)
 }
 
 /// Top-`k` accuracy in `[0, 1]` by [`topk_counts`] (0 for an empty batch).

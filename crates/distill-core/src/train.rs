@@ -298,6 +298,13 @@ pub fn finish_phase(
         (Some(b), true) => b.clone(),
         _ => last.clone(),
     };
+    let examples_path = dir.join(files::EXAMPLES);
+    match &eval.examples {
+        Some(e) => write_json_atomic(e, &examples_path)?,
+        None => {
+            let _ = std::fs::remove_file(&examples_path);
+        }
+    }
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
     let device = crate::network::device_of(net);
     let latency = measure_latency(net, task, &device)?;

@@ -172,6 +172,7 @@ impl Examples for Scored {
         Some(Ok(Evaluation {
             metric: offset + indices.iter().sum::<usize>() as f64,
             extra: BTreeMap::new(),
+            examples: None,
         }))
     }
 }

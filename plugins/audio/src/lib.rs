@@ -156,6 +156,16 @@ impl AudioPlugin {
             reports.push(run_recipe(self, &r, &c)?);
         }
         let mut out = combine_loso(&reports, FSDD_SPEAKERS);
+        // the KD gain's interval over every clip: each is tested once, in its speaker's fold
+        let folds: Vec<_> = FSDD_SPEAKERS
+            .iter()
+            .map(|s| ctx.out_dir.join(format!("loso-{s}")))
+            .collect();
+        out.kd_gain_interval = distill_core::report::gain_interval(
+            &folds,
+            &recipe.seeds,
+            out.metric.higher_is_better,
+        )?;
         // the recipe as asked for (every speaker), not the first fold's: `distill bench` recognises a finished
         // run by it
         out.recipe_toml = recipe

@@ -149,6 +149,7 @@ mod tests {
             git_revision: None,
             run_dir: None,
             copied_from: None,
+            kd_gain_interval: None,
         }
     }
 

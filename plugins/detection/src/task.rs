@@ -157,9 +157,11 @@ impl Examples for DetExamples {
                 "detections".into(),
                 dets.len() as f64 / indices.len().max(1) as f64,
             );
+            // COCO mAP is not a mean over images: no per-example scores for a bootstrap over images
             Ok(Evaluation {
                 metric: m.ap,
                 extra,
+                examples: None,
             })
         })())
     }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 use distill_core::{
+    stats::ExampleScores,
     task::{evaluate_classification, Evaluation},
     Batch, Error, Mode, Network, Outputs, Result, Rng, Split, Task, TaskInfo,
 };
@@ -202,6 +203,7 @@ impl Task for PairTask {
         Ok(Evaluation {
             metric: spearman(&p, &g),
             extra,
+            examples: Some(ExampleScores::Spearman { pred: p, gold: g }),
         })
     }
     fn notes(&self) -> BTreeMap<String, serde_json::Value> {
