@@ -436,6 +436,33 @@ pub fn kd_gain_interval_line(r: &RunReport) -> String {
     }
 }
 
+/// The validation metric of the weights a phase kept, over seeds: the best validation epoch's under early
+/// stopping (the first best), else the last epoch's; `None` when a seed has no validation curve. This is the
+/// figure a variant suite compares when it chooses a setting (docs/benchmarks.md).
+pub fn kept_validation(p: &PhaseSummary, higher_is_better: bool) -> Option<Stat> {
+    let best = p.headline.as_deref() == Some("best_val_epoch");
+    let per_seed: Option<Vec<f64>> = p
+        .curves
+        .iter()
+        .map(|c| {
+            let vals = c.iter().filter_map(|e| e.val_metric);
+            if best {
+                vals.reduce(|a, b| {
+                    let better = if higher_is_better { b > a } else { b < a };
+                    if better {
+                        b
+                    } else {
+                        a
+                    }
+                })
+            } else {
+                c.last().and_then(|e| e.val_metric)
+            }
+        })
+        .collect();
+    per_seed.filter(|v| !v.is_empty()).map(|v| Stat::of(&v))
+}
+
 fn fmt_gain(s: &Stat) -> String {
     if !s.mean.is_finite() {
         "n/a".into()
@@ -546,9 +573,9 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
         let _ = writeln!(s, "## {domain}\n");
         let _ = writeln!(
             s,
-            "| recipe | phase | metric | headline | headline figure | last epoch | best-val epoch | params | bytes | latency b1 / b256 (ms) | peak RSS (MiB) | wall |"
+            "| recipe | phase | metric | headline | headline figure | last epoch | best-val epoch | validation (kept) | params | bytes | latency b1 / b256 (ms) | peak RSS (MiB) | wall |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in report.runs.iter().filter(|r| domain_of(r) == domain) {
             for (name, p) in [
                 ("teacher", &r.teacher),
@@ -557,7 +584,7 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
             ] {
                 let _ = writeln!(
                     s,
-                    "| {}{} | {name} | {} | {} | **{}** | {} | {} | {} | {} | {:.3} / {:.2} | {:.0} | {} |",
+                    "| {}{} | {name} | {} | {} | **{}** | {} | {} | {} | {} | {} | {:.3} / {:.2} | {:.0} | {} |",
                     r.recipe,
                     if r.quick { " (quick)" } else { "" },
                     r.metric.name,
@@ -565,6 +592,10 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
                     fmt_stat(&p.metric),
                     p.last_epoch_metric.as_ref().map(fmt_stat).unwrap_or_else(|| "-".into()),
                     p.best_val_epoch_metric.as_ref().map(fmt_stat).unwrap_or_else(|| "-".into()),
+                    kept_validation(p, r.metric.higher_is_better)
+                        .as_ref()
+                        .map(fmt_stat)
+                        .unwrap_or_else(|| "-".into()),
                     p.params,
                     p.bytes,
                     p.latency_ms.batch1,
@@ -588,7 +619,7 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
                 r.derived.speedup,
                 r.derived.speedup_batch1,
                 fmt_stat(&retention_stat(r)),
-                fmt_gain(&kd_gain_stat(r)),
+                fmt_kd_gain(r),
                 fmt_secs(run_wall(r))
             );
         }
@@ -671,6 +702,45 @@ mod tests {
             .filter(|i| i.flagged)
             .map(|i| i.figure.clone())
             .collect()
+    }
+
+    #[test]
+    fn kept_validation_is_the_best_epochs_under_early_stopping_else_the_last() {
+        let epoch = |e: usize, v: Option<f64>| serde_json::json!({ "epoch": e, "train_loss": 1.0, "lr": 0.1, "val_metric": v, "seconds": 1.0 });
+        let phase = |headline: &str, curves: &[&[Option<f64>]]| -> PhaseSummary {
+            let curves: Vec<Vec<serde_json::Value>> = curves
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .enumerate()
+                        .map(|(i, v)| epoch(i + 1, *v))
+                        .collect()
+                })
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "metric": Stat::of(&[0.5]), "headline": headline, "extra": {}, "params": 1, "bytes": 4,
+                "flops": 0, "latency_ms": { "batch1": 1.0, "batch256": 2.0 }, "peak_rss_mb": 1.0,
+                "wall_s": 1.0, "curves": curves
+            }))
+            .unwrap()
+        };
+        let a: &[Option<f64>] = &[Some(0.5), Some(0.7), Some(0.6)];
+        let b: &[Option<f64>] = &[Some(0.4), Some(0.4), Some(0.45)];
+        let values = |p: &PhaseSummary, hib: bool| kept_validation(p, hib).map(|s| s.values);
+        assert_eq!(
+            values(&phase("best_val_epoch", &[a, b]), true),
+            Some(vec![0.7, 0.45])
+        );
+        assert_eq!(
+            values(&phase("last_epoch", &[a, b]), true),
+            Some(vec![0.6, 0.45])
+        );
+        assert_eq!(
+            values(&phase("best_val_epoch", &[a, b]), false),
+            Some(vec![0.5, 0.4])
+        );
+        let none: &[Option<f64>] = &[None, None];
+        assert_eq!(values(&phase("last_epoch", &[a, none]), true), None);
     }
 
     #[test]
