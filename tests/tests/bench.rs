@@ -624,8 +624,28 @@ fn speed_bench_runs_a_workload_in_its_own_process_and_writes_the_table() {
     );
 }
 
+/// `git -c ... ARGS` in `cwd`; its trimmed stdout.
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
 /// A finished run copied into another bench's out dir is read back and marked `copied_from` its first dir;
-/// every run records the git revision and directory it ran in.
+/// every run records the directory it ran in and the git revision, command and time it was made at, which a
+/// later invocation at another commit keeps (the report's own revision is the assembling invocation's).
 #[test]
 fn a_run_copied_in_from_another_bench_is_marked() {
     let tmp = tempfile::tempdir().unwrap();
@@ -637,6 +657,12 @@ fn a_run_copied_in_from_another_bench_is_marked() {
         "[[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nname = \"a\"\n",
     )
     .unwrap();
+    // the bench runs in a git checkout at commit `made`
+    std::fs::write(cwd.join(".gitignore"), "data/\nfirst/\nsecond/\n").unwrap();
+    git(cwd, &["init", "-q"]);
+    git(cwd, &["add", "."]);
+    git(cwd, &["commit", "-q", "-m", "one"]);
+    let made = git(cwd, &["rev-parse", "--short=12", "HEAD"]);
     let o = bench(cwd, &["--suite", "one.toml", "--out", "first"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let first = json(&cwd.join("first/report.json"));
@@ -644,27 +670,51 @@ fn a_run_copied_in_from_another_bench_is_marked() {
     let here = std::fs::canonicalize(cwd.join("first/a")).unwrap();
     assert_eq!(run["run_dir"], here.display().to_string());
     assert!(run.get("copied_from").is_none(), "{run}");
-    assert_eq!(run["git_revision"], first["git_revision"]);
+    assert_eq!(run["git_revision"], made.as_str());
+    assert_eq!(first["git_revision"], made.as_str());
+    let finished = run["finished_unix"].as_u64().expect("finished_unix");
+    assert!(finished <= first["created_unix"].as_u64().unwrap());
+    let command = run["command"].as_str().expect("command");
+    assert!(command.contains("bench --data-dir data"), "{command}");
 
-    // the finished run dir copied (as a user copies runs between suites) into another out dir
+    // the finished run dir copied (as a user copies runs between suites) into another out dir, assembled
+    // by a bench at a later commit
     std::fs::create_dir_all(cwd.join("second")).unwrap();
-    let o = std::process::Command::new("cp")
+    let o = Command::new("cp")
         .args(["-r", "first/a", "second/"])
         .current_dir(cwd)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(cwd.join("r2.toml"), tiny_recipe(2)).unwrap();
+    git(cwd, &["add", "."]);
+    git(cwd, &["commit", "-q", "-m", "two"]);
+    let later = git(cwd, &["rev-parse", "--short=12", "HEAD"]);
+    assert_ne!(made, later);
     let o = bench(cwd, &["--suite", "one.toml", "--out", "second"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let second = json(&cwd.join("second/report.json"));
+    let copied = &second["runs"][0];
+    assert_eq!(second["bench"]["status"]["a"], "skipped");
     assert_eq!(
-        second["runs"][0]["copied_from"],
+        copied["copied_from"],
         here.display().to_string(),
-        "{}",
-        second["runs"][0]
+        "{copied}"
     );
-    assert_eq!(
-        second["runs"][0]["teacher"]["metric"],
-        run["teacher"]["metric"]
+    assert_eq!(copied["teacher"]["metric"], run["teacher"]["metric"]);
+    // made at the first commit, by the first command, at its time; assembled at the second
+    assert_eq!(copied["git_revision"], made.as_str());
+    assert_eq!(second["git_revision"], later.as_str());
+    assert_eq!(copied["finished_unix"], finished);
+    assert_eq!(copied["command"], command);
+    let md = std::fs::read_to_string(cwd.join("second/report.md")).unwrap();
+    assert!(md.contains(&format!("assembled at git {later}")), "{md}");
+    assert!(
+        md.contains(&format!("made at git {made}, finished ")),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("; copied from {}\n", here.display())),
+        "{md}"
     );
 }
