@@ -447,7 +447,7 @@ fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
             .find(|x| x["recipe"] == name)
             .unwrap_or_else(|| panic!("{name} in the quick suite"))
     };
-    fsdd_checks(find("fsdd-kws"));
+    fsdd_checks(find("fsdd-kws"), &out.join("fsdd-kws"), &data);
     graph_checks(find("gcn-cora"), find("glnn-cora"), find("lsp-cora"), &out);
 }
 
@@ -455,9 +455,10 @@ fn metric(run: &serde_json::Value, phase: &str) -> f64 {
     run[phase]["metric"]["mean"].as_f64().unwrap()
 }
 
-/// fsdd-kws --quick (the real FSDD files): the official split's sizes, nothing skipped, a student of at
-/// most 20 % of the teacher's parameters, a teacher that clearly learns.
-fn fsdd_checks(run: &serde_json::Value) {
+/// fsdd-kws --quick (the real FSDD files, run in `dir`): the official split's sizes, nothing skipped, a
+/// student of at most 20 % of the teacher's parameters, a teacher that clearly learns, and every phase's
+/// accuracy what `distill eval` gives its saved model.
+fn fsdd_checks(run: &serde_json::Value, dir: &Path, data: &Path) {
     let acc = |p: &str| metric(run, p);
     eprintln!(
         "fsdd-kws --quick: accuracy teacher {:.4} scratch {:.4} distilled {:.4}",
@@ -480,14 +481,34 @@ fn fsdd_checks(run: &serde_json::Value) {
     // 0.130 (chance is 0.1). The teacher must clearly learn; the full recipe's figures are in
     // docs/benchmarks.md.
     assert!(acc("teacher") > 0.3, "teacher accuracy {}", acc("teacher"));
-    // every phase's accuracy is its test clips minus its errors, over the clips
+    // every phase's reported accuracy is what a fresh evaluation of its saved weights gives: `distill eval`
+    // loads seed-0/PHASE/model.safetensors from disk and counts the test clips it gets wrong, and the
+    // accuracy is (clips - errors) / clips (eval prints the accuracy to 4 places; the error count is exact)
     let clips = run["test_samples"].as_f64().unwrap();
-    assert!(clips > 0.0);
+    assert_eq!(clips, 300.0);
     for p in ["teacher", "scratch", "distilled"] {
-        let errors = run[p]["extra"]["errors"]["mean"].as_f64().unwrap();
+        let model = dir.join(format!("seed-0/{p}/model.safetensors"));
+        // from the root, as the bench ran: a relative $DISTILL_DATA means the same dir
+        let o = distill(
+            &root(),
+            &[
+                "eval",
+                model.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{p}: {}", stderr(&o));
+        let text = stdout(&o);
+        let errors: f64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("errors = "))
+            .unwrap_or_else(|| panic!("{p}: no error count in {text}"))
+            .parse()
+            .unwrap();
         assert!(
             (acc(p) - (clips - errors) / clips).abs() < 1e-9,
-            "{p}: accuracy {} with {errors} errors of {clips}",
+            "{p}: reported accuracy {}, but its saved model gets {errors} of {clips} test clips wrong: {text}",
             acc(p)
         );
     }
@@ -541,15 +562,23 @@ fn graph_checks(
         metric(glnn, "distilled"),
         metric(glnn, "scratch")
     );
-    // the derived batch-1 speed-up is the teacher's batch-1 latency over the distilled student's, as written
-    let lat = |p: &str| glnn[p]["latency_ms"]["batch1"].as_f64().unwrap();
-    let speedup = glnn["derived"]["speedup_batch1"].as_f64().unwrap();
-    assert!(
-        (speedup - lat("teacher") / lat("distilled")).abs() <= 1e-9 * speedup.abs(),
-        "speed-up {speedup} vs latencies {} / {}",
-        lat("teacher"),
-        lat("distilled")
-    );
+    // the derived speed-ups are the teacher's latency over the distilled student's as each phase measured and
+    // recorded it in its own seed-0/PHASE/result.json (one seed: the mean over seeds is that value)
+    assert_eq!(glnn["seeds"], serde_json::json!([0]));
+    let recorded = |p: &str, batch: &str| {
+        json(&out.join(format!("glnn-cora/seed-0/{p}/result.json")))["latency_ms"][batch]
+            .as_f64()
+            .unwrap()
+    };
+    for (batch, figure) in [("batch1", "speedup_batch1"), ("batch256", "speedup")] {
+        let (t, d) = (recorded("teacher", batch), recorded("distilled", batch));
+        assert!(t > 0.0 && d > 0.0, "{batch}: latencies {t} / {d}");
+        let speedup = glnn["derived"][figure].as_f64().unwrap();
+        assert!(
+            (speedup - t / d).abs() <= 1e-9 * (t / d),
+            "{figure} {speedup}, but the recorded {batch} latencies are {t} / {d} ms"
+        );
+    }
     assert_eq!(lsp["distilled"]["params"], 1433 * 4 + 4 + 4 * 7 + 7);
     assert!(
         metric(lsp, "distilled") > metric(lsp, "scratch"),
@@ -626,8 +655,28 @@ fn speed_bench_runs_a_workload_in_its_own_process_and_writes_the_table() {
     );
 }
 
+/// `git -c ... ARGS` in `cwd`; its trimmed stdout.
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
 /// A finished run copied into another bench's out dir is read back and marked `copied_from` its first dir;
-/// every run records the git revision and directory it ran in.
+/// every run records the directory it ran in and the git revision, command and time it was made at, which a
+/// later invocation at another commit keeps (the report's own revision is the assembling invocation's).
 #[test]
 fn a_run_copied_in_from_another_bench_is_marked() {
     let tmp = tempfile::tempdir().unwrap();
@@ -639,6 +688,12 @@ fn a_run_copied_in_from_another_bench_is_marked() {
         "[[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nname = \"a\"\n",
     )
     .unwrap();
+    // the bench runs in a git checkout at commit `made`
+    std::fs::write(cwd.join(".gitignore"), "data/\nfirst/\nsecond/\n").unwrap();
+    git(cwd, &["init", "-q"]);
+    git(cwd, &["add", "."]);
+    git(cwd, &["commit", "-q", "-m", "one"]);
+    let made = git(cwd, &["rev-parse", "--short=12", "HEAD"]);
     let o = bench(cwd, &["--suite", "one.toml", "--out", "first"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let first = json(&cwd.join("first/report.json"));
@@ -646,27 +701,51 @@ fn a_run_copied_in_from_another_bench_is_marked() {
     let here = std::fs::canonicalize(cwd.join("first/a")).unwrap();
     assert_eq!(run["run_dir"], here.display().to_string());
     assert!(run.get("copied_from").is_none(), "{run}");
-    assert_eq!(run["git_revision"], first["git_revision"]);
+    assert_eq!(run["git_revision"], made.as_str());
+    assert_eq!(first["git_revision"], made.as_str());
+    let finished = run["finished_unix"].as_u64().expect("finished_unix");
+    assert!(finished <= first["created_unix"].as_u64().unwrap());
+    let command = run["command"].as_str().expect("command");
+    assert!(command.contains("bench --data-dir data"), "{command}");
 
-    // the finished run dir copied (as a user copies runs between suites) into another out dir
+    // the finished run dir copied (as a user copies runs between suites) into another out dir, assembled
+    // by a bench at a later commit
     std::fs::create_dir_all(cwd.join("second")).unwrap();
-    let o = std::process::Command::new("cp")
+    let o = Command::new("cp")
         .args(["-r", "first/a", "second/"])
         .current_dir(cwd)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(cwd.join("r2.toml"), tiny_recipe(2)).unwrap();
+    git(cwd, &["add", "."]);
+    git(cwd, &["commit", "-q", "-m", "two"]);
+    let later = git(cwd, &["rev-parse", "--short=12", "HEAD"]);
+    assert_ne!(made, later);
     let o = bench(cwd, &["--suite", "one.toml", "--out", "second"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let second = json(&cwd.join("second/report.json"));
+    let copied = &second["runs"][0];
+    assert_eq!(second["bench"]["status"]["a"], "skipped");
     assert_eq!(
-        second["runs"][0]["copied_from"],
+        copied["copied_from"],
         here.display().to_string(),
-        "{}",
-        second["runs"][0]
+        "{copied}"
     );
-    assert_eq!(
-        second["runs"][0]["teacher"]["metric"],
-        run["teacher"]["metric"]
+    assert_eq!(copied["teacher"]["metric"], run["teacher"]["metric"]);
+    // made at the first commit, by the first command, at its time; assembled at the second
+    assert_eq!(copied["git_revision"], made.as_str());
+    assert_eq!(second["git_revision"], later.as_str());
+    assert_eq!(copied["finished_unix"], finished);
+    assert_eq!(copied["command"], command);
+    let md = std::fs::read_to_string(cwd.join("second/report.md")).unwrap();
+    assert!(md.contains(&format!("assembled at git {later}")), "{md}");
+    assert!(
+        md.contains(&format!("made at git {made}, finished ")),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("; copied from {}\n", here.display())),
+        "{md}"
     );
 }

@@ -15,10 +15,10 @@ use distill_tests::*;
 const PLUGINS: &str = "graph,audio-classification";
 
 fn required(what: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} (CI=true: this test must run; .ci/run starts Slurm with .ci/slurm-up.sh)");
+    if distill_data::testing::in_ci() {
+        panic!("{what} (under CI this test must run; .ci/run starts Slurm with .ci/slurm-up.sh)");
     }
-    println!("skipped: {what}");
+    eprintln!("skipped: {what}");
     false
 }
 

@@ -289,7 +289,14 @@ pub fn cmd_bench(reg: &Registry, opts: BenchOptions, git_revision: Option<String
                     dir.display()
                 );
             }
+            let (made_at, made_unix) = (r.git_revision.clone(), r.created_unix);
             let mut run = r.runs.into_iter().next().expect("one run");
+            // a run dir's report.json from before runs carried these: its own header was written by the
+            // invocation that finished the run, so its revision and time are the run's (not this invocation's)
+            if run.git_revision.is_none() {
+                run.git_revision = made_at;
+            }
+            run.finished_unix.get_or_insert(made_unix);
             // a run written in another directory (another suite's, another machine's) was copied in
             let here = std::fs::canonicalize(&dir)
                 .ok()

@@ -544,7 +544,7 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
     let _ =
         writeln!(
         s,
-        "{} · {} core(s){} · device {} · distill {} · git {} · schema {} · this invocation {} · all runs {}\n",
+        "{} · {} core(s){} · device {} · distill {} · assembled at git {} · schema {} · this invocation {} · all runs {}\n",
         distill_core::report::utc_date(report.created_unix),
         b.cores,
         b.cpu.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
@@ -610,7 +610,7 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
             let _ = writeln!(
                 s,
                 "- **{}** ({}, seeds {:?}{}): compression {:.1}% · speed-up {:.2}× (batch 256), {:.2}× (batch 1) · \
-                 retention {} · KD gain {} · wall {}",
+                 retention {} · KD gain {} · wall {} · {}",
                 r.recipe,
                 r.dataset,
                 r.seeds,
@@ -620,7 +620,8 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
                 r.derived.speedup_batch1,
                 fmt_stat(&retention_stat(r)),
                 fmt_kd_gain(r),
-                fmt_secs(run_wall(r))
+                fmt_secs(run_wall(r)),
+                crate::run_markdown::provenance(r)
             );
         }
         let _ = writeln!(s);
@@ -803,6 +804,61 @@ mod tests {
         );
         let md = bench_markdown(&r, &Err("no plots".into()));
         assert!(md.contains("· all runs 18.0s\n"), "{md}");
+    }
+
+    #[test]
+    fn every_run_shows_where_it_was_made_and_copied_from() {
+        let mut a = run("a", "accuracy", &[0.9], None);
+        a.git_revision = Some("aaaaaaaaaaaa".into());
+        // python: datetime.utcfromtimestamp(1795000000) = 2026-11-18 11:06:40
+        a.finished_unix = Some(1_795_000_000);
+        a.command = Some("distill bench --suite quick".into());
+        let mut b = run("b", "accuracy", &[0.9], None);
+        b.git_revision = Some("bbbbbbbbbbbb".into());
+        b.copied_from = Some("/old/bench/b".into());
+        let md = bench_markdown(
+            &Report::new(vec![a, b], Some("cccccccccccc".into())),
+            &Err("no plots".into()),
+        );
+        assert!(md.contains("assembled at git cccccccccccc"), "{md}");
+        assert!(
+            md.contains(
+                "made at git aaaaaaaaaaaa, finished 2026-11-18 11:06 UTC, by `distill bench --suite quick`\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("made at git bbbbbbbbbbbb; copied from /old/bench/b\n"),
+            "{md}"
+        );
+    }
+
+    /// The reports committed under docs/results/, written before runs carried their revision, time, command
+    /// and copy mark, still load and render.
+    #[test]
+    fn committed_reports_still_load() {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "json") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results"),
+            &mut files,
+        );
+        assert!(files.len() >= 10, "{files:?}");
+        for f in files {
+            let r = load(&f).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+            assert!(!r.runs.is_empty(), "{}", f.display());
+            let md = bench_markdown(&r, &Err("no plots".into()));
+            assert!(md.contains("made at git "), "{}", f.display());
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::{fmt::Write, path::Path};
 
 use anyhow::Result;
-use distill_core::report::{Report, Stat};
+use distill_core::report::{Report, RunReport, Stat};
 
 /// Writes `report.json` (checksummed) and `report.md` into `dir`.
 pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
@@ -22,7 +22,7 @@ pub fn run_markdown(report: &Report) -> String {
     let _ = writeln!(s, "# distill report\n");
     let _ = writeln!(
         s,
-        "distill {} · git {} · schema {}\n",
+        "distill {} · report written at git {} · schema {}\n",
         this.distill_version,
         this.git_revision.as_deref().unwrap_or("unknown"),
         this.schema_version
@@ -43,6 +43,7 @@ pub fn run_markdown(report: &Report) -> String {
                 "lower"
             }
         );
+        let _ = writeln!(s, "{}\n", provenance(r));
         let extra_keys: Vec<&String> = r.teacher.extra.keys().collect();
         let mut header = format!("| | {} |", r.metric.name);
         for k in &extra_keys {
@@ -98,6 +99,25 @@ pub fn run_markdown(report: &Report) -> String {
         if !r.notes.is_empty() {
             let _ = writeln!(s);
         }
+    }
+    s
+}
+
+/// Where a run comes from, for report.md: the git revision and time it was made at, the command that made it,
+/// and the directory it was copied from, each when known.
+pub fn provenance(r: &RunReport) -> String {
+    let mut s = format!(
+        "made at git {}",
+        r.git_revision.as_deref().unwrap_or("unknown")
+    );
+    if let Some(t) = r.finished_unix {
+        let _ = write!(s, ", finished {}", distill_core::report::utc_date(t));
+    }
+    if let Some(c) = &r.command {
+        let _ = write!(s, ", by `{c}`");
+    }
+    if let Some(c) = &r.copied_from {
+        let _ = write!(s, "; copied from {c}");
     }
     s
 }

@@ -511,6 +511,8 @@ pub fn run_recipe<P: Domain + ?Sized>(
         domain: Some(plugin.manifest().domain),
         test_samples: Some(task.len(Split::Test)),
         git_revision: ctx.git_revision.clone(),
+        command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+        finished_unix: Some(crate::report::unix_now()),
         run_dir: std::fs::canonicalize(&ctx.out_dir)
             .or_else(|_| std::path::absolute(&ctx.out_dir))
             .ok()

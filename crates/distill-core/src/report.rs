@@ -270,10 +270,18 @@ pub struct RunReport {
     /// Number of samples in the test split (the noise floor of an accuracy: `distill report compare`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_samples: Option<usize>,
-    /// The git revision of the code that ran this run (a bench made over several invocations holds runs of
-    /// several revisions; the report's top-level `git_revision` is the last invocation's).
+    /// The git revision of the code that made this run, recorded when it ran and kept when a later
+    /// invocation reads the run back (a bench made over several invocations holds runs of several revisions;
+    /// the report's top-level `git_revision` is the assembling invocation's). Folds made at different
+    /// revisions (a leave-one-speaker-out run resumed) list each, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_revision: Option<String>,
+    /// The `distill` command line that made this run (absent in reports written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// When this run finished (seconds since the Unix epoch), recorded by the invocation that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix: Option<u64>,
     /// The run directory the run was written in (absolute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<String>,

@@ -279,4 +279,32 @@ mod tests {
         assert!(topk_counts(&logits, &Tensor::new(&[0u32], &dev)?, &[1]).is_err());
         Ok(())
     }
+
+    #[test]
+    fn a_tie_at_the_kth_place_is_never_correct_whichever_class_argmax_picks() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(
+            &[
+                [0.0f32, 0.0, 5.0, 1.0], // 2, 3, then 0 and 1 tied for the third place
+                [3.0, 3.0, 1.0, 0.0],    // 0 and 1 tied for the first place
+            ],
+            &dev,
+        )?;
+        // row 0's class 0 or 1 (three others >= each: rank 3) is not in the top 3, where the two share the
+        // third place, only in the top 4; row 1's class 0 or 1 (rank 1) is in the top 2, not the top 1
+        for t in [[0u32, 0], [1, 1]] {
+            let t = Tensor::new(&t, &dev)?;
+            assert_eq!(topk_counts(&logits, &t, &[1, 2, 3, 4])?, [0, 1, 1, 2]);
+        }
+        // row 1's tied leaders: neither is top-1 (argmax would have made the first one correct)
+        let t = Tensor::new(&[2u32, 0], &dev)?;
+        assert_eq!(topk_counts(&logits, &t, &[1, 2])?, [1, 2]);
+        assert!((topk_accuracy(&logits, &t, 1)? - 0.5).abs() < 1e-12);
+        // an empty batch counts nothing and scores 0
+        let empty = Tensor::zeros((0, 4), DType::F32, &dev)?;
+        let none = Tensor::zeros(0, DType::U32, &dev)?;
+        assert_eq!(topk_counts(&empty, &none, &[1, 5])?, [0, 0]);
+        assert_eq!(topk_accuracy(&empty, &none, 1)?, 0.0);
+        Ok(())
+    }
 }

@@ -171,6 +171,11 @@ impl AudioPlugin {
         out.recipe_toml = recipe
             .report_toml()
             .map_err(|e| Error::msg(e.to_string()))?;
+        // the run is the folds' parent dir, not the first fold's: `distill bench` marks a run read back from
+        // another dir as copied
+        out.run_dir = std::fs::canonicalize(&ctx.out_dir)
+            .ok()
+            .map(|p| p.display().to_string());
         Ok(out)
     }
 }

@@ -491,18 +491,10 @@ mod tests {
         format!("{:x}", sha2::Sha256::digest(&b))
     }
 
-    /// `$DISTILL_DATA/cora`, or `None` (with a note) when DISTILL_DATA is unset outside CI.
+    /// `$DISTILL_DATA/cora`, or `None` (with the reason on stderr) when it is missing outside CI.
     fn prepared_cora() -> Option<std::path::PathBuf> {
-        match std::env::var_os("DISTILL_DATA") {
-            Some(d) => Some(Path::new(&d).join("cora")),
-            None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("DISTILL_DATA is not set: the Cora round trip needs the prepared $DISTILL_DATA/cora")
-            }
-            None => {
-                eprintln!("note: DISTILL_DATA is not set; skipping the Cora round trip");
-                None
-            }
-        }
+        distill_data::testing::required_dir("DISTILL_DATA", Some("cora"), "the Cora round trip")
+            .map(|d| d.join("cora"))
     }
 
     /// write_upstream(prepared) then convert() gives the prepared files byte for byte; the sources not

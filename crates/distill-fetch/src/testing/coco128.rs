@@ -272,18 +272,14 @@ mod tests {
         }
     }
 
-    /// The prepared coco128 folder from $DISTILL_DATA, or None (with a note) where it is not set outside CI.
+    /// The prepared `$DISTILL_DATA/coco128`, or `None` (with the reason on stderr) when it is missing outside CI.
     fn prepared_dir() -> Option<PathBuf> {
-        match std::env::var_os("DISTILL_DATA") {
-            Some(root) => Some(PathBuf::from(root).join("coco128")),
-            None if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("DISTILL_DATA is not set: the prepared data sets (DISTILL_DATA/coco128) are missing in CI")
-            }
-            None => {
-                eprintln!("note: DISTILL_DATA is not set; skipping the coco128 round trip");
-                None
-            }
-        }
+        distill_data::testing::required_dir(
+            "DISTILL_DATA",
+            Some("coco128"),
+            "the coco128 round trip",
+        )
+        .map(|d| d.join("coco128"))
     }
 
     /// write_upstream then convert gives every file of the prepared folder byte for byte; every source the
