@@ -1,6 +1,7 @@
 //! Statistics of results: rank correlations, the per-example test scores a phase keeps
-//! ([`ExampleScores`], `test_examples.json` in the phase's directory) and the paired bootstrap interval of a KD
-//! gain over seeds × test examples ([`paired_bootstrap`]).
+//! ([`ExampleScores`], `test_examples.json` in the phase's directory; for detection, images matched to their
+//! ground truth and [`average_precision`] over any resample of them) and the paired bootstrap interval of a
+//! KD gain over seeds × test examples ([`paired_bootstrap`]).
 //!
 //! The interval resamples both sources of noise in a gain: which seeds were trained (training noise) and which
 //! test examples were drawn (test-set noise). One resample draws the seeds with replacement and, once for all
@@ -77,6 +78,105 @@ pub enum ExampleScores {
         /// The gold score per example.
         gold: Vec<f64>,
     },
+    /// The metric is COCO's AP@[.5:.95] of detections already matched to the ground truth image by image
+    /// ([`average_precision`]); an example is an image.
+    Detections {
+        /// One entry per test image, in the order the evaluation pooled them.
+        images: Vec<MatchedImage>,
+    },
+}
+
+/// One image's detections matched against its ground truth at COCO's IoU thresholds .50:.05:.95 (area range
+/// "all", the best 100 per image and category), as the detection plugin's COCO evaluation matches them.
+/// Matching is per image and category, so a resample of images reuses it; only the pooling across images is
+/// redone ([`average_precision`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatchedImage {
+    /// The detections, grouped by category and sorted by score (descending) within it.
+    pub dets: Vec<MatchedDetection>,
+    /// `(category, non-ignored ground-truth boxes)` for every category with ground truth on this image.
+    pub gt: Vec<(u64, usize)>,
+}
+
+/// A matched detection; bit `t` of `matched` / `ignored` is its status at the `t`-th IoU threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MatchedDetection {
+    /// Category id.
+    pub category: u64,
+    /// Score.
+    pub score: f64,
+    /// Matched a ground-truth box, per threshold.
+    pub matched: u16,
+    /// Ignored (matched a crowd / ignored box), per threshold.
+    pub ignored: u16,
+}
+
+/// Number of IoU thresholds of COCO's AP@[.5:.95].
+pub const COCO_IOU_THRESHOLDS: usize = 10;
+
+/// COCO's AP@[.5:.95] over the images `idx` of `images` (repeats allowed: a repeated image counts as another
+/// image): per category with ground truth, the detections of every drawn image are pooled in draw order and
+/// stable-sorted by score, precision is made monotone and read at the 101 recall points 0, 0.01, …, 1 (the
+/// first point whose recall reaches each; 0 beyond the last), and AP is the mean over thresholds, recall
+/// points and those categories; -1 when no category has ground truth. Over every image in order it equals
+/// the plugin's `coco_eval(..).ap`.
+pub fn average_precision(images: &[MatchedImage], idx: &[usize]) -> f64 {
+    use std::collections::BTreeMap;
+    /// A category's ground-truth count and its pooled (score, matched, ignored).
+    type Pool = (usize, Vec<(f64, u16, u16)>);
+    let mut cats: BTreeMap<u64, Pool> = BTreeMap::new();
+    for &i in idx {
+        let im = &images[i];
+        for &(c, n) in &im.gt {
+            cats.entry(c).or_default().0 += n;
+        }
+        for d in &im.dets {
+            cats.entry(d.category)
+                .or_default()
+                .1
+                .push((d.score, d.matched, d.ignored));
+        }
+    }
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (n_gt, mut pool) in cats.into_values() {
+        if n_gt == 0 {
+            continue;
+        }
+        pool.sort_by(|x, y| y.0.total_cmp(&x.0));
+        for t in 0..COCO_IOU_THRESHOLDS {
+            let (mut tp, mut fp) = (0usize, 0usize);
+            let mut rc = Vec::with_capacity(pool.len());
+            let mut pr = Vec::with_capacity(pool.len());
+            for &(_, m, ig) in &pool {
+                if ig >> t & 1 == 1 {
+                } else if m >> t & 1 == 1 {
+                    tp += 1;
+                } else {
+                    fp += 1;
+                }
+                let (tpf, fpf) = (tp as f64, fp as f64);
+                rc.push(tpf / n_gt as f64);
+                pr.push(tpf / (fpf + tpf + f64::EPSILON));
+            }
+            for i in (1..pr.len()).rev() {
+                if pr[i] > pr[i - 1] {
+                    pr[i - 1] = pr[i];
+                }
+            }
+            for r in 0..=100 {
+                // the recall points as numpy's linspace(0, 1, 101) computes them (start + r * step, last 1)
+                let thr = if r == 100 { 1.0 } else { r as f64 * 0.01 };
+                let pi = rc.partition_point(|&x| x < thr);
+                sum += if pi < pr.len() { pr[pi] } else { 0.0 };
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        -1.0
+    } else {
+        sum / count as f64
+    }
 }
 
 impl ExampleScores {
@@ -85,6 +185,7 @@ impl ExampleScores {
         match self {
             Self::Mean { scores } => scores.len(),
             Self::Spearman { pred, .. } => pred.len(),
+            Self::Detections { images } => images.len(),
         }
     }
 
@@ -109,6 +210,7 @@ impl ExampleScores {
                 let g: Vec<f64> = idx.iter().map(|&i| gold[i]).collect();
                 spearman(&p, &g)
             }
+            Self::Detections { images } => average_precision(images, idx),
         }
     }
 
@@ -121,6 +223,7 @@ impl ExampleScores {
                 pred: Vec::new(),
                 gold: Vec::new(),
             },
+            Some(Self::Detections { .. }) => Self::Detections { images: Vec::new() },
             None => return Err(Error::msg("no per-example test scores to join")),
         };
         for p in parts {
@@ -129,6 +232,9 @@ impl ExampleScores {
                 (Self::Spearman { pred, gold }, Self::Spearman { pred: p, gold: g }) => {
                     pred.extend(p);
                     gold.extend(g);
+                }
+                (Self::Detections { images }, Self::Detections { images: i }) => {
+                    images.extend(i.iter().cloned())
                 }
                 _ => return Err(Error::msg("per-example test scores of different kinds")),
             }

@@ -22,7 +22,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use distill_core::{task::MetricInfo, Error, Result};
+use distill_core::{
+    stats::{MatchedDetection, MatchedImage},
+    task::MetricInfo,
+    Error, Result,
+};
 use serde::{Deserialize, Serialize};
 
 /// The headline metric of a detection task: COCO's AP@[.5:.95] (`mAP`), higher is better.
@@ -235,6 +239,89 @@ fn evaluate_image(
     })
 }
 
+/// One image's detections of one category sorted by score (descending, ties in input order) and cut to
+/// `max_det`, and their IoUs with its ground-truth boxes (`[detection][box]`).
+fn sorted_with_ious<'a>(
+    g: &[&GroundTruth],
+    d: &[&'a Detection],
+    max_det: usize,
+) -> (Vec<&'a Detection>, Vec<Vec<f64>>) {
+    let mut d = d.to_vec();
+    d.sort_by(|a, b| b.score.total_cmp(&a.score));
+    d.truncate(max_det);
+    let ious = d
+        .iter()
+        .map(|dd| {
+            g.iter()
+                .map(|gg| box_iou(&dd.bbox, &gg.bbox, gg.iscrowd))
+                .collect()
+        })
+        .collect();
+    (d, ious)
+}
+
+/// Every image's detections matched to its ground truth as [`coco_eval`] matches them for its headline AP
+/// (area range "all", 100 detections per image and category), for distill-core's
+/// [`average_precision`](distill_core::stats::average_precision) on resamples of the images (the KD gain's
+/// bootstrap interval): over all images in order it gives `coco_eval(..).ap`. Inputs as [`coco_eval`]'s, whose
+/// checks it relies on (call it after).
+pub fn matched_images(
+    image_ids: &[u64],
+    category_ids: &[u64],
+    ground_truth: &[GroundTruth],
+    detections: &[Detection],
+) -> Vec<MatchedImage> {
+    let imgs: BTreeSet<u64> = image_ids.iter().copied().collect();
+    let cats: BTreeSet<u64> = category_ids.iter().copied().collect();
+    let mut gt_by: HashMap<(u64, u64), Vec<&GroundTruth>> = HashMap::new();
+    for g in ground_truth {
+        gt_by
+            .entry((g.image_id, g.category_id))
+            .or_default()
+            .push(g);
+    }
+    let mut dt_by: HashMap<(u64, u64), Vec<&Detection>> = HashMap::new();
+    for d in detections {
+        dt_by
+            .entry((d.image_id, d.category_id))
+            .or_default()
+            .push(d);
+    }
+    let thresholds = linspace(0.5, 0.95, 10);
+    let max_det = *MAX_DETS.last().expect("limits");
+    let (empty_g, empty_d) = (Vec::new(), Vec::new());
+    imgs.iter()
+        .map(|&img| {
+            let mut out = MatchedImage {
+                dets: Vec::new(),
+                gt: Vec::new(),
+            };
+            for &cat in &cats {
+                let g = gt_by.get(&(img, cat)).unwrap_or(&empty_g);
+                let (d, ious) =
+                    sorted_with_ious(g, dt_by.get(&(img, cat)).unwrap_or(&empty_d), max_det);
+                let Some(e) = evaluate_image(g, &d, &ious, AREA_RANGES[0], &thresholds) else {
+                    continue;
+                };
+                let bits = |flags: &[Vec<bool>], di: usize| {
+                    (0..thresholds.len()).fold(0u16, |b, t| b | ((flags[t][di] as u16) << t))
+                };
+                out.dets
+                    .extend(d.iter().enumerate().map(|(di, det)| MatchedDetection {
+                        category: cat,
+                        score: det.score,
+                        matched: bits(&e.matched, di),
+                        ignored: bits(&e.ignored, di),
+                    }));
+                if e.n_gt > 0 {
+                    out.gt.push((cat, e.n_gt));
+                }
+            }
+            out
+        })
+        .collect()
+}
+
 /// COCO box evaluation of `detections` against `ground_truth` over `image_ids` and `category_ids` (the
 /// ground-truth file's images and categories; duplicates are merged).
 ///
@@ -312,17 +399,8 @@ pub fn coco_eval(
             .iter()
             .map(|&img| {
                 let g = gt_by.get(&(img, cat)).unwrap_or(&empty_g);
-                let mut d = dt_by.get(&(img, cat)).unwrap_or(&empty_d).clone();
-                d.sort_by(|a, b| b.score.total_cmp(&a.score));
-                d.truncate(max_det);
-                let ious = d
-                    .iter()
-                    .map(|dd| {
-                        g.iter()
-                            .map(|gg| box_iou(&dd.bbox, &gg.bbox, gg.iscrowd))
-                            .collect()
-                    })
-                    .collect();
+                let (d, ious) =
+                    sorted_with_ious(g, dt_by.get(&(img, cat)).unwrap_or(&empty_d), max_det);
                 (g, d, ious)
             })
             .collect();

@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 
+use distill_core::stats::{average_precision, ExampleScores};
 use distill_detection::{
     data::coco::load_coco,
-    metrics::{coco_eval, Detection},
+    metrics::{coco_eval, matched_images, Detection},
 };
 
 fn case(name: &str) {
@@ -32,6 +33,61 @@ fn case(name: &str) {
         assert!((v - w).abs() < 1e-4, "{name}: {k} = {v}, pycocotools {w}");
         // in fact they agree to rounding error
         assert!((v - w).abs() < 1e-9, "{name}: {k} = {v}, pycocotools {w}");
+    }
+    resamples_agree_with_coco_eval(name, &gt, &dets);
+}
+
+/// The matched images the KD-gain bootstrap resamples give the headline AP over all images, and over a
+/// resample (images repeated, some left out) the AP that `coco_eval` gives on that resample built as a data
+/// set of its own (each draw a new image).
+fn resamples_agree_with_coco_eval(
+    name: &str,
+    gt: &distill_detection::data::coco::CocoFile,
+    dets: &[Detection],
+) {
+    let (ids, cats, truth) = (gt.image_ids(), gt.category_ids(), gt.ground_truth());
+    let images = matched_images(&ids, &cats, &truth, dets);
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(images.len(), sorted.len());
+    let all: Vec<usize> = (0..images.len()).collect();
+    let want = coco_eval(&ids, &cats, &truth, dets).unwrap().ap;
+    // equal up to the order of the sums
+    let got = average_precision(&images, &all);
+    assert!((got - want).abs() < 1e-12, "{name}: {got} vs {want}");
+    let e = ExampleScores::Detections {
+        images: images.clone(),
+    };
+    assert!((e.metric() - want).abs() < 1e-12, "{name}");
+    // draw k of the resample becomes image 1000 + k
+    let n = images.len();
+    for idx in [
+        vec![0, 0, n - 1],
+        vec![n - 1, 1.min(n - 1), 1.min(n - 1), 0],
+        vec![n / 2; 3],
+    ] {
+        let new_ids: Vec<u64> = (0..idx.len() as u64).map(|k| 1000 + k).collect();
+        let (mut t2, mut d2) = (Vec::new(), Vec::new());
+        for (k, &i) in idx.iter().enumerate() {
+            let img = sorted[i];
+            for g in truth.iter().filter(|g| g.image_id == img) {
+                let mut g = g.clone();
+                g.image_id = new_ids[k];
+                t2.push(g);
+            }
+            for d in dets.iter().filter(|d| d.image_id == img) {
+                let mut d = d.clone();
+                d.image_id = new_ids[k];
+                d2.push(d);
+            }
+        }
+        let want = coco_eval(&new_ids, &cats, &t2, &d2).unwrap().ap;
+        let got = average_precision(&images, &idx);
+        assert!(
+            (got - want).abs() < 1e-12,
+            "{name} {idx:?}: {got} vs coco_eval {want}"
+        );
     }
 }
 
