@@ -295,6 +295,15 @@ mod tests {
         assert_eq!(median_p90(&[4.0]), (4.0, 4.0));
     }
 
+    #[test]
+    fn the_protocol_text_states_the_constants() {
+        assert!(LATENCY_PROTOCOL.contains(&format!("{WARMUP} untimed warm-up passes")));
+        assert!(LATENCY_PROTOCOL.contains(&format!("then {REPS} timed passes")));
+        assert!(
+            LATENCY_PROTOCOL.contains(&format!("batch {} and batch {}", BATCHES[0], BATCHES[1]))
+        );
+    }
+
     /// A network that counts its forward passes and the pool size each ran in.
     struct Counting {
         varmap: VarMap,
