@@ -388,6 +388,13 @@ fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
     assert_eq!(got, want);
     assert!(!want.is_empty());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    // quick runs time 3 passes per latency setting, and the report says so
+    assert!(md.contains("1 warm-up and 3 timed passes"), "{md}");
+    for p in ["teacher", "scratch", "distilled"] {
+        for t in runs[0][p]["latency_ms"]["timings"].as_array().unwrap() {
+            assert_eq!((t["warmup"].as_u64(), t["reps"].as_u64()), (Some(1), Some(3)), "{t}");
+        }
+    }
     for run in runs {
         eprintln!(
             "  {}: {:.0} s",

@@ -10,6 +10,7 @@ mod cards;
 mod data;
 mod dirs;
 mod export;
+mod latency_text;
 mod plots;
 mod plugins;
 mod predict;

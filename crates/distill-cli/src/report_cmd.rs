@@ -18,6 +18,7 @@ use distill_core::{
 use serde::Serialize;
 
 use crate::{
+    latency_text,
     plots::{self, domain_of, domains},
     stats::{kd_gain_stat, noise_floor, retention_stat, standard_error},
 };
@@ -561,11 +562,13 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
          phase is the one its kept weights give: the last epoch's, or the best validation epoch's when the phase \
          uses early stopping; the domain tables show both and name the headline. KD gain = distilled − scratch \
          (sign flipped when lower is better), with its 95 % paired bootstrap interval over seeds × test examples \
-         in brackets; a gain is **beyond noise** only when that interval excludes 0. Retention = distilled / teacher, compression = 1 − student / \
-         teacher parameters, speed-up = teacher / student latency at batch 256. \"All runs\" is the wall time of \
+         in brackets; a gain is **beyond noise** only when that interval excludes 0. Retention = distilled / \
+         teacher, compression = 1 − student / teacher parameters, speed-up = teacher / student median latency at \
+         batch 256 on all cores. \"All runs\" is the wall time of \
          every run's phases summed, those of earlier invocations included (a teacher shared through the cache \
          counts in each run that uses it).\n"
     );
+    let _ = writeln!(s, "{}\n", latency_text::method_note(&report.runs));
     let _ = writeln!(s, "## Cross-domain summary (headline figures)\n");
     s.push_str(&summary_table(report));
     let _ = writeln!(s);
@@ -573,7 +576,7 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
         let _ = writeln!(s, "## {domain}\n");
         let _ = writeln!(
             s,
-            "| recipe | phase | metric | headline | headline figure | last epoch | best-val epoch | validation (kept) | params | bytes | latency b1 / b256 (ms) | peak RSS (MiB) | wall |"
+            "| recipe | phase | metric | headline | headline figure | last epoch | best-val epoch | validation (kept) | params | bytes | latency b1; b256 (ms, median / p90: 1 thread · all cores) | peak RSS (MiB; + the phase's own) | wall |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in report.runs.iter().filter(|r| domain_of(r) == domain) {
@@ -582,9 +585,10 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
                 ("scratch", &r.scratch),
                 ("distilled", &r.distilled),
             ] {
-                let _ = writeln!(
+                let _ =
+                    writeln!(
                     s,
-                    "| {}{} | {name} | {} | {} | **{}** | {} | {} | {} | {} | {} | {:.3} / {:.2} | {:.0} | {} |",
+                    "| {}{} | {name} | {} | {} | **{}** | {} | {} | {} | {} | {} | {}; {} | {} | {} |",
                     r.recipe,
                     if r.quick { " (quick)" } else { "" },
                     r.metric.name,
@@ -598,9 +602,9 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
                         .unwrap_or_else(|| "-".into()),
                     p.params,
                     p.bytes,
-                    p.latency_ms.batch1,
-                    p.latency_ms.batch256,
-                    p.peak_rss_mb,
+                    latency_text::batch_cell(&p.latency_ms, 1),
+                    latency_text::batch_cell(&p.latency_ms, 256),
+                    latency_text::memory_cell(p),
                     fmt_secs(p.wall_s)
                 );
             }
@@ -609,20 +613,21 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
         for r in report.runs.iter().filter(|r| domain_of(r) == domain) {
             let _ = writeln!(
                 s,
-                "- **{}** ({}, seeds {:?}{}): compression {:.1}% · speed-up {:.2}× (batch 256), {:.2}× (batch 1) · \
-                 retention {} · KD gain {} · wall {} · {}",
+                "- **{}** ({}, seeds {:?}{}): compression {:.1}% · {} · retention {} · KD gain {} · wall {} · {}",
                 r.recipe,
                 r.dataset,
                 r.seeds,
                 r.test_samples.map(|n| format!(", {n} test samples")).unwrap_or_default(),
                 r.derived.compression * 100.0,
-                r.derived.speedup,
-                r.derived.speedup_batch1,
+                latency_text::speedup_text(r),
                 fmt_stat(&retention_stat(r)),
                 fmt_kd_gain(r),
                 fmt_secs(run_wall(r)),
                 crate::run_markdown::provenance(r)
             );
+            for line in latency_text::whole_input_lines(r) {
+                let _ = writeln!(s, "  - {line}");
+            }
         }
         let _ = writeln!(s);
     }

@@ -129,21 +129,23 @@ pub fn cmd_check(reg: &Registry, recipe: &Path, quick: bool, latency: bool) -> R
     Ok(())
 }
 
-/// `distill check --latency`'s lines: both networks' latency, the speed-ups and the FLOPs target (a student
-/// should be faster than its teacher by at least half the FLOPs ratio, at most 4×).
+/// `distill check --latency`'s lines: both networks' latency (all-core medians, then every setting's median
+/// and p90), the speed-ups and the FLOPs target (a student should be faster than its teacher by at least half
+/// the FLOPs ratio, at most 4×), and the protocol.
 fn latency_lines(
     s: &distill_core::pipeline::CheckSummary,
     t: &distill_core::report::Latency,
     st: &distill_core::report::Latency,
 ) -> String {
+    use crate::latency_text::{batch_cell, ms};
     let ratio = s.teacher_flops as f64 / s.student_flops.max(1) as f64;
     let target = (0.5 * ratio).min(4.0);
     let (b1, b256) = (t.batch1 / st.batch1, t.batch256 / st.batch256);
     let verdict = |x: f64| if x >= target { "meets" } else { "below" };
-    format!(
+    let mut out = format!(
         "  flops    teacher {} · student {} per sample · ratio {ratio:.2} · target speed-up ≥ {target:.2}×\n  \
-         latency  teacher {:.3} / {:.2} ms · student {:.3} / {:.2} ms (batch 1 / 256, median)\n  \
-         speed-up {b1:.2}× at batch 1 ({}), {b256:.2}× at batch 256 ({})",
+         latency  teacher {:.3} / {:.2} ms · student {:.3} / {:.2} ms (batch 1 / 256, median on all cores)\n  \
+         speed-up {b1:.2}× at batch 1 ({}), {b256:.2}× at batch 256 ({}) on all cores",
         s.teacher_flops,
         s.student_flops,
         t.batch1,
@@ -152,7 +154,58 @@ fn latency_lines(
         st.batch256,
         verdict(b1),
         verdict(b256),
-    )
+    );
+    let one = |l: &distill_core::report::Latency, b| l.batch(b, Some(1)).map(|x| x.median_ms);
+    if let (Some(t1), Some(s1), Some(t256), Some(s256)) =
+        (one(t, 1), one(st, 1), one(t, 256), one(st, 256))
+    {
+        out.push_str(&format!(
+            "; {:.2}× and {:.2}× (batch 1 / 256) on 1 thread",
+            t1 / s1,
+            t256 / s256
+        ));
+    }
+    for (name, l) in [("teacher", t), ("student", st)] {
+        if l.timings.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n  {name:<8} b1 {} · b256 {}",
+            batch_cell(l, 1),
+            batch_cell(l, 256)
+        ));
+        for w in l.whole_inputs() {
+            out.push_str(&format!(
+                " · {} ({} items, {} thread{}) {} / {}",
+                w.input.as_deref().unwrap_or_default(),
+                w.batch,
+                w.threads,
+                if w.threads == 1 { "" } else { "s" },
+                ms(w.median_ms),
+                ms(w.p90_ms)
+            ));
+        }
+        let busy: Vec<String> = l
+            .timings
+            .iter()
+            .filter(|x| x.input.is_none())
+            .filter_map(|x| x.cores_busy.map(|c| format!("{c:.2}")))
+            .collect();
+        if !busy.is_empty() {
+            out.push_str(&format!(" · cores busy {}", busy.join(" ")));
+        }
+    }
+    if !t.timings.is_empty() {
+        out.push_str(&format!(
+            "\n  (ms, median / p90: 1 thread · {} threads; a batch item is a {}; cores busy = CPU time / wall \
+             time per setting, b1 and b256 at 1 thread and all cores; load average {})\n  protocol {}",
+            t.all_cores(),
+            t.unit.as_deref().unwrap_or("sample"),
+            t.load_avg.map_or("n/a".into(), |l| format!("{l:.2}")),
+            distill_core::train::LATENCY_PROTOCOL
+        ));
+    }
+    out
 }
 
 /// `distill eval CHECKPOINT`.

@@ -5,6 +5,8 @@ use std::{fmt::Write, path::Path};
 use anyhow::Result;
 use distill_core::report::{Report, RunReport, Stat};
 
+use crate::latency_text;
+
 /// Writes `report.json` (checksummed) and `report.md` into `dir`.
 pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
     distill_core::checkpoint::write_json_atomic(report, &dir.join("report.json"))?;
@@ -49,9 +51,12 @@ pub fn run_markdown(report: &Report) -> String {
         for k in &extra_keys {
             header.push_str(&format!(" {k} |"));
         }
-        header.push_str(
-            " params | bytes | latency b1 (ms) | latency b256 (ms) | peak RSS (MiB) | wall (s) |",
-        );
+        header.push_str(&format!(
+            " params | bytes | {} | {} | {} | wall (s) |",
+            latency_text::batch_header(1),
+            latency_text::batch_header(256),
+            latency_text::MEMORY_HEADER
+        ));
         let _ = writeln!(s, "{header}");
         let _ = writeln!(s, "|{}", "---|".repeat(8 + extra_keys.len()));
         for (name, p) in [
@@ -68,22 +73,21 @@ pub fn run_markdown(report: &Report) -> String {
             }
             let _ = writeln!(
                 s,
-                "{row} {} | {} | {:.3} | {:.2} | {:.0} | {:.1} |",
+                "{row} {} | {} | {} | {} | {} | {:.1} |",
                 p.params,
                 p.bytes,
-                p.latency_ms.batch1,
-                p.latency_ms.batch256,
-                p.peak_rss_mb,
+                latency_text::batch_cell(&p.latency_ms, 1),
+                latency_text::batch_cell(&p.latency_ms, 256),
+                latency_text::memory_cell(p),
                 p.wall_s
             );
         }
         let d = &r.derived;
         let _ = writeln!(
             s,
-            "\ncompression {:.1}% · speed-up {:.2}x (batch 256), {:.2}x (batch 1) · retention {} · KD gain {:+.4}\n",
+            "\ncompression {:.1}% · {} · retention {} · KD gain {:+.4}\n",
             d.compression * 100.0,
-            d.speedup,
-            d.speedup_batch1,
+            latency_text::speedup_text(r),
             // undefined against a teacher that scored 0
             if d.retention.is_finite() {
                 format!("{:.4}", d.retention)
@@ -93,12 +97,14 @@ pub fn run_markdown(report: &Report) -> String {
             d.kd_gain
         );
         let _ = writeln!(s, "{}\n", crate::report_cmd::kd_gain_interval_line(r));
+        for line in latency_text::whole_input_lines(r) {
+            let _ = writeln!(s, "- {line}");
+        }
+        let _ = writeln!(s, "- {}", latency_text::method_note([r]));
         for (k, v) in &r.notes {
             let _ = writeln!(s, "- {k}: {v}");
         }
-        if !r.notes.is_empty() {
-            let _ = writeln!(s);
-        }
+        let _ = writeln!(s);
     }
     s
 }

@@ -244,6 +244,11 @@ fn phase_spec(
         label: format!("{phase} s{seed}"),
         recipe_hash: recipe_hash.to_string(),
         no_training: ctx.no_training,
+        latency: if ctx.quick {
+            crate::train::LatencyProtocol::QUICK
+        } else {
+            crate::train::LatencyProtocol::FULL
+        },
     }
 }
 
@@ -268,7 +273,11 @@ fn teacher_phase<P: Domain + ?Sized>(
         load_pretrained(net.as_ref(), &recipe.teacher, "teacher", ctx, false)?;
         // used as it is, or fine-tuned from it (not cached: the cache key does not cover the file)
         let r = match recipe.teacher.epochs {
-            0 => finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?,
+            0 => {
+                // the phase is the evaluation and timing of the loaded teacher: its memory is its own
+                crate::train::PhaseMemory::start();
+                finish_phase(task, net.as_ref(), &spec, Vec::new(), None, 0.0, true)?
+            }
             _ => train_phase(task, net.as_ref(), Objective::Task, &spec)?,
         };
         return Ok((net, r));

@@ -84,13 +84,121 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// Inference latency in milliseconds.
+/// Inference latency in milliseconds, measured by [`crate::train::measure_latency`] (its protocol:
+/// [`crate::train::LATENCY_PROTOCOL`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
-    /// One sample.
+    /// Median at batch 1 on all cores (the one figure reports written before the protocol carried, then from
+    /// at most 30 passes cut off after 2 s).
     pub batch1: f64,
-    /// 256 samples.
+    /// Median at batch 256 on all cores.
     pub batch256: f64,
+    /// Every timed setting (batch 1 and 256, one thread and all cores, and a task's whole input where it has
+    /// one); empty in reports written before the protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timings: Vec<Timing>,
+    /// What one item of a batch is, e.g. `"sample"` or `"node with its neighbourhood"` ([`crate::Task::latency_unit`]);
+    /// absent in reports written before the protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The machine's 1-minute load average when the measurement started (Linux), so a figure taken while
+    /// other processes were busy can be told apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_avg: Option<f64>,
+}
+
+/// One timed setting of the latency protocol: warm-up passes, then `reps` timed passes, one after another.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Items per pass (samples or nodes); for a whole-input timing, the number of items in it.
+    pub batch: usize,
+    /// `None` for a batch of [`Latency::unit`]s; the input's name for a whole input, e.g. `"whole graph"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Compute threads: 1, or all of the process's pool.
+    pub threads: usize,
+    /// Median of the timed passes (ms).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub median_ms: f64,
+    /// 90th percentile of the timed passes (ms, linear interpolation between order statistics).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub p90_ms: f64,
+    /// Timed passes (per seed; over seeds in a summary, each seed's count).
+    pub reps: usize,
+    /// Untimed passes before them.
+    pub warmup: usize,
+    /// Process CPU time over wall time during the timed passes: about 1 when one thread really did the work,
+    /// up to `threads` when all of them did (Linux; `None` elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores_busy: Option<f64>,
+}
+
+impl Latency {
+    /// The timing of `batch` items of [`Latency::unit`] on `threads` threads (`None` for all cores).
+    pub fn batch(&self, batch: usize, threads: Option<usize>) -> Option<&Timing> {
+        let all = self.all_cores();
+        self.timings
+            .iter()
+            .find(|t| t.input.is_none() && t.batch == batch && t.threads == threads.unwrap_or(all))
+    }
+
+    /// The thread count of the all-cores timings (the largest measured).
+    pub fn all_cores(&self) -> usize {
+        self.timings.iter().map(|t| t.threads).max().unwrap_or(0)
+    }
+
+    /// Timings of whole inputs (e.g. the whole graph).
+    pub fn whole_inputs(&self) -> impl Iterator<Item = &Timing> {
+        self.timings.iter().filter(|t| t.input.is_some())
+    }
+
+    /// The mean over seeds of each setting's median and 90th percentile (settings matched by batch, input and
+    /// threads; a setting missing from a seed is left out).
+    pub fn mean_of(all: &[&Latency]) -> Latency {
+        let n = all.len().max(1) as f64;
+        let first = match all.first() {
+            Some(l) => *l,
+            None => return Latency::default(),
+        };
+        let timings = first
+            .timings
+            .iter()
+            .filter_map(|t| {
+                let same: Vec<&Timing> = all
+                    .iter()
+                    .filter_map(|l| {
+                        l.timings.iter().find(|u| {
+                            u.batch == t.batch && u.input == t.input && u.threads == t.threads
+                        })
+                    })
+                    .collect();
+                (same.len() == all.len()).then(|| {
+                    let mean =
+                        |f: &dyn Fn(&Timing) -> f64| same.iter().map(|u| f(u)).sum::<f64>() / n;
+                    Timing {
+                        median_ms: mean(&|u| u.median_ms),
+                        p90_ms: mean(&|u| u.p90_ms),
+                        cores_busy: same
+                            .iter()
+                            .map(|u| u.cores_busy)
+                            .sum::<Option<f64>>()
+                            .map(|s| s / n),
+                        ..t.clone()
+                    }
+                })
+            })
+            .collect();
+        Latency {
+            batch1: all.iter().map(|l| l.batch1).sum::<f64>() / n,
+            batch256: all.iter().map(|l| l.batch256).sum::<f64>() / n,
+            timings,
+            unit: first.unit.clone(),
+            load_avg: all
+                .iter()
+                .filter_map(|l| l.load_avg)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+        }
+    }
 }
 
 /// One phase (teacher, scratch or distilled) for one seed.
@@ -118,8 +226,13 @@ pub struct PhaseResult {
     pub flops: u64,
     /// Inference latency.
     pub latency_ms: Latency,
-    /// Peak resident memory during the phase (MiB).
+    /// Peak resident memory during the phase (MiB): the process's high-water mark, reset at the phase's start
+    /// after freed heap memory went back to the OS ([`crate::train::MEMORY_METHOD`]).
     pub peak_rss_mb: f64,
+    /// Resident memory when the phase started (MiB; data, and for a student the teacher, already loaded), so
+    /// `peak_rss_mb - rss_start_mb` is what the phase itself added; absent in reports written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_start_mb: Option<f64>,
     /// Wall time of the phase (s).
     pub wall_s: f64,
     /// Epochs trained.
@@ -163,6 +276,10 @@ pub struct PhaseSummary {
     pub latency_ms: Latency,
     /// Peak memory (max over seeds, MiB).
     pub peak_rss_mb: f64,
+    /// What the phase added to the memory it started with (max over seeds of the peak less the resident
+    /// memory at the phase's start, MiB); absent in reports written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_own_mb: Option<f64>,
     /// Wall time (sum over seeds, s).
     pub wall_s: f64,
     /// Per seed curves.
@@ -194,7 +311,10 @@ impl PhaseSummary {
                     .or_else(|| r.curve.last().and_then(|e| e.test_metric))
             })
             .collect();
-        let n = results.len() as f64;
+        let own: Option<Vec<f64>> = results
+            .iter()
+            .map(|r| r.rss_start_mb.map(|s| r.peak_rss_mb - s))
+            .collect();
         Self {
             metric: stat(&|r| r.metric),
             best_val_epoch_metric: best,
@@ -204,11 +324,11 @@ impl PhaseSummary {
             params: first.params,
             bytes: first.bytes,
             flops: first.flops,
-            latency_ms: Latency {
-                batch1: results.iter().map(|r| r.latency_ms.batch1).sum::<f64>() / n,
-                batch256: results.iter().map(|r| r.latency_ms.batch256).sum::<f64>() / n,
-            },
+            latency_ms: Latency::mean_of(
+                &results.iter().map(|r| &r.latency_ms).collect::<Vec<_>>(),
+            ),
             peak_rss_mb: results.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+            peak_rss_own_mb: own.map(|v| v.into_iter().fold(f64::MIN, f64::max)),
             wall_s: results.iter().map(|r| r.wall_s).sum(),
             curves: results.iter().map(|r| r.curve.clone()).collect(),
         }
@@ -227,6 +347,13 @@ pub struct Derived {
     /// Teacher latency / student latency at batch 1.
     #[serde(deserialize_with = "f64_or_nan")]
     pub speedup_batch1: f64,
+    /// Teacher latency / student latency at batch 256 on one thread (ratio of medians); absent in reports
+    /// written before the latency protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup_1thread: Option<f64>,
+    /// Teacher latency / student latency at batch 1 on one thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup_batch1_1thread: Option<f64>,
     /// Distilled metric / teacher metric.
     #[serde(deserialize_with = "f64_or_nan")]
     pub retention: f64,
@@ -337,10 +464,16 @@ impl RunReport {
     ) -> Derived {
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let sign = if metric.higher_is_better { 1.0 } else { -1.0 };
+        let one_thread = |b: usize| {
+            let median = |p: &PhaseSummary| p.latency_ms.batch(b, Some(1)).map(|t| t.median_ms);
+            Some(ratio(median(t)?, median(d)?))
+        };
         Derived {
             compression: 1.0 - ratio(d.params as f64, t.params as f64),
             speedup: ratio(t.latency_ms.batch256, d.latency_ms.batch256),
             speedup_batch1: ratio(t.latency_ms.batch1, d.latency_ms.batch1),
+            speedup_1thread: one_thread(256),
+            speedup_batch1_1thread: one_thread(1),
             retention: ratio(d.metric.mean, t.metric.mean),
             kd_gain: sign * (d.metric.mean - s.metric.mean),
         }
@@ -485,6 +618,7 @@ mod tests {
             flops: 20,
             latency_ms: Latency::default(),
             peak_rss_mb: 1.0,
+            rss_start_mb: None,
             wall_s: 1.0,
             epochs: curve.len(),
             curve: curve
@@ -521,6 +655,8 @@ mod tests {
             compression: 0.5,
             speedup: 2.0,
             speedup_batch1: 1.5,
+            speedup_1thread: None,
+            speedup_batch1_1thread: None,
             retention: f64::NAN,
             kd_gain: 0.0,
         };
@@ -531,6 +667,82 @@ mod tests {
         let st = Stat::of(&[f64::NAN, 1.0]);
         let back: Stat = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
         assert!(back.mean.is_nan() && back.values[0].is_nan() && back.values[1] == 1.0);
+    }
+
+    fn timed(batch: usize, threads: usize, median_ms: f64) -> Timing {
+        Timing {
+            batch,
+            threads,
+            median_ms,
+            p90_ms: 1.5 * median_ms,
+            reps: 30,
+            warmup: 3,
+            ..Timing::default()
+        }
+    }
+
+    fn latency(b1: f64, b256: f64) -> Latency {
+        Latency {
+            batch1: b1,
+            batch256: b256,
+            timings: vec![
+                timed(1, 1, 2.0 * b1),
+                timed(1, 2, b1),
+                timed(256, 1, 2.0 * b256),
+                timed(256, 2, b256),
+            ],
+            unit: Some("sample".into()),
+            load_avg: Some(0.5),
+        }
+    }
+
+    #[test]
+    fn summaries_average_each_setting_and_keep_each_phases_own_memory() {
+        let mut a = phase(0.9, &[0.9]);
+        a.latency_ms = latency(1.0, 10.0);
+        (a.peak_rss_mb, a.rss_start_mb) = (500.0, Some(300.0));
+        let mut b = phase(0.8, &[0.8]);
+        b.latency_ms = latency(3.0, 30.0);
+        (b.peak_rss_mb, b.rss_start_mb) = (450.0, Some(200.0));
+        let s = PhaseSummary::of(&[a, b.clone()]);
+        assert_eq!((s.latency_ms.batch1, s.latency_ms.batch256), (2.0, 20.0));
+        let one = s.latency_ms.batch(256, Some(1)).unwrap();
+        assert_eq!((one.median_ms, one.p90_ms, one.reps), (40.0, 60.0, 30));
+        assert_eq!(s.latency_ms.batch(1, None).unwrap().median_ms, 2.0);
+        assert_eq!(s.peak_rss_mb, 500.0);
+        // max over seeds of peak - start: 200 (seed a), 250 (seed b)
+        assert_eq!(s.peak_rss_own_mb, Some(250.0));
+        // a teacher twice as slow on one thread at batch 256: the 1-thread speed-up is the ratio of medians
+        let mut t = b.clone();
+        t.latency_ms = latency(6.0, 90.0);
+        let (t, d) = (PhaseSummary::of(&[t]), PhaseSummary::of(&[b]));
+        let metric = MetricInfo {
+            name: "accuracy".into(),
+            higher_is_better: true,
+        };
+        let derived = RunReport::derive(&metric, &t, &d, &d);
+        assert_eq!(derived.speedup, 3.0);
+        assert_eq!(derived.speedup_1thread, Some(180.0 / 60.0));
+        assert_eq!(derived.speedup_batch1_1thread, Some(12.0 / 6.0));
+    }
+
+    #[test]
+    fn results_written_before_the_latency_protocol_still_load() {
+        let old = r#"{"metric": 0.9, "best_val_epoch_metric": null, "best_val_epoch": null, "extra": {},
+            "params": 10, "bytes": 40, "flops": 20, "latency_ms": {"batch1": 0.5, "batch256": 27.0},
+            "peak_rss_mb": 300.0, "wall_s": 1.0, "epochs": 0, "curve": []}"#;
+        let r: PhaseResult = serde_json::from_str(old).unwrap();
+        assert!(r.latency_ms.timings.is_empty() && r.rss_start_mb.is_none());
+        assert_eq!(r.latency_ms.batch256, 27.0);
+        let s = PhaseSummary::of(&[r]);
+        assert_eq!(s.latency_ms.batch256, 27.0);
+        assert!(s.peak_rss_own_mb.is_none() && s.latency_ms.batch(1, Some(1)).is_none());
+        // and the new fields are left out of the JSON when absent, as before
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(
+            !text.contains("timings") && !text.contains("peak_rss_own_mb"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -76,6 +76,19 @@ pub trait Task: Send + Sync {
         shape.extend_from_slice(&self.info().input_shape);
         Ok(Tensor::zeros(shape, candle_core::DType::F32, device)?)
     }
+    /// What one item of a [`Task::latency_input`] batch is, as the report names it: `"sample"` by default
+    /// (the graph plugin: a node with its neighbourhood).
+    fn latency_unit(&self) -> &str {
+        "sample"
+    }
+    /// A whole input timed besides the batches, with its name (the graph plugin: every node of the graph,
+    /// `"whole graph"`); none by default. Its first dimension is its number of items.
+    fn latency_whole_input(
+        &self,
+        _device: &candle_core::Device,
+    ) -> Result<Option<(String, Tensor)>> {
+        Ok(None)
+    }
     /// The task's own loss (the "hard label" loss); cross-entropy by default.
     fn task_loss(&self, outputs: &Outputs, batch: &Batch) -> Result<Tensor> {
         crate::losses::ce_loss(&outputs.logits, &batch.targets)

@@ -6,24 +6,28 @@
 //! (shuffling, augmentation, dropout) is derived from the seed, the phase, the epoch and the step, so the
 //! replay is identical to an uninterrupted run.
 
-use std::time::Instant;
-
 use candle_core::Var;
 
 use crate::{
     checkpoint::{read_json, read_safetensors, write_json_atomic},
     network::load_into_varmap,
-    report::{EpochRecord, Latency, PhaseResult},
+    report::{EpochRecord, PhaseResult},
     task::{Split, Task},
-    Error, Mode, Network, Result,
+    Error, Network, Result,
 };
 use distill_nn::optim::build_optimizer;
 
 mod epoch;
+mod measure;
 mod phase_files;
 mod spec;
 
 use epoch::Epochs;
+pub use measure::{
+    measure_latency, measure_latency_with, median_p90, peak_rss_mb, release_free_memory,
+    reset_peak_rss, rss_mb, LatencyProtocol, PhaseMemory, BATCHES, LATENCY_PROTOCOL, MEMORY_METHOD,
+    REPS, WARMUP,
+};
 pub use phase_files::{checkpoint_name, files};
 use phase_files::{
     extends_finished_phase, load_final_weights, load_resume_point, remove_other_checkpoints,
@@ -37,62 +41,6 @@ fn prefixed_vars(prefix: &str, varmap: &candle_nn::VarMap) -> Vec<(String, Var)>
         .into_iter()
         .map(|(k, v)| (format!("{prefix}{k}"), v))
         .collect()
-}
-
-/// Peak resident set size of this process in MiB (VmHWM), if the OS reports it.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// Resets the peak-RSS counter (Linux), so the next [`peak_rss_mb`] covers only what follows.
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Median inference latency (ms) at batch 1 and batch 256 on the task's [`Task::latency_input`].
-pub fn measure_latency(
-    net: &dyn Network,
-    task: &dyn Task,
-    device: &candle_core::Device,
-) -> Result<Latency> {
-    // At most `reps` timed passes after one or two warm-ups, stopping early once 2 s have been spent (a
-    // large network at batch 256 then costs two or three passes, not seven).
-    let time = |b: usize, reps: usize| -> Result<f64> {
-        let x = task.latency_input(b, device)?;
-        let t0 = Instant::now();
-        net.forward(&x, Mode::Eval)?;
-        if t0.elapsed().as_secs_f64() < 0.5 {
-            net.forward(&x, Mode::Eval)?;
-        }
-        let budget = Instant::now();
-        let mut ts = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            if !ts.is_empty() && budget.elapsed().as_secs_f64() > 2.0 {
-                break;
-            }
-            let t = Instant::now();
-            let out = net.forward(&x, Mode::Eval)?;
-            device.synchronize()?;
-            drop(out);
-            ts.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        ts.sort_by(|a, b| a.total_cmp(b));
-        Ok(ts[ts.len() / 2])
-    };
-    Ok(Latency {
-        batch1: time(1, 30)?,
-        batch256: time(256, 5)?,
-    })
 }
 
 /// Trains `net` for one phase and evaluates it. With `spec.resume`, continues from the checkpoint in
@@ -116,7 +64,7 @@ pub fn train_phase(
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    reset_peak_rss();
+    PhaseMemory::start();
     let (teacher, terms) = match objective {
         Objective::Task => (None, vec![(1.0, Term::Task)]),
         Objective::Distill { teacher, terms } => (Some(teacher), terms),
@@ -307,7 +255,7 @@ pub fn finish_phase(
     }
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
     let device = crate::network::device_of(net);
-    let latency = measure_latency(net, task, &device)?;
+    let latency = measure_latency_with(net, task, &device, spec.latency)?;
     let result = PhaseResult {
         metric: eval.metric,
         best_val_epoch_metric: best.map(|b| b.metric),
@@ -319,6 +267,7 @@ pub fn finish_phase(
         flops: net.flops(),
         latency_ms: latency,
         peak_rss_mb: peak_rss_mb(),
+        rss_start_mb: PhaseMemory::latest().map(|m| m.start_mb),
         wall_s,
         epochs: curve.len(),
         curve,

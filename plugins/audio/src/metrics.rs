@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use distill_core::{
-    report::{PhaseSummary, RunReport, Stat},
+    report::{Latency, PhaseSummary, RunReport, Stat},
     task::MetricInfo,
 };
 
@@ -24,7 +24,6 @@ pub fn accuracy_metric() -> MetricInfo {
 /// sets `run_dir` (the folds' parent).
 pub fn combine_loso(reports: &[RunReport], speakers: &[&str]) -> RunReport {
     let mut out = reports[0].clone();
-    let n = reports.len() as f64;
     let over = |f: &dyn Fn(&RunReport) -> &PhaseSummary| -> PhaseSummary {
         let mut p = f(&reports[0]).clone();
         p.metric = Stat::of(&reports.iter().map(|r| f(r).metric.mean).collect::<Vec<_>>());
@@ -35,13 +34,11 @@ pub fn combine_loso(reports: &[RunReport], speakers: &[&str]) -> RunReport {
         };
         p.best_val_epoch_metric = over_folds(&|p| p.best_val_epoch_metric.as_ref());
         p.last_epoch_metric = over_folds(&|p| p.last_epoch_metric.as_ref());
-        p.latency_ms.batch1 = reports.iter().map(|r| f(r).latency_ms.batch1).sum::<f64>() / n;
-        p.latency_ms.batch256 = reports
-            .iter()
-            .map(|r| f(r).latency_ms.batch256)
-            .sum::<f64>()
-            / n;
+        p.latency_ms =
+            Latency::mean_of(&reports.iter().map(|r| &f(r).latency_ms).collect::<Vec<_>>());
         p.peak_rss_mb = reports.iter().map(|r| f(r).peak_rss_mb).fold(0.0, f64::max);
+        let own: Option<Vec<f64>> = reports.iter().map(|r| f(r).peak_rss_own_mb).collect();
+        p.peak_rss_own_mb = own.map(|v| v.into_iter().fold(f64::MIN, f64::max));
         for (k, v) in p.extra.iter_mut() {
             *v = Stat::of(
                 &reports
@@ -106,7 +103,7 @@ pub fn combine_loso(reports: &[RunReport], speakers: &[&str]) -> RunReport {
 mod tests {
     use std::collections::BTreeMap;
 
-    use distill_core::report::{EpochRecord, Latency, PhaseResult, PhaseSummary, RunReport};
+    use distill_core::report::{EpochRecord, PhaseResult};
 
     use super::*;
 
@@ -143,8 +140,10 @@ mod tests {
             latency_ms: Latency {
                 batch1: f.latency,
                 batch256: 10.0 * f.latency,
+                ..Latency::default()
             },
             peak_rss_mb: f.rss,
+            rss_start_mb: None,
             wall_s: 2.0,
             epochs: 1,
             curve: vec![EpochRecord {

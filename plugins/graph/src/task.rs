@@ -77,6 +77,23 @@ impl Task for GraphTask {
         Ok(Tensor::from_vec(ids, batch, device)?)
     }
 
+    /// A latency batch item is one node: an MLP reads its feature row, a GNN its `L`-hop neighbourhood.
+    fn latency_unit(&self) -> &str {
+        "node with its neighbourhood"
+    }
+
+    /// Every node of the graph in one pass (a GNN propagates over the whole graph once).
+    fn latency_whole_input(
+        &self,
+        device: &candle_core::Device,
+    ) -> Result<Option<(String, Tensor)>> {
+        let n = self.graph.num_nodes() as u32;
+        Ok(Some((
+            "whole graph".to_string(),
+            Tensor::arange(0u32, n, device)?,
+        )))
+    }
+
     fn batch(
         &self,
         split: Split,
@@ -164,6 +181,11 @@ mod tests {
         assert_eq!(ids, [0, 1, 2]);
         let ids: Vec<u32> = task.latency_input(7, &Device::Cpu)?.to_vec1()?;
         assert_eq!(ids, [0, 1, 2, 3, 4, 0, 1]);
+        // the whole-graph figure is every node once, named for what it is
+        let (name, all) = task.latency_whole_input(&Device::Cpu)?.unwrap();
+        assert_eq!(name, "whole graph");
+        assert_eq!(all.to_vec1::<u32>()?, [0, 1, 2, 3, 4]);
+        assert_eq!(task.latency_unit(), "node with its neighbourhood");
         Ok(())
     }
 }

@@ -223,8 +223,10 @@ impl LinearOp {
     }
 }
 
+/// gemm's threads: candle's thread count, but never more than the rayon pool the caller runs in (a latency
+/// measurement installs a one-thread pool, and gemm must then run on that one thread).
 pub(crate) fn parallelism() -> gemm::Parallelism {
-    let n = candle_core::utils::get_num_threads();
+    let n = candle_core::utils::get_num_threads().min(rayon::current_num_threads());
     if n > 1 {
         gemm::Parallelism::Rayon(n)
     } else {

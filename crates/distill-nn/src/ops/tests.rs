@@ -679,3 +679,22 @@ fn batch_norm_folded_inference_matches_conv_then_batch_norm() -> Result<()> {
     assert!(err.contains("pointwise kernel [2, 3, 1, 1]"), "{err}");
     Ok(())
 }
+
+/// Inside a one-thread rayon pool (a latency measurement's) gemm is asked for one thread, outside for the
+/// process's threads.
+#[test]
+fn gemm_runs_on_one_thread_inside_a_one_thread_pool() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        pool.install(linear::parallelism),
+        gemm::Parallelism::None
+    ));
+    let n = candle_core::utils::get_num_threads().min(rayon::current_num_threads());
+    match linear::parallelism() {
+        gemm::Parallelism::Rayon(k) => assert_eq!(k, n),
+        gemm::Parallelism::None => assert_eq!(n, 1),
+    }
+}
