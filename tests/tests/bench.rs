@@ -392,7 +392,11 @@ fn quick_suite_runs_every_builtin_plugin_on_the_real_data() {
     assert!(md.contains("1 warm-up and 3 timed passes"), "{md}");
     for p in ["teacher", "scratch", "distilled"] {
         for t in runs[0][p]["latency_ms"]["timings"].as_array().unwrap() {
-            assert_eq!((t["warmup"].as_u64(), t["reps"].as_u64()), (Some(1), Some(3)), "{t}");
+            assert_eq!(
+                (t["warmup"].as_u64(), t["reps"].as_u64()),
+                (Some(1), Some(3)),
+                "{t}"
+            );
         }
     }
     for run in runs {
