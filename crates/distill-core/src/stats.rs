@@ -114,6 +114,42 @@ pub struct MatchedDetection {
 /// Number of IoU thresholds of COCO's AP@[.5:.95].
 pub const COCO_IOU_THRESHOLDS: usize = 10;
 
+/// COCO's reading of one ranked pool of detections (pycocotools' `accumulate`): `outcomes` in rank order
+/// (`Some(true)` a true positive, `Some(false)` a false positive, `None` an ignored detection, which counts
+/// neither way but keeps its place), `n_gt` > 0 ground-truth boxes. Returns the final recall and the precision
+/// at the 101 recall points 0, 0.01, …, 1 (numpy's `linspace(0, 1, 101)`): precision made monotone from the
+/// right, read at the first rank whose recall reaches each point, 0 beyond the last.
+pub fn coco_precision_at_recalls(
+    outcomes: impl Iterator<Item = Option<bool>>,
+    n_gt: usize,
+) -> (f64, [f64; 101]) {
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let (mut rc, mut pr) = (Vec::new(), Vec::new());
+    for o in outcomes {
+        match o {
+            Some(true) => tp += 1,
+            Some(false) => fp += 1,
+            None => {}
+        }
+        let (tpf, fpf) = (tp as f64, fp as f64);
+        rc.push(tpf / n_gt as f64);
+        pr.push(tpf / (fpf + tpf + f64::EPSILON));
+    }
+    for i in (1..pr.len()).rev() {
+        if pr[i] > pr[i - 1] {
+            pr[i - 1] = pr[i];
+        }
+    }
+    let mut out = [0.0; 101];
+    for (r, p) in out.iter_mut().enumerate() {
+        // numpy's linspace: start + r * step, the last point exactly 1
+        let thr = if r == 100 { 1.0 } else { r as f64 * 0.01 };
+        let pi = rc.partition_point(|&x| x < thr);
+        *p = if pi < pr.len() { pr[pi] } else { 0.0 };
+    }
+    (rc.last().copied().unwrap_or(0.0), out)
+}
+
 /// COCO's AP@[.5:.95] over the images `idx` of `images` (repeats allowed: a repeated image counts as another
 /// image): per category with ground truth, the detections of every drawn image are pooled in draw order and
 /// stable-sorted by score, precision is made monotone and read at the 101 recall points 0, 0.01, …, 1 (the
@@ -144,32 +180,12 @@ pub fn average_precision(images: &[MatchedImage], idx: &[usize]) -> f64 {
         }
         pool.sort_by(|x, y| y.0.total_cmp(&x.0));
         for t in 0..COCO_IOU_THRESHOLDS {
-            let (mut tp, mut fp) = (0usize, 0usize);
-            let mut rc = Vec::with_capacity(pool.len());
-            let mut pr = Vec::with_capacity(pool.len());
-            for &(_, m, ig) in &pool {
-                if ig >> t & 1 == 1 {
-                } else if m >> t & 1 == 1 {
-                    tp += 1;
-                } else {
-                    fp += 1;
-                }
-                let (tpf, fpf) = (tp as f64, fp as f64);
-                rc.push(tpf / n_gt as f64);
-                pr.push(tpf / (fpf + tpf + f64::EPSILON));
-            }
-            for i in (1..pr.len()).rev() {
-                if pr[i] > pr[i - 1] {
-                    pr[i - 1] = pr[i];
-                }
-            }
-            for r in 0..=100 {
-                // the recall points as numpy's linspace(0, 1, 101) computes them (start + r * step, last 1)
-                let thr = if r == 100 { 1.0 } else { r as f64 * 0.01 };
-                let pi = rc.partition_point(|&x| x < thr);
-                sum += if pi < pr.len() { pr[pi] } else { 0.0 };
-                count += 1;
-            }
+            let outcomes = pool
+                .iter()
+                .map(|&(_, m, ig)| (ig >> t & 1 == 0).then_some(m >> t & 1 == 1));
+            let (_, precision) = coco_precision_at_recalls(outcomes, n_gt);
+            sum += precision.iter().sum::<f64>();
+            count += precision.len();
         }
     }
     if count == 0 {

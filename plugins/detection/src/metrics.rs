@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use distill_core::{
-    stats::{MatchedDetection, MatchedImage},
+    stats::{coco_precision_at_recalls, MatchedDetection, MatchedImage},
     task::MetricInfo,
     Error, Result,
 };
@@ -260,19 +260,15 @@ fn sorted_with_ious<'a>(
     (d, ious)
 }
 
-/// Every image's detections matched to its ground truth as [`coco_eval`] matches them for its headline AP
-/// (area range "all", 100 detections per image and category), for distill-core's
-/// [`average_precision`](distill_core::stats::average_precision) on resamples of the images (the KD gain's
-/// bootstrap interval): over all images in order it gives `coco_eval(..).ap`. Inputs as [`coco_eval`]'s, whose
-/// checks it relies on (call it after).
-pub fn matched_images(
-    image_ids: &[u64],
-    category_ids: &[u64],
-    ground_truth: &[GroundTruth],
-    detections: &[Detection],
-) -> Vec<MatchedImage> {
-    let imgs: BTreeSet<u64> = image_ids.iter().copied().collect();
-    let cats: BTreeSet<u64> = category_ids.iter().copied().collect();
+/// Ground-truth boxes and detections grouped by (image, category), each group in input order.
+#[allow(clippy::type_complexity)]
+fn by_image_and_category<'a, 'b>(
+    ground_truth: &'a [GroundTruth],
+    detections: &'b [Detection],
+) -> (
+    HashMap<(u64, u64), Vec<&'a GroundTruth>>,
+    HashMap<(u64, u64), Vec<&'b Detection>>,
+) {
     let mut gt_by: HashMap<(u64, u64), Vec<&GroundTruth>> = HashMap::new();
     for g in ground_truth {
         gt_by
@@ -287,6 +283,23 @@ pub fn matched_images(
             .or_default()
             .push(d);
     }
+    (gt_by, dt_by)
+}
+
+/// Every image's detections matched to its ground truth as [`coco_eval`] matches them for its headline AP
+/// (area range "all", 100 detections per image and category), for distill-core's
+/// [`average_precision`](distill_core::stats::average_precision) on resamples of the images (the KD gain's
+/// bootstrap interval): over all images in order it gives `coco_eval(..).ap`. Inputs as [`coco_eval`]'s, whose
+/// checks it relies on (call it after).
+pub fn matched_images(
+    image_ids: &[u64],
+    category_ids: &[u64],
+    ground_truth: &[GroundTruth],
+    detections: &[Detection],
+) -> Vec<MatchedImage> {
+    let imgs: BTreeSet<u64> = image_ids.iter().copied().collect();
+    let cats: BTreeSet<u64> = category_ids.iter().copied().collect();
+    let (gt_by, dt_by) = by_image_and_category(ground_truth, detections);
     let thresholds = linspace(0.5, 0.95, 10);
     let max_det = *MAX_DETS.last().expect("limits");
     let (empty_g, empty_d) = (Vec::new(), Vec::new());
@@ -360,26 +373,14 @@ pub fn coco_eval(
             )));
         }
     }
-    let mut gt_by: HashMap<(u64, u64), Vec<&GroundTruth>> = HashMap::new();
-    for g in ground_truth {
-        gt_by
-            .entry((g.image_id, g.category_id))
-            .or_default()
-            .push(g);
-    }
-    let mut dt_by: HashMap<(u64, u64), Vec<&Detection>> = HashMap::new();
-    for d in detections {
-        dt_by
-            .entry((d.image_id, d.category_id))
-            .or_default()
-            .push(d);
-    }
+    let (gt_by, dt_by) = by_image_and_category(ground_truth, detections);
     let thresholds = linspace(0.5, 0.95, 10);
-    let rec_thrs = linspace(0.0, 1.0, 101);
+    // the 101 recall points of coco_precision_at_recalls
+    let nr_points = 101;
     let max_det = *MAX_DETS.last().expect("limits");
     let (nt, nr, nk, na, nm) = (
         thresholds.len(),
-        rec_thrs.len(),
+        nr_points,
         cats.len(),
         AREA_RANGES.len(),
         MAX_DETS.len(),
@@ -423,32 +424,15 @@ pub fn coco_eval(
                 }
                 pool.sort_by(|x, y| y.0.total_cmp(&x.0));
                 for t in 0..nt {
-                    let (mut tp, mut fp) = (0usize, 0usize);
-                    let mut rc = Vec::with_capacity(pool.len());
-                    let mut pr = Vec::with_capacity(pool.len());
-                    for &(_, ei, di) in &pool {
+                    // ignored detections count neither way but keep their place in the curve
+                    let outcomes = pool.iter().map(|&(_, ei, di)| {
                         let e = &evals[ei];
-                        if e.ignored[t][di] {
-                            // ignored detections count neither way but keep their place in the curve
-                        } else if e.matched[t][di] {
-                            tp += 1;
-                        } else {
-                            fp += 1;
-                        }
-                        let (tpf, fpf) = (tp as f64, fp as f64);
-                        rc.push(tpf / n_gt as f64);
-                        pr.push(tpf / (fpf + tpf + f64::EPSILON));
-                    }
-                    recall[ridx(t, k, a, m)] = rc.last().copied().unwrap_or(0.0);
-                    for i in (1..pr.len()).rev() {
-                        if pr[i] > pr[i - 1] {
-                            pr[i - 1] = pr[i];
-                        }
-                    }
-                    for (r, &thr) in rec_thrs.iter().enumerate() {
-                        // first index whose recall reaches thr (np.searchsorted, side="left")
-                        let pi = rc.partition_point(|&x| x < thr);
-                        precision[pidx(t, r, k, a, m)] = if pi < pr.len() { pr[pi] } else { 0.0 };
+                        (!e.ignored[t][di]).then_some(e.matched[t][di])
+                    });
+                    let (rc, pr) = coco_precision_at_recalls(outcomes, n_gt);
+                    recall[ridx(t, k, a, m)] = rc;
+                    for (r, p) in pr.iter().enumerate() {
+                        precision[pidx(t, r, k, a, m)] = *p;
                     }
                 }
             }
