@@ -239,8 +239,10 @@ pub fn finish_phase(
             }
             Some(eval)
         }
-        Some(_) => Some(last.clone()),
-        None => None,
+        Some(b) if Some(b) == last_epoch => Some(last.clone()),
+        // a best epoch whose weights were not kept (a phase resumed from a run made before 2026-12-07 without
+        // early stopping): no figure rather than another epoch's
+        _ => None,
     };
     let eval = match (&best, spec.config.early_stopping.is_some()) {
         (Some(b), true) => b.clone(),
