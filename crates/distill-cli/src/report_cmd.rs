@@ -20,7 +20,9 @@ use serde::Serialize;
 use crate::{
     latency_text,
     plots::{self, domain_of, domains},
-    stats::{kd_gain_stat, noise_floor, retention_stat, standard_error},
+    stats::{
+        fmt_kd_gain, kd_gain_stat, kept_validation, noise_floor, retention_stat, standard_error,
+    },
 };
 
 /// `1h02m`, `3m05s`, `12.3s`.
@@ -389,88 +391,6 @@ fn fmt_stat(s: &Stat) -> String {
         format!("{:.4} ± {:.4}", s.mean, s.std)
     } else {
         format!("{:.4}", s.mean)
-    }
-}
-
-/// The KD gain of a run for the summary table: mean ± std over seeds, then the 95 % paired bootstrap interval
-/// and `**beyond noise**` when it excludes 0 (runs without an interval show the gain alone).
-fn fmt_kd_gain(r: &RunReport) -> String {
-    let g = fmt_gain(&kd_gain_stat(r));
-    match &r.kd_gain_interval {
-        Some(i) => format!(
-            "{g} [{:+.4}, {:+.4}]{}",
-            i.lo,
-            i.hi,
-            if i.beyond_noise() {
-                " **beyond noise**"
-            } else {
-                " within noise"
-            }
-        ),
-        None => g,
-    }
-}
-
-/// One line on a run's KD-gain interval for report.md.
-pub fn kd_gain_interval_line(r: &RunReport) -> String {
-    match &r.kd_gain_interval {
-        Some(i) => format!(
-            "KD gain {:+.4}, 95 % interval [{:+.4}, {:+.4}] (paired bootstrap over {} seed(s) × {} test \
-             examples, {} resamples): {}",
-            r.derived.kd_gain,
-            i.lo,
-            i.hi,
-            i.seeds,
-            i.examples,
-            i.resamples,
-            if i.beyond_noise() {
-                "beyond noise (the interval excludes 0)"
-            } else {
-                "within noise (the interval includes 0)"
-            }
-        ),
-        None => format!(
-            "KD gain {:+.4}: no interval (the metric keeps no per-example test scores, or the run predates them); \
-             not marked beyond noise",
-            r.derived.kd_gain
-        ),
-    }
-}
-
-/// The validation metric of the weights a phase kept, over seeds: the best validation epoch's under early
-/// stopping (the first best), else the last epoch's; `None` when a seed has no validation curve. This is the
-/// figure a variant suite compares when it chooses a setting (docs/benchmarks.md).
-pub fn kept_validation(p: &PhaseSummary, higher_is_better: bool) -> Option<Stat> {
-    let best = p.headline.as_deref() == Some("best_val_epoch");
-    let per_seed: Option<Vec<f64>> = p
-        .curves
-        .iter()
-        .map(|c| {
-            let vals = c.iter().filter_map(|e| e.val_metric);
-            if best {
-                vals.reduce(|a, b| {
-                    let better = if higher_is_better { b > a } else { b < a };
-                    if better {
-                        b
-                    } else {
-                        a
-                    }
-                })
-            } else {
-                c.last().and_then(|e| e.val_metric)
-            }
-        })
-        .collect();
-    per_seed.filter(|v| !v.is_empty()).map(|v| Stat::of(&v))
-}
-
-fn fmt_gain(s: &Stat) -> String {
-    if !s.mean.is_finite() {
-        "n/a".into()
-    } else if s.values.len() > 1 {
-        format!("{:+.4} ± {:.4}", s.mean, s.std)
-    } else {
-        format!("{:+.4}", s.mean)
     }
 }
 

@@ -96,7 +96,7 @@ pub fn run_markdown(report: &Report) -> String {
             },
             d.kd_gain
         );
-        let _ = writeln!(s, "{}\n", crate::report_cmd::kd_gain_interval_line(r));
+        let _ = writeln!(s, "{}\n", crate::stats::kd_gain_interval_line(r));
         for line in latency_text::whole_input_lines(r) {
             let _ = writeln!(s, "- {line}");
         }

@@ -1,7 +1,8 @@
 //! The statistics of a bench report over seeds: the noise floor of a proportion metric, the standard error
-//! of a mean, and the per-seed KD gain and retention (used by `distill report compare` and the plots).
+//! of a mean, the per-seed KD gain and retention (used by `distill report compare` and the plots), the KD
+//! gain with its bootstrap interval as the reports print it, and the kept weights' validation figure.
 
-use distill_core::report::{RunReport, Stat};
+use distill_core::report::{PhaseSummary, RunReport, Stat};
 
 /// Whether a run's metric is a proportion of its test samples (higher is better, every value in [0, 1], test
 /// set size known): then a binomial floor applies to its noise.
@@ -69,6 +70,89 @@ pub fn retention_stat(run: &RunReport) -> Stat {
         )
     } else {
         Stat::of(&[run.derived.retention])
+    }
+}
+
+/// The KD gain of a run for the summary table: mean ± std over seeds, then the 95 % paired bootstrap interval
+/// and `**beyond noise**` when it excludes 0 (runs without an interval show the gain alone).
+pub fn fmt_kd_gain(r: &RunReport) -> String {
+    let g = fmt_gain(&kd_gain_stat(r));
+    match &r.kd_gain_interval {
+        Some(i) => format!(
+            "{g} [{:+.4}, {:+.4}]{}",
+            i.lo,
+            i.hi,
+            if i.beyond_noise() {
+                " **beyond noise**"
+            } else {
+                " within noise"
+            }
+        ),
+        None => g,
+    }
+}
+
+/// One line on a run's KD-gain interval for report.md.
+pub fn kd_gain_interval_line(r: &RunReport) -> String {
+    match &r.kd_gain_interval {
+        Some(i) => format!(
+            "KD gain {:+.4}, 95 % interval [{:+.4}, {:+.4}] (paired bootstrap over {} seed(s) × {} test \
+             examples, {} resamples): {}",
+            r.derived.kd_gain,
+            i.lo,
+            i.hi,
+            i.seeds,
+            i.examples,
+            i.resamples,
+            if i.beyond_noise() {
+                "beyond noise (the interval excludes 0)"
+            } else {
+                "within noise (the interval includes 0)"
+            }
+        ),
+        None => format!(
+            "KD gain {:+.4}: no interval (the metric keeps no per-example test scores, or the run predates them); \
+             not marked beyond noise",
+            r.derived.kd_gain
+        ),
+    }
+}
+
+/// The validation metric of the weights a phase kept, over seeds: the best validation epoch's under early
+/// stopping (the first best), else the last epoch's; `None` when a seed has no validation curve. This is the
+/// figure a variant suite compares when it chooses a setting (docs/benchmarks.md).
+pub fn kept_validation(p: &PhaseSummary, higher_is_better: bool) -> Option<Stat> {
+    let best = p.headline.as_deref() == Some("best_val_epoch");
+    let per_seed: Option<Vec<f64>> = p
+        .curves
+        .iter()
+        .map(|c| {
+            let vals = c.iter().filter_map(|e| e.val_metric);
+            if best {
+                vals.reduce(|a, b| {
+                    let better = if higher_is_better { b > a } else { b < a };
+                    if better {
+                        b
+                    } else {
+                        a
+                    }
+                })
+            } else {
+                c.last().and_then(|e| e.val_metric)
+            }
+        })
+        .collect();
+    per_seed.filter(|v| !v.is_empty()).map(|v| Stat::of(&v))
+}
+
+/// A gain over seeds: mean ± std (the mean alone for one seed), `n/a` when undefined.
+pub fn fmt_gain(s: &Stat) -> String {
+    if !s.mean.is_finite() {
+        "n/a".into()
+    } else if s.values.len() > 1 {
+        format!("{:+.4} ± {:.4}", s.mean, s.std)
+    } else {
+        format!("{:+.4}", s.mean)
     }
 }
 

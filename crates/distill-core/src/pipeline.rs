@@ -527,7 +527,7 @@ pub fn run_recipe<P: Domain + ?Sized>(
             .ok()
             .map(|p| p.display().to_string()),
         copied_from: None,
-        kd_gain_interval: crate::report::gain_interval(
+        kd_gain_interval: crate::stats::gain_interval(
             std::slice::from_ref(&ctx.out_dir),
             &recipe.seeds,
             info.metric.higher_is_better,

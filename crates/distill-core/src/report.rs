@@ -4,10 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{
-    stats::{ExampleScores, GainInterval, BOOTSTRAP_RESAMPLES},
-    task::MetricInfo,
-};
+use crate::{stats::GainInterval, task::MetricInfo};
 
 /// Reads `null` as NaN: serde_json writes a NaN (an undefined figure, such as the retention against a
 /// teacher that scored 0) as `null`, and a report must read back what it wrote.
@@ -420,38 +417,6 @@ pub struct RunReport {
     /// when the metric keeps no per-example scores (COCO mAP) or for runs made before 2026-12-07.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kd_gain_interval: Option<GainInterval>,
-}
-
-/// The paired bootstrap interval of the KD gain of the runs in `run_dirs` (one run dir, or a
-/// leave-one-speaker-out run's folds, whose test sets are joined), from each seed's scratch and distilled
-/// `test_examples.json`; `None` when any is missing (a metric with no per-example scores).
-pub fn gain_interval(
-    run_dirs: &[std::path::PathBuf],
-    seeds: &[u64],
-    higher_is_better: bool,
-) -> crate::Result<Option<GainInterval>> {
-    let mut phases: [Vec<ExampleScores>; 2] = [Vec::new(), Vec::new()];
-    for seed in seeds {
-        for (i, phase) in [crate::Phase::Distilled, crate::Phase::Scratch]
-            .iter()
-            .enumerate()
-        {
-            let mut parts = Vec::new();
-            for d in run_dirs {
-                let p = d
-                    .join(format!("seed-{seed}"))
-                    .join(phase.name())
-                    .join(crate::train::files::EXAMPLES);
-                if !p.exists() {
-                    return Ok(None);
-                }
-                parts.push(crate::checkpoint::read_json::<ExampleScores>(&p)?);
-            }
-            phases[i].push(ExampleScores::concat(&parts)?);
-        }
-    }
-    let [d, s] = phases;
-    crate::stats::paired_bootstrap(&d, &s, higher_is_better, BOOTSTRAP_RESAMPLES, 0).map(Some)
 }
 
 impl RunReport {

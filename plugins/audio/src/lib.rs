@@ -161,11 +161,8 @@ impl AudioPlugin {
             .iter()
             .map(|s| ctx.out_dir.join(format!("loso-{s}")))
             .collect();
-        out.kd_gain_interval = distill_core::report::gain_interval(
-            &folds,
-            &recipe.seeds,
-            out.metric.higher_is_better,
-        )?;
+        out.kd_gain_interval =
+            distill_core::stats::gain_interval(&folds, &recipe.seeds, out.metric.higher_is_better)?;
         // the recipe as asked for (every speaker), not the first fold's: `distill bench` recognises a finished
         // run by it
         out.recipe_toml = recipe

@@ -100,7 +100,7 @@ pub mod files {
     pub const METRICS: &str = "metrics.jsonl";
     /// The kept weights' per-example test scores ([`crate::stats::ExampleScores`]), for the paired
     /// bootstrap of the KD gain; absent when the task's metric has none.
-    pub const EXAMPLES: &str = "test_examples.json";
+    pub const EXAMPLES: &str = crate::stats::EXAMPLES_FILE;
     /// The phases of a run, each a directory of a seed's directory (`seed-N/teacher/`, ...).
     pub const PHASES: [&str; 3] = [
         crate::Phase::Teacher.name(),
