@@ -217,12 +217,14 @@ pub fn finish_phase(
 ) -> Result<PhaseResult> {
     let dir = &spec.dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let device = crate::network::device_of(net);
     let last = task.evaluate(net, Split::Test, spec.eval_batch_size)?;
     let best_path = dir.join(files::BEST);
     let last_epoch = curve.last().map(|r| r.epoch);
-    let best = match best_epoch {
-        Some(b) if Some(b) != last_epoch && best_path.exists() => {
-            let device = crate::network::device_of(net);
+    // the best validation epoch's test figure, and its evaluation when it is not the last epoch's
+    let (best_metric, best) = match best_epoch {
+        Some(b) if Some(b) == last_epoch => (Some(last.metric), None),
+        Some(_) if best_path.exists() => {
             // a deep copy: loading the best weights writes into the variables' storage
             let kept = crate::network::varmap_tensors(net.varmap())?
                 .into_iter()
@@ -237,16 +239,17 @@ pub fn finish_phase(
             if spec.config.early_stopping.is_none() {
                 load_into_varmap(net.varmap(), &kept, dir)?;
             }
-            Some(eval)
+            (Some(eval.metric), Some(eval))
         }
-        Some(b) if Some(b) == last_epoch => Some(last.clone()),
         // a best epoch whose weights were not kept (a phase resumed from a run made before 2026-12-07 without
         // early stopping): no figure rather than another epoch's
-        _ => None,
+        _ => (None, None),
     };
-    let eval = match (&best, spec.config.early_stopping.is_some()) {
-        (Some(b), true) => b.clone(),
-        _ => last.clone(),
+    let last_metric = last.metric;
+    // the kept weights' evaluation: the best epoch's under early stopping, else the last epoch's
+    let eval = match best {
+        Some(b) if spec.config.early_stopping.is_some() => b,
+        _ => last,
     };
     let examples_path = dir.join(files::EXAMPLES);
     match &eval.examples {
@@ -256,12 +259,11 @@ pub fn finish_phase(
         }
     }
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
-    let device = crate::network::device_of(net);
     let latency = measure_latency_with(net, task, &device, spec.latency)?;
     let result = PhaseResult {
         metric: eval.metric,
-        best_val_epoch_metric: best.map(|b| b.metric),
-        last_epoch_metric: last_epoch.map(|_| last.metric),
+        best_val_epoch_metric: best_metric,
+        last_epoch_metric: last_epoch.map(|_| last_metric),
         best_val_epoch: best_epoch,
         extra: eval.extra,
         params: crate::network::num_params(net),

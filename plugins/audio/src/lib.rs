@@ -211,7 +211,7 @@ impl Domain for AudioPlugin {
 
     fn load_task(&self, recipe: &Recipe, ctx: &RunContext) -> Result<Box<dyn Task>> {
         let o = options(recipe)?;
-        // FSDD's validation clips (the last training clips) and their count
+        // how many of the training clips (the last ones) are FSDD's validation split
         let mut fsdd_val = None;
         let (train, test, classes) = match recipe.dataset.as_str() {
             "fsdd" => {
@@ -226,7 +226,7 @@ impl Domain for AudioPlugin {
                     _ => FsddSplit::Official,
                 };
                 let (tr, te, n_val) = data::fsdd_clips(&ctx.data_dir.join("fsdd"), &split)?;
-                fsdd_val = Some((tr[tr.len() - n_val..].to_vec(), n_val));
+                fsdd_val = Some(n_val);
                 (tr, te, None)
             }
             _ => {
@@ -242,9 +242,9 @@ impl Domain for AudioPlugin {
             Some(n) if n < test.len() => test[..n].to_vec(),
             _ => test,
         };
-        if let Some((val_clips, n_val)) = &fsdd_val {
+        if let Some(n_val) = fsdd_val {
             // FSDD's validation split is fixed (repetitions 5-9): data.validation must hold out exactly it
-            let lost = val_clips
+            let lost = train[train.len() - n_val..]
                 .iter()
                 .filter(|c| skipped.iter().any(|(p, _)| p == &c.path))
                 .count();
