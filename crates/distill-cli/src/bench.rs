@@ -54,16 +54,23 @@ pub struct BenchArgs {
     /// bench/pytorch/speed.py alternated on the same workloads; prints samples/s, peak memory and ratios.
     #[arg(long)]
     pub speed: bool,
+    /// Measure the builtin students' inference latency against ONNX Runtime instead (docs/performance.md):
+    /// each exported to ONNX, timed in distill and in bench/pytorch/ort_latency.py on the same inputs, batch 1
+    /// and 256, one thread and all cores; prints medians and ratios.
+    #[arg(long, conflicts_with = "speed")]
+    pub onnxruntime: bool,
     /// `--speed`: the workloads (comma-separated; default all: mlp_ce, mlp_kd, cnn_step, gcn, dscnn_step, bert_step, bert_kd).
+    /// `--onnxruntime`: mlp_infer, dscnn_infer, bert_infer (default all).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
-    /// `--speed`: alternating rounds per workload (the table shows medians).
+    /// `--speed`, `--onnxruntime`: alternating rounds per workload (the table shows medians).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// `--speed`: steps per measurement instead of each workload's own (an epoch, 50 CNN steps, 200 GCN epochs).
     #[arg(long)]
     pub speed_steps: Option<usize>,
-    /// `--speed`: the Python with torch (skipped when it cannot import torch).
+    /// `--speed`: the Python with torch (skipped when it cannot import torch); `--onnxruntime`: the Python with
+    /// onnxruntime, safetensors and numpy (required).
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// `--speed`: do not run PyTorch's side.
@@ -108,6 +115,24 @@ impl BenchArgs {
             python: (!self.no_torch).then(|| self.python.clone()),
             data_dir,
             out: self.out.clone(),
+        })
+    }
+
+    /// The options of `--onnxruntime`.
+    pub fn ort_options(&self) -> Result<crate::ort::OrtOptions> {
+        let data_dir = data_dir(&self.dirs.data_dir);
+        Ok(crate::ort::OrtOptions {
+            workloads: self.workloads.clone().unwrap_or_else(|| {
+                crate::ort::ORT_WORKLOADS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }),
+            rounds: self.rounds.max(1),
+            python: self.python.clone(),
+            data_dir,
+            out: self.out.clone(),
+            protocol: distill_core::train::LatencyProtocol::FULL,
         })
     }
 

@@ -11,6 +11,7 @@ mod data;
 mod dirs;
 mod export;
 mod latency_text;
+mod ort;
 mod plots;
 mod plugins;
 mod predict;
@@ -269,6 +270,9 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) if args.speed => speed::cmd_speed(&args.speed_options()?),
+        Command::Bench(args) if args.onnxruntime => {
+            ort::cmd_ort(reg, &args.ort_options()?).map(|_| ())
+        }
         Command::Bench(args) if args.status.is_some() => {
             sweep::cmd_status(args.status.as_deref().unwrap_or(Path::new(".")))
         }

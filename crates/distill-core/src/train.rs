@@ -25,8 +25,8 @@ mod spec;
 use epoch::Epochs;
 pub use measure::{
     measure_latency, measure_latency_with, median_p90, peak_rss_mb, release_free_memory,
-    reset_peak_rss, rss_mb, LatencyProtocol, PhaseMemory, BATCHES, LATENCY_PROTOCOL, MEMORY_METHOD,
-    REPS, WARMUP,
+    reset_peak_rss, rss_mb, time_inputs, LatencyProtocol, PhaseMemory, BATCHES, LATENCY_PROTOCOL,
+    MEMORY_METHOD, REPS, WARMUP,
 };
 pub use phase_files::{checkpoint_name, files};
 use phase_files::{

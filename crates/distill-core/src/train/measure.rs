@@ -187,10 +187,31 @@ pub fn measure_latency_with(
     if let Some((name, x)) = task.latency_whole_input(device)? {
         inputs.push((x.dim(0)?, Some(name), x));
     }
+    let timings = time_inputs(net, &inputs, device, protocol)?;
+    let mut l = Latency {
+        timings,
+        unit: Some(task.latency_unit().to_string()),
+        load_avg: load,
+        ..Latency::default()
+    };
+    l.batch1 = l.batch(1, None).map_or(f64::NAN, |t| t.median_ms);
+    l.batch256 = l.batch(256, None).map_or(f64::NAN, |t| t.median_ms);
+    Ok(l)
+}
+
+/// Times `net` on each of `inputs` (items per pass, the input's name for a whole input, the tensor) by
+/// `protocol`, at one thread and then on all cores: the settings of [`measure_latency`], for inputs a caller
+/// chose (`distill bench --onnxruntime` times exported students on the inputs it hands ONNX Runtime).
+pub fn time_inputs(
+    net: &dyn Network,
+    inputs: &[(usize, Option<String>, Tensor)],
+    device: &Device,
+    protocol: LatencyProtocol,
+) -> Result<Vec<Timing>> {
     let pool = one_thread_pool()?;
     let all = rayon::current_num_threads();
     let mut timings = Vec::new();
-    for (batch, input, x) in &inputs {
+    for (batch, input, x) in inputs {
         for threads in [1, all] {
             let (ms, cores_busy) = if threads == 1 {
                 pool.install(|| time_setting(net, x, device, protocol))?
@@ -210,15 +231,7 @@ pub fn measure_latency_with(
             });
         }
     }
-    let mut l = Latency {
-        timings,
-        unit: Some(task.latency_unit().to_string()),
-        load_avg: load,
-        ..Latency::default()
-    };
-    l.batch1 = l.batch(1, None).map_or(f64::NAN, |t| t.median_ms);
-    l.batch256 = l.batch(256, None).map_or(f64::NAN, |t| t.median_ms);
-    Ok(l)
+    Ok(timings)
 }
 
 /// Resident memory figure `key` of this process from /proc/self/status, in MiB (0 where the OS has none).
