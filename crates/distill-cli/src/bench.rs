@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// and 256, one thread and all cores; prints medians and ratios.
     #[arg(long, conflicts_with = "speed")]
     pub onnxruntime: bool,
+    /// `--onnxruntime`: batch sizes (comma-separated; default 1,256, the reports' two).
+    #[arg(long, value_delimiter = ',', requires = "onnxruntime")]
+    pub batch: Option<Vec<usize>>,
     /// `--speed`: the workloads (comma-separated; default all: mlp_ce, mlp_kd, cnn_step, gcn, dscnn_step, bert_step, bert_kd).
     /// `--onnxruntime`: mlp_infer, dscnn_infer, bert_infer (default all).
     #[arg(long, value_delimiter = ',')]
@@ -133,6 +136,10 @@ impl BenchArgs {
             data_dir,
             out: self.out.clone(),
             protocol: distill_core::train::LatencyProtocol::FULL,
+            batches: self
+                .batch
+                .clone()
+                .unwrap_or_else(|| distill_core::train::BATCHES.to_vec()),
         })
     }
 

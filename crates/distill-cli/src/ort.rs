@@ -28,7 +28,7 @@ use distill_core::{
     network::export_onnx,
     recipe::Recipe,
     report::Timing,
-    train::{time_inputs, LatencyProtocol, BATCHES},
+    train::{time_inputs, LatencyProtocol},
     BuildContext, Mode, Network, Rng, RunContext,
 };
 use distill_registry::Registry;
@@ -106,6 +106,8 @@ pub struct OrtOptions {
     pub out: Option<PathBuf>,
     /// Passes per setting.
     pub protocol: LatencyProtocol,
+    /// Batch sizes (the reports' 1 and 256 unless asked otherwise).
+    pub batches: Vec<usize>,
 }
 
 fn script() -> PathBuf {
@@ -266,7 +268,8 @@ pub fn cmd_ort(reg: &Registry, opts: &OrtOptions) -> Result<Vec<OrtRow>> {
     let mut version = String::new();
     for w in &opts.workloads {
         let s = student(reg, w, &opts.data_dir)?;
-        let inputs = BATCHES
+        let inputs = opts
+            .batches
             .iter()
             .map(|&b| Ok((b, batch_input(&s, b)?)))
             .collect::<Result<Vec<_>>>()?;
