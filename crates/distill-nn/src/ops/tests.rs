@@ -627,8 +627,14 @@ fn batch_norm_folded_inference_matches_conv_then_batch_norm() -> Result<()> {
         close(&folded, &reference, 1e-5);
         assert!(!folded.track_op());
     }
-    for (stride, padding) in [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((1, 1), (0, 0))] {
-        let (c, o) = (4, 6);
+    // 33 channels: the channels-last block's vector loops with a remainder
+    for (stride, padding, c) in [
+        ((1, 1), (1, 1), 4),
+        ((2, 2), (1, 1), 4),
+        ((1, 1), (0, 0), 4),
+        ((2, 2), (0, 0), 33),
+    ] {
+        let o = 6;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, c, 9, 8), &dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (c, 1, 3, 3), &dev)?)?;
         let bn = random_bn(c, &dev)?;
@@ -643,7 +649,7 @@ fn batch_norm_folded_inference_matches_conv_then_batch_norm() -> Result<()> {
             o,
             1,
             Default::default(),
-            vb.pp(format!("pw{}{}", stride.0, padding.0)),
+            vb.pp(format!("pw{}{}{c}", stride.0, padding.0)),
         )?;
         let bn_pw = random_bn(o, &dev)?;
         let block = depthwise_separable_bn(
