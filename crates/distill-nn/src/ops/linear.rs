@@ -83,6 +83,23 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> Result<
     }
 }
 
+/// Rows up to which [`linear`] splits its output columns between threads itself.
+const SMALL_ROWS: usize = 64;
+/// Rows below which [`linear`] runs on the calling thread alone.
+const TINY_ROWS: usize = 8;
+
+/// A raw pointer that rayon's tasks may share (each writes its own disjoint part).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes and shared reads inside one op, which outlives the tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 pub(crate) struct LinearOp {
     relu: bool,
     input_grad: bool,
@@ -115,30 +132,53 @@ impl LinearOp {
             false
         };
         // dst[m, n] = x[m, k] · wᵀ[k, n]; wᵀ's (row, col) = w's (col, row).
-        // SAFETY: the pointers cover the layouts' extents (checked by candle when the tensors were built);
-        // dst is m·n contiguous.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                read_dst,
-                xs[lx.start_offset()..].as_ptr(),
-                x_cs,
-                x_rs,
-                ws[lw.start_offset()..].as_ptr(),
-                w_rs,
-                w_cs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
-            );
+        let (xp, wp) = (
+            SendPtr(xs[lx.start_offset()..].as_ptr() as *mut f32),
+            SendPtr(ws[lw.start_offset()..].as_ptr() as *mut f32),
+        );
+        let dp = SendPtr(dst.as_mut_ptr());
+        // columns j0 .. j0 + nj of dst from rows j0 .. j0 + nj of w
+        let block = |j0: usize, nj: usize, par: gemm::Parallelism| {
+            // SAFETY: the pointers cover the layouts' extents (checked by candle when the tensors were
+            // built); dst is m·n contiguous, and the blocks of columns given to different threads are
+            // disjoint.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    nj,
+                    k,
+                    dp.get().add(j0),
+                    1,
+                    n as isize,
+                    read_dst,
+                    xp.get(),
+                    x_cs,
+                    x_rs,
+                    wp.get().offset(j0 as isize * w_rs),
+                    w_rs,
+                    w_cs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        };
+        match parallelism() {
+            // a handful of rows (a batch of one): less work than waking another thread costs
+            gemm::Parallelism::Rayon(_) if m < TINY_ROWS => block(0, n, gemm::Parallelism::None),
+            // few rows (a sentence's tokens, a small batch): gemm does not split them well, so each
+            // thread takes its own block of output columns, one thread per block
+            gemm::Parallelism::Rayon(t) if m <= SMALL_ROWS && n >= 32 * t => {
+                let nj = n.div_ceil(t).next_multiple_of(16);
+                (0..n.div_ceil(nj)).into_par_iter().for_each(|b| {
+                    let j0 = b * nj;
+                    block(j0, nj.min(n - j0), gemm::Parallelism::None)
+                });
+            }
+            par => block(0, n, par),
         }
         if !read_dst {
             // SAFETY: the GEMM above wrote all m·n elements (read_dst = false, k > 0 rows checked by `linear`).

@@ -74,6 +74,34 @@ fn fused_linear_matches_the_composed_ops_values_and_gradients() -> Result<()> {
     Ok(())
 }
 
+/// Few rows (1, a sentence's 20 or 64 tokens) and more: the fused linear splits the output columns of up to
+/// 64 rows between the pool's threads (100 outputs: blocks that are not a multiple of the vector width),
+/// with a contiguous and with a transposed weight; every row equals the composed ops.
+#[test]
+fn fused_linear_on_few_rows_splits_columns_and_matches() -> Result<()> {
+    let dev = Device::Cpu;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for m in [1, 7, 8, 20, 64, 65] {
+        for strided_w in [false, true] {
+            let x = Tensor::randn(0f32, 1.0, (m, 33), &dev)?;
+            let w = if strided_w {
+                Tensor::randn(0f32, 1.0, (33, 100), &dev)?.t()?
+            } else {
+                Tensor::randn(0f32, 1.0, (100, 33), &dev)?
+            };
+            let b = Tensor::randn(0f32, 1.0, 100, &dev)?;
+            let fused = pool.install(|| linear(&x, &w, Some(&b), true))?;
+            let plain = x.matmul(&w.t()?)?.broadcast_add(&b)?.relu()?;
+            assert_eq!(fused.dims(), &[m, 100]);
+            close(&fused, &plain, 1e-5);
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn linear_shape_errors_name_both_shapes() -> Result<()> {
     let dev = Device::Cpu;
