@@ -655,12 +655,15 @@ fn batch_norm_folded_inference_matches_conv_then_batch_norm() -> Result<()> {
         close(&folded, &reference, 1e-5);
         assert!(!folded.track_op());
     }
-    // 33 channels: the channels-last block's vector loops with a remainder
+    // channel counts below, at, above and between multiples of the vector width
     for (stride, padding, c) in [
         ((1, 1), (1, 1), 4),
         ((2, 2), (1, 1), 4),
         ((1, 1), (0, 0), 4),
         ((2, 2), (0, 0), 33),
+        ((1, 1), (1, 1), 32),
+        ((2, 2), (1, 1), 48),
+        ((1, 1), (0, 0), 32),
     ] {
         let o = 6;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, c, 9, 8), &dev)?)?;
