@@ -119,14 +119,7 @@ fn script() -> PathBuf {
 }
 
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    crate::speed::median(&mut v.to_vec())
 }
 
 /// A workload's student, its input shape (without the batch) and whether its input is token ids.
@@ -221,28 +214,13 @@ pub fn onnxruntime_available(python: &str) -> bool {
 }
 
 fn run_ort(python: &str, dir: &Path, threads: usize, p: LatencyProtocol) -> Result<OrtResult> {
-    let out = Command::new(python)
-        .arg(script())
+    let mut cmd = Command::new(python);
+    cmd.arg(script())
         .arg(dir)
         .args(["--threads", &format!("1,{threads}")])
         .args(["--warmup", &p.warmup.to_string()])
-        .args(["--reps", &p.reps.to_string()])
-        .output()
-        .with_context(|| format!("cannot start `{python}`"))?;
-    if !out.status.success() {
-        bail!(
-            "ONNX Runtime's side failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or_else(|| anyhow!("ort_latency.py printed no JSON result: {}", text.trim()))?;
-    serde_json::from_str(line).with_context(|| format!("ort_latency.py: cannot parse `{line}`"))
+        .args(["--reps", &p.reps.to_string()]);
+    crate::speed::run_child(cmd, "ONNX Runtime's side (bench/pytorch/ort_latency.py)")
 }
 
 /// `distill bench --onnxruntime`: prints the table and writes `OUT/ort.json`.

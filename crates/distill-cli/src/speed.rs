@@ -615,7 +615,9 @@ fn torch_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/pytorch/speed.py")
 }
 
-fn run_child(mut cmd: Command, what: &str) -> Result<Measurement> {
+/// Runs `cmd` and parses the last line of its output that starts with `{` as a `T` (the bench's child
+/// processes, ours and the Python scripts, print their result as one JSON line).
+pub(crate) fn run_child<T: serde::de::DeserializeOwned>(mut cmd: Command, what: &str) -> Result<T> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot start {what}"))?;
@@ -644,7 +646,7 @@ pub fn torch_available(python: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {
@@ -685,7 +687,7 @@ pub fn cmd_speed(opts: &SpeedOptions) -> Result<()> {
             if let Some(s) = opts.steps {
                 cmd.args(["--speed-steps", &s.to_string()]);
             }
-            let m = run_child(cmd, &format!("distill's `{w}`"))?;
+            let m: Measurement = run_child(cmd, &format!("distill's `{w}`"))?;
             eprintln!(
                 "[{w} round {}] distill {:.1} samples/s ({:.2} s, {:.0} MiB)",
                 round + 1,
@@ -703,7 +705,7 @@ pub fn cmd_speed(opts: &SpeedOptions) -> Result<()> {
                 if let Some(s) = opts.steps {
                     cmd.args(["--steps", &s.to_string()]);
                 }
-                let m = run_child(cmd, &format!("PyTorch's `{w}`"))?;
+                let m: Measurement = run_child(cmd, &format!("PyTorch's `{w}`"))?;
                 eprintln!(
                     "[{w} round {}] pytorch {:.1} samples/s ({:.2} s, {:.0} MiB)",
                     round + 1,
