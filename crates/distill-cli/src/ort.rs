@@ -26,22 +26,19 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use distill_core::{
     network::export_onnx,
-    recipe::Recipe,
     report::Timing,
     train::{time_inputs, LatencyProtocol},
-    BuildContext, Mode, Network, Rng, RunContext,
+    Mode, Network, Rng,
 };
 use distill_registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::plugins::find_plugin;
+use crate::speed::{self, plugin_network};
 
 /// The workloads, in the order they run.
 pub const ORT_WORKLOADS: &[&str] = &["mlp_infer", "dscnn_infer", "bert_infer"];
 
 const HINTON_RECIPE: &str = include_str!("../../../plugins/vision/recipes/hinton-mnist.toml");
-const FSDD_RECIPE: &str = include_str!("../../../plugins/audio/recipes/fsdd-kws.toml");
-const SST2_RECIPE: &str = include_str!("../../../plugins/text/recipes/sst2-distilbert.toml");
 
 /// The largest |ONNX Runtime − distill| allowed, relative to the outputs' largest magnitude (at least 1).
 const OUTPUT_TOL: f64 = 1e-3;
@@ -119,7 +116,7 @@ fn script() -> PathBuf {
 }
 
 fn median(v: &[f64]) -> f64 {
-    crate::speed::median(&mut v.to_vec())
+    speed::median(&mut v.to_vec())
 }
 
 /// A workload's student, its input shape (without the batch) and whether its input is token ids.
@@ -133,28 +130,17 @@ struct Student {
 fn student(reg: &Registry, workload: &str, data_dir: &Path) -> Result<Student> {
     let (text, file) = match workload {
         "mlp_infer" => (HINTON_RECIPE, "hinton-mnist.toml"),
-        "dscnn_infer" => (FSDD_RECIPE, "fsdd-kws.toml"),
-        "bert_infer" => (SST2_RECIPE, "sst2-distilbert.toml"),
+        "dscnn_infer" => (speed::FSDD_RECIPE, "fsdd-kws.toml"),
+        "bert_infer" => (speed::SST2_RECIPE, "sst2-distilbert.toml"),
         other => bail!(
             "unknown --onnxruntime workload `{other}` (known: {})",
             ORT_WORKLOADS.join(", ")
         ),
     };
-    let recipe = Recipe::parse(text, &format!("{file} (built in)"), false)?;
-    let plugin = find_plugin(reg, &recipe.plugin)
-        .with_context(|| format!("`{workload}` needs the `{}` plugin", recipe.plugin))?;
-    let mut ctx = RunContext::new(data_dir, std::env::temp_dir());
-    ctx.models_dir = crate::dirs::dir_from(&None, "DISTILL_MODELS", "models");
-    let info = plugin.task_info(&recipe)?;
-    let net = plugin
-        .build_network(
-            &recipe.student.model,
-            &BuildContext::new(&info, 0, &ctx, None),
-        )
-        .with_context(|| format!("`{workload}`: building {file}'s student"))?;
+    let (net, input_shape) = plugin_network(reg, text, file, data_dir, None, 0)?;
     Ok(Student {
         net,
-        input_shape: info.input_shape.clone(),
+        input_shape,
         tokens: workload == "bert_infer",
     })
 }
@@ -204,14 +190,8 @@ fn prepare(s: &Student, inputs: &[(usize, Tensor)], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `python` can import onnxruntime.
-pub fn onnxruntime_available(python: &str) -> bool {
-    Command::new(python)
-        .args(["-c", "import onnxruntime, safetensors, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+/// The modules ONNX Runtime's side imports.
+const ORT_MODULES: &str = "onnxruntime, safetensors, numpy";
 
 fn run_ort(python: &str, dir: &Path, threads: usize, p: LatencyProtocol) -> Result<OrtResult> {
     let mut cmd = Command::new(python);
@@ -220,7 +200,7 @@ fn run_ort(python: &str, dir: &Path, threads: usize, p: LatencyProtocol) -> Resu
         .args(["--threads", &format!("1,{threads}")])
         .args(["--warmup", &p.warmup.to_string()])
         .args(["--reps", &p.reps.to_string()]);
-    crate::speed::run_child(cmd, "ONNX Runtime's side (bench/pytorch/ort_latency.py)")
+    speed::run_child(cmd, "ONNX Runtime's side (bench/pytorch/ort_latency.py)")
 }
 
 /// `distill bench --onnxruntime`: prints the table and writes `OUT/ort.json`.
@@ -233,10 +213,10 @@ pub fn cmd_ort(reg: &Registry, opts: &OrtOptions) -> Result<Vec<OrtRow>> {
             );
         }
     }
-    if !onnxruntime_available(&opts.python) {
+    if !speed::python_imports(&opts.python, ORT_MODULES) {
         bail!(
-            "`{} -c \"import onnxruntime, safetensors, numpy\"` fails: the comparison needs Python with \
-             onnxruntime (pip install onnxruntime safetensors numpy; --python PATH picks the interpreter)",
+            "`{} -c \"import {ORT_MODULES}\"` fails: the comparison needs Python with onnxruntime (pip \
+             install onnxruntime safetensors numpy; --python PATH picks the interpreter)",
             opts.python
         );
     }

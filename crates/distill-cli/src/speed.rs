@@ -371,16 +371,16 @@ const DSCNN_BATCH: usize = 64;
 
 impl DsCnnStep {
     fn new(reg: &Registry, data_dir: &Path) -> Result<Self> {
-        let net = plugin_network(
+        let (net, _) = plugin_network(
             reg,
             FSDD_RECIPE,
             "fsdd-kws.toml",
             data_dir,
-            &toml::toml! {
+            Some(&toml::toml! {
                 arch = "ds-cnn"
                 width = 32
                 blocks = 4
-            },
+            }),
             0,
         )?;
         let opt = build_optimizer(&adamw(5e-3, 5e-4), trainable_vars(net.varmap()))?;
@@ -397,28 +397,37 @@ impl DsCnnStep {
     }
 }
 
-/// The recipes whose plugins and task shapes the `dscnn_step` and `bert_*` workloads build their networks
-/// through (no data is read: `task_info` and `build_network` only).
-const FSDD_RECIPE: &str = include_str!("../../../plugins/audio/recipes/fsdd-kws.toml");
-const SST2_RECIPE: &str = include_str!("../../../plugins/text/recipes/sst2-distilbert.toml");
+/// The recipes whose plugins and task shapes the `dscnn_step` and `bert_*` workloads (and `bench
+/// --onnxruntime`'s students) build their networks through (no data is read: `task_info` and `build_network`
+/// only).
+pub(crate) const FSDD_RECIPE: &str = include_str!("../../../plugins/audio/recipes/fsdd-kws.toml");
+pub(crate) const SST2_RECIPE: &str =
+    include_str!("../../../plugins/text/recipes/sst2-distilbert.toml");
 
-/// The network `model` of the plugin that `recipe` (a builtin recipe's text) names, for its task's shape,
-/// initialised from `seed`: through the plugin contract, as `distill run` builds it.
-fn plugin_network(
+/// The network `model` (`None`: the recipe's `[student]` model) of the plugin that `recipe` (a builtin
+/// recipe's text, from `file`) names, for its task's shape, initialised from `seed`: through the plugin
+/// contract, as `distill run` builds it; with the task's input shape (without the batch).
+pub(crate) fn plugin_network(
     reg: &Registry,
     recipe: &str,
     file: &str,
     data_dir: &Path,
-    model: &toml::Table,
+    model: Option<&toml::Table>,
     seed: u64,
-) -> Result<Box<dyn Network>> {
+) -> Result<(Box<dyn Network>, Vec<usize>)> {
     let recipe = Recipe::parse(recipe, &format!("{file} (built in)"), false)?;
     let plugin = find_plugin(reg, &recipe.plugin)
         .with_context(|| format!("the workload needs the `{}` plugin", recipe.plugin))?;
     let mut ctx = RunContext::new(data_dir, std::env::temp_dir());
     ctx.models_dir = crate::dirs::dir_from(&None, "DISTILL_MODELS", "models");
     let info = plugin.task_info(&recipe)?;
-    Ok(plugin.build_network(model, &BuildContext::new(&info, seed, &ctx, None))?)
+    let net = plugin
+        .build_network(
+            model.unwrap_or(&recipe.student.model),
+            &BuildContext::new(&info, seed, &ctx, None),
+        )
+        .with_context(|| format!("building a network of {file}'s plugin"))?;
+    Ok((net, info.input_shape))
 }
 
 impl Workload for DsCnnStep {
@@ -441,18 +450,19 @@ const BERT_BATCH: (usize, usize) = (32, 64);
 /// The text plugin's BERT classifier (SST-2's: mean pooling, 2 classes) with `layers` layers of the MiniLM-L6
 /// config in the models dir (`all-MiniLM-L6-v2/config.json`), randomly initialised from `seed`.
 fn bert(reg: &Registry, data_dir: &Path, layers: usize, seed: u64) -> Result<Box<dyn Network>> {
-    plugin_network(
+    let (net, _) = plugin_network(
         reg,
         SST2_RECIPE,
         "sst2-distilbert.toml",
         data_dir,
-        &toml::toml! {
+        Some(&toml::toml! {
             arch = "bert"
             init = "random"
             layers = (layers as i64)
-        },
+        }),
         seed,
-    )
+    )?;
+    Ok(net)
 }
 
 /// Token ids `1000 + (i·7919 mod 20000)` (no padding) for 4 batches, and labels `i mod 2`: the same in
@@ -637,13 +647,18 @@ pub(crate) fn run_child<T: serde::de::DeserializeOwned>(mut cmd: Command, what: 
     serde_json::from_str(line).with_context(|| format!("{what}: cannot parse `{line}`"))
 }
 
-/// Whether `python` can import torch.
-pub fn torch_available(python: &str) -> bool {
+/// Whether `python -c "import MODULES"` succeeds (`modules`: comma-separated, as Python's `import` takes them).
+pub(crate) fn python_imports(python: &str, modules: &str) -> bool {
     Command::new(python)
-        .args(["-c", "import torch"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Whether `python` can import torch.
+pub fn torch_available(python: &str) -> bool {
+    python_imports(python, "torch")
 }
 
 pub(crate) fn median(v: &mut [f64]) -> f64 {
