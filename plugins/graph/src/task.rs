@@ -1,7 +1,7 @@
 //! The node-classification task: batches of node ids, the masked cross-entropy over labelled training
 //! nodes, and accuracy (with the all-node latency on the test split).
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use distill_core::{
@@ -133,22 +133,10 @@ impl Task for GraphTask {
         masked_ce(&outputs.logits, &batch.targets)
     }
 
-    /// Accuracy; on the test split also `latency_all_nodes_ms`, one timed eval pass over every node.
+    /// Accuracy (the whole graph's latency is the latency protocol's, [`Task::latency_whole_input`]).
     fn evaluate(&self, net: &dyn Network, split: Split, batch_size: usize) -> Result<Evaluation> {
         let mut e = evaluate_classification(self, net, split, batch_size)?;
         e.extra.remove("top5");
-        if split == Split::Test {
-            let n = self.graph.num_nodes() as u32;
-            let all = Tensor::arange(0u32, n, self.graph.device())?;
-            let t = Instant::now();
-            let out = net.forward(&all, Mode::Eval)?;
-            self.graph.device().synchronize()?;
-            drop(out);
-            e.extra.insert(
-                "latency_all_nodes_ms".into(),
-                t.elapsed().as_secs_f64() * 1000.0,
-            );
-        }
         Ok(e)
     }
 }
