@@ -49,7 +49,9 @@ fn tiny_graph_runs_end_to_end() {
     assert!((errors - 60.0 * (1.0 - acc)).abs() < 1e-6);
     assert!(acc > 0.9, "the classes are separable from features: {acc}");
     // the whole graph is timed by the latency protocol (one pass over all 90 nodes), not by the evaluation
-    assert!(run["teacher"]["extra"].get("latency_all_nodes_ms").is_none());
+    assert!(run["teacher"]["extra"]
+        .get("latency_all_nodes_ms")
+        .is_none());
     let whole: Vec<&serde_json::Value> = run["teacher"]["latency_ms"]["timings"]
         .as_array()
         .expect("latency timings")

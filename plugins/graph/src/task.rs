@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use distill_core::{
     task::{evaluate_classification, Evaluation},
-    Batch, Error, Mode, Network, Outputs, Result, Rng, Split, Task, TaskInfo,
+    Batch, Error, Network, Outputs, Result, Rng, Split, Task, TaskInfo,
 };
 
 use crate::{
