@@ -206,6 +206,44 @@ fn check_validates_without_data() {
     }
 }
 
+/// `distill check --losses` lists every core loss with the options its builder accepts, and the plugins'
+/// domain losses; a recipe naming an option a loss does not take fails on one line naming both.
+#[test]
+fn check_lists_every_loss_with_its_options() {
+    let o = distill(&root(), &["check", "--losses"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    for (loss, options) in [
+        ("kd", "temperature"),
+        ("dist", "temperature, beta, gamma"),
+        ("ls_kd", "temperature"),
+        ("vid", "student_feature, teacher_feature, init_var"),
+        ("pkt", "student_feature, teacher_feature"),
+        ("nst", "student_feature, teacher_feature"),
+    ] {
+        assert!(
+            s.lines()
+                .any(|l| l.split_whitespace().next() == Some(loss) && l.ends_with(options)),
+            "{loss}: {options} not listed:\n{s}"
+        );
+    }
+    assert!(s.contains("graph (plugin losses): glnn, lsp"), "{s}");
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(1).replace(
+        "{ name = \"kd\"",
+        "{ name = \"dist\", gamma = 2.0, p = 3.0 }, { name = \"kd\"",
+    );
+    assert!(recipe.contains("\"dist\""), "the tiny recipe has a kd term");
+    std::fs::write(tmp.path().join("r.toml"), recipe).unwrap();
+    let o = distill(tmp.path(), &["check", "r.toml"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("`dist`") && e.contains("`p` does not apply") && e.lines().count() == 1,
+        "{e}"
+    );
+}
+
 #[test]
 fn plugins_lists_the_builtin_plugin() {
     let o = distill(&root(), &["plugins"]);

@@ -80,7 +80,12 @@ enum Command {
     /// Validate a recipe without data or training (keys, names, model specs, feature shapes).
     Check {
         /// The recipe (TOML).
-        recipe: PathBuf,
+        #[arg(required_unless_present = "losses")]
+        recipe: Option<PathBuf>,
+        /// List every loss a recipe can name instead: the core losses with their options, then each
+        /// plugin's domain losses.
+        #[arg(long, conflicts_with_all = ["quick", "latency"])]
+        losses: bool,
         /// Check the recipe with its [quick] overrides applied.
         #[arg(long)]
         quick: bool,
@@ -218,9 +223,13 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
         ),
         Command::Check {
             recipe,
+            losses,
             quick,
             latency,
-        } => run_cmd::cmd_check(reg, &recipe, quick, latency),
+        } => match recipe {
+            Some(recipe) if !losses => run_cmd::cmd_check(reg, &recipe, quick, latency),
+            _ => run_cmd::cmd_list_losses(reg),
+        },
         Command::Plugins { what } => plugins::cmd_plugins(reg, what),
         Command::Cache { what, cache_dir } => cache_cmd::cmd_cache(what, &cache_dir),
         Command::Eval { checkpoint, dirs } => run_cmd::cmd_eval(reg, &checkpoint, &dirs),

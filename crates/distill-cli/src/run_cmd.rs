@@ -23,6 +23,30 @@ pub fn git_revision() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// `distill check --losses`: the core losses with the options each takes, then every plugin's domain losses
+/// (options in their `params`, see the plugin's docs).
+pub fn cmd_list_losses(reg: &Registry) -> Result<()> {
+    println!("core losses (any plugin; docs/losses.md):");
+    for name in distill_core::losses::CORE_LOSSES {
+        let options = distill_core::losses::core_loss_options(name);
+        let options = if options.is_empty() {
+            "no options".to_string()
+        } else {
+            options.join(", ")
+        };
+        println!("  {name:8} {options}");
+    }
+    println!("  task     the plugin's own task loss");
+    for entry in reg.entries() {
+        let plugin = find_plugin(reg, &entry.name)?;
+        let losses = plugin.manifest().losses;
+        if !losses.is_empty() {
+            println!("{} (plugin losses): {}", entry.name, losses.join(", "));
+        }
+    }
+    Ok(())
+}
+
 /// `distill run RECIPE`.
 #[allow(clippy::too_many_arguments)]
 pub fn cmd_run(

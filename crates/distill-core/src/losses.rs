@@ -48,8 +48,10 @@ pub struct LossSpec {
     pub temperature: Option<f64>,
     /// DKD's target-class weight α.
     pub alpha: Option<f64>,
-    /// DKD's non-target-class weight β.
+    /// DKD's non-target-class weight β; DIST's inter-class weight β.
     pub beta: Option<f64>,
+    /// DIST's intra-class weight γ.
+    pub gamma: Option<f64>,
     /// Student feature tap (feature losses).
     pub student_feature: Option<String>,
     /// Teacher feature tap (feature losses).
@@ -60,6 +62,8 @@ pub struct LossSpec {
     pub distance_weight: Option<f64>,
     /// RKD angle-term weight.
     pub angle_weight: Option<f64>,
+    /// VID's initial variance σ² (before training its log-scale).
+    pub init_var: Option<f64>,
     /// Free-form parameters for plugin losses.
     pub params: Option<toml::Table>,
 }
@@ -73,22 +77,26 @@ impl LossSpec {
             temperature: None,
             alpha: None,
             beta: None,
+            gamma: None,
             student_feature: None,
             teacher_feature: None,
             p: None,
             distance_weight: None,
             angle_weight: None,
+            init_var: None,
             params: None,
         }
     }
 }
 
 /// Names of the losses distill-core provides.
-pub const CORE_LOSSES: &[&str] = &["kd", "ce", "dkd", "hint", "at", "sp", "rkd"];
+pub const CORE_LOSSES: &[&str] = &[
+    "kd", "ce", "dkd", "hint", "at", "sp", "rkd", "pkt", "nst", "dist", "ls_kd", "vid",
+];
 
 pub use distill_nn::loss::{
-    at_loss, ce_loss, dkd_loss, hint_loss, kd_loss, log_softmax, rkd_angle_loss, rkd_distance_loss,
-    sp_loss,
+    at_loss, ce_loss, dist_loss, dkd_loss, hint_loss, kd_loss, log_softmax, ls_kd_loss, nst_loss,
+    pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss, standardize_logits, vid_nll,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -159,6 +167,16 @@ impl DistillLoss for Dkd {
 enum Adapter {
     Linear(candle_nn::Linear),
     Conv(candle_nn::Conv2d),
+}
+
+impl Adapter {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use candle_core::Module;
+        Ok(match self {
+            Adapter::Linear(l) => l.forward(x)?,
+            Adapter::Conv(c) => c.forward(x)?,
+        })
+    }
 }
 
 /// Which dimension holds a feature's width (the dimension a hint adapter maps).
@@ -243,12 +261,10 @@ impl Hint {
 
     /// The student feature mapped to the teacher's width (unchanged without an adapter).
     pub fn adapt(&self, student_feat: &Tensor) -> Result<Tensor> {
-        use candle_core::Module;
-        Ok(match &self.adapter {
-            None => student_feat.clone(),
-            Some(Adapter::Linear(l)) => l.forward(student_feat)?,
-            Some(Adapter::Conv(c)) => c.forward(student_feat)?,
-        })
+        match &self.adapter {
+            None => Ok(student_feat.clone()),
+            Some(a) => a.forward(student_feat),
+        }
     }
 }
 
@@ -344,17 +360,16 @@ pub struct Rkd {
     pub teacher_feature: Option<String>,
 }
 
-impl Rkd {
-    fn inputs<'a>(
-        &self,
-        student: &'a Outputs,
-        teacher: &'a Outputs,
-    ) -> Result<(&'a Tensor, &'a Tensor)> {
-        Ok(match (&self.student_feature, &self.teacher_feature) {
-            (Some(s), Some(t)) => (&student.feature(s)?.tensor, &teacher.feature(t)?.tensor),
-            _ => (&student.logits, &teacher.logits),
-        })
-    }
+/// The named feature pair, or the logits when no feature is named (RKD, PKT).
+fn pair_inputs<'a>(
+    names: (&Option<String>, &Option<String>),
+    student: &'a Outputs,
+    teacher: &'a Outputs,
+) -> Result<(&'a Tensor, &'a Tensor)> {
+    Ok(match names {
+        (Some(s), Some(t)) => (&student.feature(s)?.tensor, &teacher.feature(t)?.tensor),
+        _ => (&student.logits, &teacher.logits),
+    })
 }
 
 impl DistillLoss for Rkd {
@@ -362,7 +377,11 @@ impl DistillLoss for Rkd {
         "rkd"
     }
     fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
-        let (s, t) = self.inputs(student, teacher)?;
+        let (s, t) = pair_inputs(
+            (&self.student_feature, &self.teacher_feature),
+            student,
+            teacher,
+        )?;
         let mut total: Option<Tensor> = None;
         if self.distance_weight != 0.0 {
             total = Some(rkd_distance_loss(s, t)?.affine(self.distance_weight, 0.0)?);
@@ -384,6 +403,180 @@ impl DistillLoss for Rkd {
     }
 }
 
+/// A loss of a student and a teacher tensor with no options: PKT ([`pkt_loss`]; a feature pair, or the
+/// logits when none is named) and NST ([`nst_loss`]; a pair of maps or sequences).
+#[derive(Debug, Clone)]
+pub struct PairLoss {
+    name: &'static str,
+    f: fn(&Tensor, &Tensor) -> Result<Tensor>,
+    /// Student feature tap; `None` (with `teacher_feature` `None`) uses the logits.
+    pub student_feature: Option<String>,
+    /// Teacher feature tap.
+    pub teacher_feature: Option<String>,
+    /// `[B, T, H]` sequence features, compared as `[B, H, T]` (channels first, as NST reads maps).
+    channels_last: bool,
+}
+
+impl DistillLoss for PairLoss {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
+        let (s, t) = pair_inputs(
+            (&self.student_feature, &self.teacher_feature),
+            student,
+            teacher,
+        )?;
+        if self.channels_last {
+            (self.f)(&s.transpose(1, 2)?, &t.transpose(1, 2)?)
+        } else {
+            (self.f)(s, t)
+        }
+    }
+    fn uses_features(&self) -> bool {
+        self.student_feature.is_some()
+    }
+}
+
+/// DIST's relation loss on the logits ([`dist_loss`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dist {
+    /// Inter-class (per-sample) relation weight β.
+    pub beta: f64,
+    /// Intra-class (per-class, over the batch) relation weight γ.
+    pub gamma: f64,
+    /// Softmax temperature τ.
+    pub t: f64,
+}
+
+impl DistillLoss for Dist {
+    fn name(&self) -> &str {
+        "dist"
+    }
+    fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
+        dist_loss(
+            &student.logits,
+            &teacher.logits,
+            self.beta,
+            self.gamma,
+            self.t,
+        )
+    }
+}
+
+/// KD between z-scored logits ([`ls_kd_loss`], logit standardisation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LsKd {
+    /// Softmax temperature T (applied to the standardised logits).
+    pub t: f64,
+}
+
+impl DistillLoss for LsKd {
+    fn name(&self) -> &str {
+        "ls_kd"
+    }
+    fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
+        ls_kd_loss(&student.logits, &teacher.logits, self.t)
+    }
+}
+
+/// Variational information distillation ([`vid_nll`]): a regressor (three bias-free 1×1 convolutions for
+/// maps, three linear maps otherwise, ReLU between, student width → teacher width → teacher width → teacher
+/// width, as RepDistiller's `VIDLoss(s, t, t)`) predicts the teacher feature's mean; a learned per-channel
+/// variance scores it. Parameters `regressor.{0,2,4}.weight` and `log_scale` live in the loss's [`VarMap`].
+pub struct Vid {
+    /// Student feature tap.
+    pub student_feature: String,
+    /// Teacher feature tap.
+    pub teacher_feature: String,
+    layers: [Adapter; 3],
+    log_scale: Tensor,
+    width_dim: usize,
+    varmap: VarMap,
+}
+
+/// VID's variance floor `eps` (RepDistiller's default).
+pub const VID_EPS: f64 = 1e-5;
+
+impl Vid {
+    /// The loss for features of layout `kind`, widths `student_width` → `teacher_width`; the regressor is
+    /// initialised from `seed` and the variance starts at `init_var`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        student_feature: &str,
+        teacher_feature: &str,
+        kind: FeatureKind,
+        student_width: usize,
+        teacher_width: usize,
+        init_var: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device);
+        let layer = |i: usize, from: usize| -> Result<Adapter> {
+            let vb = vb.pp(format!("regressor.{i}"));
+            Ok(match kind {
+                FeatureKind::Map | FeatureKind::Attention => Adapter::Conv(
+                    candle_nn::conv2d_no_bias(from, teacher_width, 1, Default::default(), vb)?,
+                ),
+                _ => Adapter::Linear(candle_nn::linear_no_bias(from, teacher_width, vb)?),
+            })
+        };
+        let layers = [
+            layer(0, student_width)?,
+            layer(2, teacher_width)?,
+            layer(4, teacher_width)?,
+        ];
+        let init = distill_nn::loss::vid_log_scale_init(init_var, VID_EPS);
+        let log_scale =
+            vb.get_with_hints(teacher_width, "log_scale", candle_nn::Init::Const(init))?;
+        Ok(Self {
+            student_feature: student_feature.to_string(),
+            teacher_feature: teacher_feature.to_string(),
+            layers,
+            log_scale,
+            width_dim: feature_width_dim(kind),
+            varmap,
+        })
+    }
+
+    /// The regressed mean of the teacher feature.
+    pub fn regress(&self, student_feat: &Tensor) -> Result<Tensor> {
+        let mut h = student_feat.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                h = h.relu()?;
+            }
+            h = layer.forward(&h)?;
+        }
+        Ok(h)
+    }
+}
+
+impl DistillLoss for Vid {
+    fn name(&self) -> &str {
+        "vid"
+    }
+    fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
+        let s = &student.feature(&self.student_feature)?.tensor;
+        let t = &teacher.feature(&self.teacher_feature)?.tensor;
+        vid_nll(
+            &self.regress(s)?,
+            t,
+            &self.log_scale,
+            self.width_dim,
+            VID_EPS,
+        )
+    }
+    fn uses_features(&self) -> bool {
+        true
+    }
+    fn varmap(&self) -> Option<&VarMap> {
+        Some(&self.varmap)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Building losses from specs
 // ---------------------------------------------------------------------------------------------------------
@@ -400,9 +593,16 @@ pub const DEFAULT_AT_P: f64 = 2.0;
 pub const DEFAULT_RKD_DISTANCE_WEIGHT: f64 = 25.0;
 /// Default RKD angle weight (Park et al.).
 pub const DEFAULT_RKD_ANGLE_WEIGHT: f64 = 50.0;
+/// Default DIST temperature, β and γ (the authors' ImageNet setting; CIFAR-100: τ 4, β = γ = 2).
+pub const DEFAULT_DIST: f64 = 1.0;
+/// Default temperature of `ls_kd` (the authors' CIFAR-100 runs).
+pub const DEFAULT_LS_KD_TEMPERATURE: f64 = 2.0;
+/// Default initial variance of VID (RepDistiller's `init_pred_var`).
+pub const DEFAULT_VID_INIT_VAR: f64 = 5.0;
 
-/// The spec fields (besides `name` and `weight`) each core loss accepts.
-fn allowed_fields(name: &str) -> &'static [&'static str] {
+/// The spec fields (besides `name` and `weight`) each core loss accepts (its options, for `distill check`'s
+/// list and for the one-line error on an option it does not take).
+pub fn core_loss_options(name: &str) -> &'static [&'static str] {
     match name {
         "kd" => &["temperature"],
         "ce" => &[],
@@ -415,6 +615,10 @@ fn allowed_fields(name: &str) -> &'static [&'static str] {
             "distance_weight",
             "angle_weight",
         ],
+        "pkt" | "nst" => &["student_feature", "teacher_feature"],
+        "dist" => &["temperature", "beta", "gamma"],
+        "ls_kd" => &["temperature"],
+        "vid" => &["student_feature", "teacher_feature", "init_var"],
         _ => &[],
     }
 }
@@ -444,14 +648,16 @@ impl<'a> SpecCtx<'a> {
             ("temperature", s.temperature.is_some()),
             ("alpha", s.alpha.is_some()),
             ("beta", s.beta.is_some()),
+            ("gamma", s.gamma.is_some()),
             ("student_feature", s.student_feature.is_some()),
             ("teacher_feature", s.teacher_feature.is_some()),
             ("p", s.p.is_some()),
             ("distance_weight", s.distance_weight.is_some()),
             ("angle_weight", s.angle_weight.is_some()),
+            ("init_var", s.init_var.is_some()),
             ("params", s.params.is_some()),
         ];
-        let allowed = allowed_fields(self.name());
+        let allowed = core_loss_options(self.name());
         for (field, is_set) in set {
             if is_set && !allowed.contains(&field) {
                 let takes = if allowed.is_empty() {
@@ -540,6 +746,44 @@ impl<'a> SpecCtx<'a> {
             )));
         }
         Ok(())
+    }
+
+    /// `(Some(student), Some(teacher))` feature names, or `(None, None)` for the logits when neither is set.
+    fn features_or_logits(&self) -> Result<(Option<String>, Option<String>)> {
+        let s = self.spec;
+        match (&s.student_feature, &s.teacher_feature) {
+            (None, None) => {
+                let (s, t) = (&self.student.logits, &self.teacher.logits);
+                if s.rank() == 0 || t.rank() == 0 || s.dim(0)? != t.dim(0)? {
+                    return Err(self.shape(format!(
+                        "student logits {:?} and teacher logits {:?} have different batch (first) dimensions",
+                        s.dims(),
+                        t.dims()
+                    )));
+                }
+                Ok((None, None))
+            }
+            (Some(_), Some(_)) => {
+                let (sn, _, tn, _) = self.features()?;
+                Ok((Some(sn.to_string()), Some(tn.to_string())))
+            }
+            _ => Err(self.config(
+                "set both `student_feature` and `teacher_feature`, or neither (to use the logits)"
+                    .to_string(),
+            )),
+        }
+    }
+
+    /// Computes `loss` once on the dry run's outputs, so a shape the loss cannot take fails here, naming it.
+    fn try_once(&self, loss: &dyn DistillLoss) -> Result<()> {
+        let batch = Batch {
+            inputs: self.student.logits.clone(),
+            targets: self.student.logits.clone(),
+            indices: Vec::new(),
+        };
+        loss.compute(self.student, self.teacher, &batch)
+            .map(|_| ())
+            .map_err(|e| self.shape(format!("{e}")))
     }
 
     /// Student and teacher logits of the same shape, rank >= 2, with at least `min_classes` classes.
@@ -683,33 +927,83 @@ pub fn build_core_loss(
                         .to_string(),
                 ));
             }
-            let (student_feature, teacher_feature) = if spec.student_feature.is_none()
-                && spec.teacher_feature.is_none()
-            {
-                let (s, t) = (&student.logits, &teacher.logits);
-                if s.rank() == 0 || t.rank() == 0 || s.dim(0)? != t.dim(0)? {
-                    return Err(cx.shape(format!(
-                            "student logits {:?} and teacher logits {:?} have different batch (first) dimensions",
-                            s.dims(),
-                            t.dims()
-                        )));
-                }
-                (None, None)
-            } else if spec.student_feature.is_none() || spec.teacher_feature.is_none() {
-                return Err(cx.config(
-                        "set both `student_feature` and `teacher_feature`, or neither (to use the logits)"
-                            .to_string(),
-                    ));
-            } else {
-                let (sn, _, tn, _) = cx.features()?;
-                (Some(sn.to_string()), Some(tn.to_string()))
-            };
+            let (student_feature, teacher_feature) = cx.features_or_logits()?;
             Box::new(Rkd {
                 distance_weight,
                 angle_weight,
                 student_feature,
                 teacher_feature,
             })
+        }
+        "pkt" => {
+            let (student_feature, teacher_feature) = cx.features_or_logits()?;
+            Box::new(PairLoss {
+                name: "pkt",
+                f: pkt_loss,
+                student_feature,
+                teacher_feature,
+                channels_last: false,
+            })
+        }
+        "nst" => {
+            let (sn, sf, tn, tf) = cx.features()?;
+            cx.same_kind(sn, sf, tn, tf)?;
+            let channels_last = match sf.kind {
+                FeatureKind::Map | FeatureKind::Attention => false,
+                FeatureKind::Sequence => true,
+                k => {
+                    return Err(cx.shape(format!(
+                        "student feature `{sn}` is a {k:?} {:?}; NST compares channels over positions and \
+                         needs Map [B, C, H, W] or Sequence [B, T, H] features",
+                        sf.tensor.dims()
+                    )))
+                }
+            };
+            let loss = PairLoss {
+                name: "nst",
+                f: nst_loss,
+                student_feature: Some(sn.to_string()),
+                teacher_feature: Some(tn.to_string()),
+                channels_last,
+            };
+            cx.try_once(&loss)?;
+            Box::new(loss)
+        }
+        "dist" => {
+            let t = cx.positive("temperature", spec.temperature, DEFAULT_DIST)?;
+            let beta = cx.non_negative("beta", spec.beta, DEFAULT_DIST)?;
+            let gamma = cx.non_negative("gamma", spec.gamma, DEFAULT_DIST)?;
+            cx.logits(2)?;
+            Box::new(Dist { beta, gamma, t })
+        }
+        "ls_kd" => {
+            let t = cx.positive("temperature", spec.temperature, DEFAULT_LS_KD_TEMPERATURE)?;
+            cx.logits(2)?;
+            Box::new(LsKd { t })
+        }
+        "vid" => {
+            let init_var = cx.positive("init_var", spec.init_var, DEFAULT_VID_INIT_VAR)?;
+            if init_var <= VID_EPS {
+                return Err(cx.config(format!(
+                    "`init_var` must be > {VID_EPS} (the variance floor)"
+                )));
+            }
+            let (sn, sf, tn, tf) = cx.features()?;
+            cx.same_kind(sn, sf, tn, tf)?;
+            let wd = feature_width_dim(sf.kind);
+            let (sd, td) = (sf.tensor.dims(), tf.tensor.dims());
+            let loss = Vid::new(
+                sn,
+                tn,
+                sf.kind,
+                sd.get(wd).copied().unwrap_or(0),
+                td.get(wd).copied().unwrap_or(0),
+                init_var,
+                seed,
+                student.logits.device(),
+            )?;
+            cx.try_once(&loss)?;
+            Box::new(loss)
         }
         other => {
             return Err(Error::msg(format!(

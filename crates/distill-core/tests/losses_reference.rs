@@ -3,14 +3,16 @@
 //! * `fixtures/losses/reference.json` is written by `fixtures/losses/make_reference.py`, a float64 numpy
 //!   re-implementation of each loss after its authors' code; every case is recomputed here in f32 and f64.
 //! * Every loss function's gradient with respect to the student input is checked against central finite
-//!   differences in f64, on every reference case.
+//!   differences in f64, on every reference case; for the methods added with the methods table (PKT, NST,
+//!   DIST, logit standardisation, VID) the script also records its own central-difference gradient of its
+//!   numpy forward, which candle's autograd must match.
 
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use distill_core::losses::{
-    at_loss, build_core_loss, ce_loss, dkd_loss, hint_loss, kd_loss, log_softmax, rkd_angle_loss,
-    rkd_distance_loss, sp_loss, LossSpec,
+    at_loss, build_core_loss, ce_loss, dist_loss, dkd_loss, hint_loss, kd_loss, log_softmax,
+    ls_kd_loss, nst_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss, vid_nll, LossSpec,
 };
 use distill_core::{Batch, FeatureKind, Outputs, Result};
 use serde_json::Value;
@@ -30,6 +32,12 @@ const LOSS_FUNCTIONS: &[&str] = &[
     "sp",
     "rkd_distance",
     "rkd_angle",
+    "pkt",
+    "nst",
+    "dist",
+    "ls_kd",
+    "vid",
+    "vid_log_scale",
 ];
 
 struct Case {
@@ -39,6 +47,8 @@ struct Case {
     teacher: Option<String>,
     params: serde_json::Map<String, Value>,
     value: f64,
+    /// The script's gradient with respect to the student input (flattened), where it recorded one.
+    grad: Option<Vec<f64>>,
 }
 
 impl Case {
@@ -47,6 +57,14 @@ impl Case {
             .get(key)
             .and_then(Value::as_f64)
             .unwrap_or_else(|| panic!("case {}: no parameter `{key}`", self.name))
+    }
+
+    /// A parameter naming one of the fixture's inputs.
+    fn input_param(&self, key: &str) -> &str {
+        self.params
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("case {}: no input parameter `{key}`", self.name))
     }
 }
 
@@ -98,6 +116,11 @@ impl Fixture {
                 teacher: c["teacher"].as_str().map(str::to_string),
                 params: c["params"].as_object().cloned().unwrap_or_default(),
                 value: c["value"].as_f64().expect("value"),
+                grad: c["grad"].as_array().map(|g| {
+                    g.iter()
+                        .map(|x| x.as_f64().expect("gradient component"))
+                        .collect()
+                }),
             })
             .collect();
         Self {
@@ -123,14 +146,17 @@ impl Fixture {
     }
 }
 
-/// The loss of `case` with `student` as the student input.
+/// The loss of `case` with `student` as the student input (`fx` holds the inputs a case names in its
+/// parameters).
 fn eval(
+    fx: &Fixture,
     case: &Case,
     student: &Tensor,
     teacher: Option<&Tensor>,
     targets: &Tensor,
 ) -> Result<Tensor> {
     let t = || teacher.expect("teacher input");
+    let input = |key: &str| fx.tensor(case.input_param(key), student.dtype());
     match case.loss.as_str() {
         "kd" => kd_loss(student, t(), case.param("t")),
         "ce" => ce_loss(student, targets),
@@ -147,6 +173,18 @@ fn eval(
         "sp" => sp_loss(student, t()),
         "rkd_distance" => rkd_distance_loss(student, t()),
         "rkd_angle" => rkd_angle_loss(student, t()),
+        "pkt" => pkt_loss(student, t()),
+        "nst" => nst_loss(student, t()),
+        "dist" => dist_loss(
+            student,
+            t(),
+            case.param("beta"),
+            case.param("gamma"),
+            case.param("t"),
+        ),
+        "ls_kd" => ls_kd_loss(student, t(), case.param("t")),
+        "vid" => vid_nll(student, t(), &input("log_scale"), 1, case.param("eps")),
+        "vid_log_scale" => vid_nll(&input("mean"), t(), student, 1, case.param("eps")),
         other => panic!("case {}: unknown loss `{other}`", case.name),
     }
 }
@@ -163,7 +201,7 @@ fn check_values(dtype: DType, tol: f64) {
     for case in &fx.cases {
         let s = fx.tensor(&case.student, dtype);
         let t = fx.teacher(case, dtype);
-        let loss = eval(case, &s, t.as_ref(), &targets).unwrap();
+        let loss = eval(&fx, case, &s, t.as_ref(), &targets).unwrap();
         assert_eq!(loss.dtype(), dtype, "case {}", case.name);
         let got = scalar_f64(&loss);
         let err = (got - case.value).abs();
@@ -273,7 +311,7 @@ fn gradients_match_finite_differences_for_every_case() {
     for case in &fx.cases {
         let s = fx.tensor(&case.student, DType::F64);
         let t = fx.teacher(case, DType::F64);
-        let f = |x: &Tensor| eval(case, x, t.as_ref(), &targets);
+        let f = |x: &Tensor| eval(&fx, case, x, t.as_ref(), &targets);
         let (analytic, numeric) = grads(&f, &s, FD_STEP);
         let err = grad_error(&analytic, &numeric);
         let max_g = numeric.iter().fold(0.0f64, |m, g| m.max(g.abs()));
@@ -288,6 +326,41 @@ fn gradients_match_finite_differences_for_every_case() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     for f in LOSS_FUNCTIONS {
         assert!(checked.contains(*f), "gradient of `{f}` not checked");
+    }
+}
+
+/// candle's autograd against the gradient the numpy script computed from its own forward (central
+/// differences in float64), for every case that records one (the methods of the methods table).
+#[test]
+fn gradients_match_numpy_reference() {
+    let fx = Fixture::load();
+    let targets = fx.targets();
+    let mut failures = Vec::new();
+    let mut checked = std::collections::BTreeSet::new();
+    for case in fx.cases.iter().filter(|c| c.grad.is_some()) {
+        let want = case.grad.as_ref().unwrap();
+        let var = Var::from_tensor(&fx.tensor(&case.student, DType::F64)).unwrap();
+        let t = fx.teacher(case, DType::F64);
+        let loss = eval(&fx, case, var.as_tensor(), t.as_ref(), &targets).unwrap();
+        let got: Vec<f64> = loss
+            .backward()
+            .unwrap()
+            .get(var.as_tensor())
+            .expect("no gradient reached the student input")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let err = grad_error(&got, want);
+        println!("{:24} numpy gradient rel err {err:.2e}", case.name);
+        if err.is_nan() || err > 1e-6 {
+            failures.push(format!("{}: relative gradient error {err:e}", case.name));
+        }
+        checked.insert(case.loss.as_str());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for f in ["pkt", "nst", "dist", "ls_kd", "vid", "vid_log_scale"] {
+        assert!(checked.contains(f), "no numpy gradient for `{f}`");
     }
 }
 
@@ -328,7 +401,7 @@ fn f32_gradients_agree_with_f64() {
         let g = |dtype: DType| -> Vec<f64> {
             let var = Var::from_tensor(&fx.tensor(&case.student, dtype)).unwrap();
             let t = fx.teacher(case, dtype);
-            let loss = eval(case, var.as_tensor(), t.as_ref(), &targets).unwrap();
+            let loss = eval(&fx, case, var.as_tensor(), t.as_ref(), &targets).unwrap();
             let grads = loss.backward().unwrap();
             grads
                 .get(var.as_tensor())

@@ -6,6 +6,12 @@ use candle_core::{DType, Tensor};
 
 use crate::{Error, Result};
 
+mod methods;
+pub use methods::{
+    dist_loss, ls_kd_loss, nst_loss, pkt_loss, softplus, standardize_logits, vid_log_scale_init,
+    vid_nll, DIST_EPS, LS_EPS, PKT_EPS,
+};
+
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ fn every_core_loss_builds_with_defaults() {
     let s = outputs(&[("feat", FeatureKind::Map, &[4, 3, 4, 4])]);
     let t = outputs(&[("feat", FeatureKind::Map, &[4, 6, 4, 4])]);
     for name in CORE_LOSSES {
-        let sp = if matches!(*name, "hint" | "at" | "sp") {
+        let feature_loss = matches!(*name, "hint" | "at" | "sp" | "nst" | "vid");
+        let sp = if feature_loss {
             spec(name, Some("feat"), Some("feat"))
         } else {
             LossSpec::named(name)
@@ -55,7 +56,95 @@ fn every_core_loss_builds_with_defaults() {
         let loss = build_core_loss(&sp, &s, &t, 0).unwrap().unwrap();
         assert_eq!(loss.name(), *name);
         assert_eq!(loss.uses_teacher(), *name != "ce");
-        assert_eq!(loss.uses_features(), matches!(*name, "hint" | "at" | "sp"));
+        assert_eq!(loss.uses_features(), feature_loss);
+    }
+}
+
+#[test]
+fn new_methods_reject_wrong_options_and_shapes_naming_the_loss() {
+    let s = outputs(&[
+        ("map", FeatureKind::Map, &[4, 3, 4, 4]),
+        ("vec", FeatureKind::Vector, &[4, 8]),
+    ]);
+    let t = outputs(&[
+        ("map", FeatureKind::Map, &[4, 6, 2, 2]),
+        ("vec", FeatureKind::Vector, &[4, 5]),
+    ]);
+    let mut sp = LossSpec::named("dist");
+    sp.p = Some(2.0);
+    let e = build_err(&sp, &s, &t);
+    assert!(
+        e.contains("`dist`") && e.contains("`p`") && e.contains("temperature, beta, gamma"),
+        "{e}"
+    );
+    let mut sp = LossSpec::named("ls_kd");
+    sp.gamma = Some(1.0);
+    assert!(build_err(&sp, &s, &t).contains("`ls_kd`"));
+    let mut sp = LossSpec::named("dist");
+    sp.gamma = Some(-1.0);
+    assert!(build_err(&sp, &s, &t).contains("`gamma` must be finite and >= 0"));
+    // NST needs positions: vectors are refused; maps of different spatial sizes are refused, on one line
+    let e = build_err(&spec("nst", Some("vec"), Some("vec")), &s, &t);
+    assert!(e.contains("`nst`") && e.contains("Map"), "{e}");
+    let e = build_err(&spec("nst", Some("map"), Some("map")), &s, &t);
+    assert!(
+        e.contains("`nst`") && e.contains("[4, 3, 4, 4]") && !e.contains('\n'),
+        "{e}"
+    );
+    let e = build_err(&spec("vid", Some("map"), Some("map")), &s, &t);
+    assert!(e.contains("`vid`") && !e.contains('\n'), "{e}");
+    let e = build_err(&spec("pkt", Some("vec"), None), &s, &t);
+    assert!(e.contains("`pkt`") && e.contains("or neither"), "{e}");
+    let mut sp = spec("vid", Some("vec"), Some("vec"));
+    sp.init_var = Some(0.0);
+    assert!(build_err(&sp, &s, &t).contains("`init_var`"));
+    // PKT and VID take features of different widths
+    assert!(build_core_loss(&spec("pkt", Some("vec"), Some("map")), &s, &t, 0).is_ok());
+    assert!(build_core_loss(&spec("vid", Some("vec"), Some("vec")), &s, &t, 0).is_ok());
+}
+
+/// VID's regressor and log-scale are trainable (in the loss's own VarMap) and receive gradients; at the
+/// start the variance is `init_var`.
+#[test]
+fn vid_trains_its_regressor_and_variance() {
+    let dev = Device::Cpu;
+    let s = Outputs::logits(zeros(&[4, 10]))
+        .with_feature(
+            "f",
+            FeatureKind::Map,
+            Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &dev).unwrap(),
+        )
+        .unwrap();
+    let t = Outputs::logits(zeros(&[4, 10]))
+        .with_feature(
+            "f",
+            FeatureKind::Map,
+            Tensor::randn(0f32, 1.0, (4, 5, 2, 2), &dev).unwrap(),
+        )
+        .unwrap();
+    let mut sp = spec("vid", Some("f"), Some("f"));
+    sp.init_var = Some(3.0);
+    let loss = build_core_loss(&sp, &s, &t, 7).unwrap().unwrap();
+    let vars = loss.varmap().expect("vid owns parameters").all_vars();
+    assert_eq!(vars.len(), 4, "three regressor layers and the log-scale");
+    let data = loss.varmap().unwrap().data().lock().unwrap();
+    let scale = data["log_scale"].as_tensor().to_vec1::<f32>().unwrap();
+    assert_eq!(scale.len(), 5);
+    let var = (scale[0] as f64).exp().ln_1p() + VID_EPS;
+    assert!((var - 3.0).abs() < 1e-5, "initial variance {var}");
+    assert_eq!(data["regressor.0.weight"].as_tensor().dims(), &[5, 3, 1, 1]);
+    drop(data);
+    let batch = Batch {
+        inputs: zeros(&[4]),
+        targets: zeros(&[4]),
+        indices: vec![0, 1, 2, 3],
+    };
+    let grads = loss.compute(&s, &t, &batch).unwrap().backward().unwrap();
+    for v in &vars {
+        let g = grads
+            .get(v.as_tensor())
+            .expect("a gradient for every VID parameter");
+        assert!(val(&g.abs().unwrap().sum_all().unwrap()) > 0.0);
     }
 }
 
