@@ -176,11 +176,12 @@ impl<'a> Epochs<'a> {
     /// The epoch's batches, in the order derived from the seed, phase and epoch.
     fn order(&self, epoch: usize) -> Result<Vec<usize>> {
         let spec = self.spec;
-        let perm = Rng::derive(spec.seed, &[&"shuffle", &spec.phase, &epoch]).permutation(self.n);
+        let perm =
+            Rng::derive(spec.seed, &[&"shuffle", &spec.stream(), &epoch]).permutation(self.n);
         let perm = self.task.batch_order(
             perm,
             self.batch,
-            &mut Rng::derive(spec.seed, &[&"batch-order", &spec.phase, &epoch]),
+            &mut Rng::derive(spec.seed, &[&"batch-order", &spec.stream(), &epoch]),
         );
         if perm.len() != self.n {
             return Err(Error::msg(format!(
@@ -262,11 +263,12 @@ impl<'a> Epochs<'a> {
         idx: &[usize],
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let spec = self.spec;
-        let mut rng = Rng::derive(spec.seed, &[&"augment", &spec.phase, &epoch, &step]);
+        let mut rng = Rng::derive(spec.seed, &[&"augment", &spec.stream(), &epoch, &step]);
         let batch = self
             .task
             .batch(Split::Train, idx, spec.config.augment.as_deref(), &mut rng)?;
-        let step_seed = Rng::derive(spec.seed, &[&"step", &spec.phase, &epoch, &step]).next_u64();
+        let step_seed =
+            Rng::derive(spec.seed, &[&"step", &spec.stream(), &epoch, &step]).next_u64();
         let out = self
             .net
             .forward(&batch.inputs, Mode::Train { seed: step_seed })?;

@@ -63,3 +63,30 @@ pub struct PhaseSpec {
     /// How the phase's latency is measured after training ([`super::LatencyProtocol::QUICK`] for `--quick`).
     pub latency: super::LatencyProtocol,
 }
+
+impl PhaseSpec {
+    /// The phase whose random streams (shuffle, batch order, augmentation, dropout) this phase draws: the
+    /// distilled student draws the scratch student's, so the twins (which share their initial weights too)
+    /// see the same batches in the same order and differ only in their objective.
+    pub fn stream(&self) -> Phase {
+        stream_of(self.phase)
+    }
+}
+
+fn stream_of(phase: Phase) -> Phase {
+    match phase {
+        Phase::Distilled => Phase::Scratch,
+        p => p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_twins_share_their_streams_and_the_teacher_has_its_own() {
+        assert_eq!(stream_of(Phase::Distilled), stream_of(Phase::Scratch));
+        assert_ne!(stream_of(Phase::Teacher), stream_of(Phase::Scratch));
+    }
+}
