@@ -183,6 +183,10 @@ pub struct PhaseConfig {
     pub schedule: ScheduleConfig,
     /// Clip the global gradient norm to this value.
     pub clip_grad_norm: Option<f64>,
+    /// Train on this fraction of the training split only, in (0, 1]: a subset drawn once from the run seed
+    /// (the same for every phase that sets the same fraction, so scratch and distilled twins share it), e.g.
+    /// `student.train_fraction = 0.1` for a low-data student beside a teacher trained on everything.
+    pub train_fraction: Option<f64>,
     /// Early stopping on the validation split (needs `data.validation > 0`); the best epoch's weights are kept.
     pub early_stopping: Option<EarlyStopping>,
     /// Divergence guard: gradient-norm limit and automatic learning-rate back-off.
@@ -404,6 +408,14 @@ impl Recipe {
                 .schedule
                 .validate()
                 .map_err(|e| err(&format!("{name}.schedule"), e.to_string()))?;
+            if let Some(f) = phase.train_fraction {
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(err(
+                        &format!("{name}.train_fraction"),
+                        format!("must be in (0, 1], got {f}"),
+                    ));
+                }
+            }
             if let Some(c) = phase.clip_grad_norm {
                 if !(c > 0.0 && c.is_finite()) {
                     return Err(err(
@@ -616,5 +628,27 @@ losses = [{ name = "kd", temperature = 4.0 }]
             .unwrap_err()
             .to_string();
         assert!(e.contains("teacher.optimizer"), "{e}");
+        for bad in ["0.0", "1.5", "nan"] {
+            let text = BASE.replace(
+                "[student]\n",
+                &format!("[student]\ntrain_fraction = {bad}\n"),
+            );
+            let e = Recipe::parse(&text, "t.toml", false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("student.train_fraction") && e.contains("(0, 1]"),
+                "{e}"
+            );
+        }
+        let text = BASE.replace("[student]\n", "[student]\ntrain_fraction = 0.1\n");
+        let r = Recipe::parse(&text, "t.toml", false).unwrap();
+        assert_eq!(r.student.train_fraction, Some(0.1));
+        assert_eq!(
+            r.distilled_phase().train_fraction,
+            Some(0.1),
+            "the distilled twin's too"
+        );
+        assert_eq!(r.teacher.train_fraction, None);
     }
 }

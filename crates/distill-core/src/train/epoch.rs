@@ -19,6 +19,16 @@ use crate::{
     Batch, Error, Mode, Network, Outputs, Result, Rng, Teacher,
 };
 
+/// The `round(fraction · n)` (at least 1) training samples a phase with `train_fraction` keeps: drawn once
+/// from the run seed alone, so every phase of the seed with the same fraction trains on the same samples.
+fn train_subset(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
+    let k = ((n as f64 * fraction).round() as usize).clamp(1, n);
+    let mut keep = Rng::derive(seed, &[&"train-subset"]).permutation(n);
+    keep.truncate(k);
+    keep.sort_unstable();
+    keep
+}
+
 fn progress(spec: &PhaseSpec, len: usize) -> ProgressBar {
     if spec.quiet {
         return ProgressBar::hidden();
@@ -85,7 +95,10 @@ pub(super) struct Epochs<'a> {
     adapters: &'a [(usize, &'a candle_nn::VarMap)],
     cache: Option<LogitCache>,
     needs_teacher: bool,
+    /// Samples trained per epoch: the split's, or its subset's with `train_fraction`.
     n: usize,
+    /// The training samples a `train_fraction` keeps (sorted split indices).
+    subset: Option<Vec<usize>>,
     batch: usize,
     steps: usize,
     started: Instant,
@@ -117,13 +130,15 @@ impl<'a> Epochs<'a> {
             }
             _ => None,
         };
-        let n = task.len(Split::Train);
-        if n == 0 {
+        let all = task.len(Split::Train);
+        if all == 0 {
             return Err(Error::msg(format!(
                 "[{}] the training split is empty",
                 spec.label
             )));
         }
+        let subset = cfg.train_fraction.map(|f| train_subset(all, f, spec.seed));
+        let n = subset.as_ref().map_or(all, Vec::len);
         let batch = spec.batch_size.min(n);
         Ok(Self {
             task,
@@ -136,6 +151,7 @@ impl<'a> Epochs<'a> {
             cache,
             needs_teacher,
             n,
+            subset,
             batch,
             steps: n.div_ceil(batch),
             started: Instant::now() - std::time::Duration::from_secs_f64(elapsed_s),
@@ -178,6 +194,10 @@ impl<'a> Epochs<'a> {
         let spec = self.spec;
         let perm =
             Rng::derive(spec.seed, &[&"shuffle", &spec.stream(), &epoch]).permutation(self.n);
+        let perm = match &self.subset {
+            Some(subset) => perm.into_iter().map(|i| subset[i]).collect(),
+            None => perm,
+        };
         let perm = self.task.batch_order(
             perm,
             self.batch,
@@ -465,5 +485,34 @@ impl<'a> Epochs<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::train_subset;
+
+    #[test]
+    fn a_train_fraction_keeps_the_same_distinct_samples_per_seed() {
+        let a = train_subset(1000, 0.1, 3);
+        assert_eq!(a.len(), 100);
+        assert!(
+            a.windows(2).all(|w| w[0] < w[1]) && a[99] < 1000,
+            "sorted, distinct, in range"
+        );
+        assert_eq!(
+            a,
+            train_subset(1000, 0.1, 3),
+            "the same for every phase of seed 3"
+        );
+        assert_ne!(
+            a,
+            train_subset(1000, 0.1, 4),
+            "another seed draws another subset"
+        );
+        // the first 100 of the split would be a biased subset (files are often sorted by class)
+        assert_ne!(a, (0..100).collect::<Vec<_>>());
+        assert_eq!(train_subset(10, 0.01, 0).len(), 1, "at least one sample");
+        assert_eq!(train_subset(10, 1.0, 0), (0..10).collect::<Vec<_>>());
     }
 }
