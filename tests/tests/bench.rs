@@ -760,3 +760,68 @@ fn a_run_copied_in_from_another_bench_is_marked() {
         "{md}"
     );
 }
+
+/// Every suite file the plugins ship (their loss variants, the methods table) plans and checks: each run's
+/// recipe, overrides applied, builds on zeros with its losses and feature taps (`distill bench --check`,
+/// no data, no training). The text suites build on the pretrained MiniLM config, so they need
+/// `DISTILL_MODELS` (under CI=true they may not skip).
+#[test]
+fn every_shipped_suite_checks() {
+    let models = distill_data::testing::required_dir(
+        "DISTILL_MODELS",
+        Some("all-MiniLM-L6-v2"),
+        "checking the shipped suites",
+    );
+    let mut suites = Vec::new();
+    for plugin in std::fs::read_dir(root().join("plugins")).unwrap() {
+        let dir = plugin.unwrap().path().join("benches");
+        for f in std::fs::read_dir(&dir).into_iter().flatten() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                suites.push(p);
+            }
+        }
+    }
+    suites.sort();
+    let methods = suites
+        .iter()
+        .filter(|p| p.ends_with("methods.toml"))
+        .count();
+    assert_eq!(
+        methods, 4,
+        "a methods suite per classification domain: {suites:?}"
+    );
+    for suite in &suites {
+        if models.is_none() && suite.to_string_lossy().contains("plugins/text/") {
+            continue;
+        }
+        let mut cmd = distill_command(&root());
+        cmd.args(["bench", "--check", "--suite"]).arg(suite);
+        if let Some(m) = &models {
+            cmd.env("DISTILL_MODELS", m);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}: {}", suite.display(), stderr(&o));
+        let out = stdout(&o);
+        let runs = out.lines().filter(|l| l.contains(": ok (")).count();
+        assert!(
+            runs > 0 && out.contains(&format!("{runs} runs checked")),
+            "{}: {out}",
+            suite.display()
+        );
+    }
+    // a method given a feature its network lacks fails the check, naming the run
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[[run]]\nrecipe = \"{}\"\n[run.overrides]\nname = \"bad-nst\"\ndistill = {{ losses = [{{ name = \
+             \"nst\", student_feature = \"penultimate\", teacher_feature = \"penultimate\" }}] }}\n",
+            root().join("plugins/vision/recipes/hinton-mnist.toml").display()
+        ),
+    )
+    .unwrap();
+    let o = distill(tmp.path(), &["bench", "--check", "--suite", "bad.toml"]);
+    expect_error(&o, &["bad-nst", "bad.toml", "`nst`"]);
+}

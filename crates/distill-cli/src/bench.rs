@@ -93,6 +93,11 @@ pub struct BenchArgs {
     /// (with their Slurm logs after a sweep) and the command exits 2 (a sweep's merge job runs this).
     #[arg(long)]
     pub collect: bool,
+    /// Check every planned run instead, training nothing and reading no data: each recipe as the suite
+    /// runs it (overrides applied) is built on zeros, its model specs, losses and feature shapes checked,
+    /// so a multi-hour suite does not fail on its twentieth run.
+    #[arg(long, conflicts_with_all = ["speed", "onnxruntime", "collect"])]
+    pub check: bool,
     /// Show a sweep's progress from its out dir alone: each task done, running, failed or pending.
     #[arg(long, value_name = "OUT")]
     pub status: Option<PathBuf>,
@@ -172,6 +177,38 @@ impl BenchArgs {
             device: (self.dirs.device.clone(), device(&self.dirs.device)?),
         })
     }
+}
+
+/// `distill bench --check`: every planned run's recipe checked by its plugin (a dry run on zeros); the first
+/// failure is the error, naming the run and where the suite asked for it.
+pub fn cmd_check_suite(reg: &Registry, args: &BenchArgs) -> Result<()> {
+    let runs = plan(
+        reg,
+        &SuiteKind::parse(&args.suite),
+        args.plugins.as_deref(),
+        args.seeds,
+    )?;
+    let mut ctx = RunContext::new(data_dir(&None), ".");
+    ctx.models_dir = dir_from(&args.dirs.models_dir, "DISTILL_MODELS", "models");
+    let mut plugins: BTreeMap<String, Box<dyn Plugin>> = BTreeMap::new();
+    for planned in &runs {
+        let name = &planned.recipe.plugin;
+        if !plugins.contains_key(name) {
+            plugins.insert(name.clone(), find_plugin(reg, name)?);
+        }
+        let s = plugins[name]
+            .check(&planned.recipe, &ctx)
+            .with_context(|| format!("{} ({})", planned.recipe.name, planned.origin))?;
+        println!(
+            "{}: ok ({} -> {}; {} seeds)",
+            planned.recipe.name,
+            s.teacher,
+            s.student,
+            planned.recipe.seeds.len()
+        );
+    }
+    println!("{} runs checked", runs.len());
+    Ok(())
 }
 
 /// What a stored run report is to a planned run.

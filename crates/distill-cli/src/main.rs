@@ -282,6 +282,7 @@ fn dispatch(reg: &Registry, command: Command) -> Result<()> {
         Command::Bench(args) if args.onnxruntime => {
             ort::cmd_ort(reg, &args.ort_options()?).map(|_| ())
         }
+        Command::Bench(args) if args.check => bench::cmd_check_suite(reg, &args),
         Command::Bench(args) if args.status.is_some() => {
             sweep::cmd_status(args.status.as_deref().unwrap_or(Path::new(".")))
         }
