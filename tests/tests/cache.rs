@@ -28,19 +28,33 @@ fn run(cwd: &Path, out: &str) -> std::process::Output {
     distill(cwd, &a.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// `(event, key)` of every line of the cache's log.
-fn log(cwd: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(cwd.join("cache/log.jsonl"))
+/// `(event, key)` of every line of the cache's log about `phase`'s entries (`teacher` or `scratch`: the keys
+/// that a line labelled `phase s<seed>` names).
+fn log_of(cwd: &Path, phase: &str) -> Vec<(String, String)> {
+    let lines: Vec<(String, String, String)> = std::fs::read_to_string(cwd.join("cache/log.jsonl"))
         .unwrap_or_default()
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["event"].as_str().unwrap().to_string(),
-                v["key"].as_str().unwrap().to_string(),
-            )
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("event"), s("key"), s("detail"))
         })
+        .collect();
+    let keys: std::collections::BTreeSet<&String> = lines
+        .iter()
+        .filter(|(_, _, d)| d.starts_with(&format!("{phase} s")))
+        .map(|(_, k, _)| k)
+        .collect();
+    lines
+        .iter()
+        .filter(|(_, k, _)| keys.contains(k))
+        .map(|(e, k, _)| (e.clone(), k.clone()))
         .collect()
+}
+
+/// The teacher entries' log lines.
+fn log(cwd: &Path) -> Vec<(String, String)> {
+    log_of(cwd, "teacher")
 }
 
 fn count(log: &[(String, String)], event: &str) -> usize {
@@ -83,6 +97,14 @@ fn two_processes_needing_one_teacher_train_it_once() {
     assert_eq!(count(&log, "reused"), 1, "{log:?}");
     assert!(log.iter().all(|(_, k)| *k == log[0].1), "one key: {log:?}");
     assert_ne!(reused(&tmp.path().join("a")), reused(&tmp.path().join("b")));
+    // the scratch student too: trained by one process, reused by the other
+    let scratch = log_of(tmp.path(), "scratch");
+    assert_eq!(
+        (count(&scratch, "trained"), count(&scratch, "reused")),
+        (1, 1),
+        "{scratch:?}"
+    );
+    assert_ne!(scratch[0].1, log[0].1, "its own key");
     assert_eq!(
         report_metrics(&tmp.path().join("a")),
         report_metrics(&tmp.path().join("b"))
@@ -99,18 +121,23 @@ fn a_changed_data_file_misses_and_a_damaged_entry_is_trained_again() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(reused(&tmp.path().join("again")));
     assert_eq!(count(&log(tmp.path()), "trained"), 1);
+    assert_eq!(count(&log_of(tmp.path(), "scratch"), "reused"), 1);
 
-    // `cache list` and `cache verify` see one good entry
+    // `cache list` and `cache verify` see two good entries: the teacher and the scratch student
     let o = distill(tmp.path(), &["cache", "list", "--cache-dir", "cache"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("image-classification  mnist  tiny  seed 0"),
-        "{}",
-        stdout(&o)
-    );
+    for phase in ["teacher", "scratch student"] {
+        assert!(
+            stdout(&o).contains(&format!(
+                "image-classification  mnist  tiny  {phase}  seed 0"
+            )),
+            "{}",
+            stdout(&o)
+        );
+    }
     let o = distill(tmp.path(), &["cache", "verify", "--cache-dir", "cache"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("1 entries verified"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("2 entries verified"), "{}", stdout(&o));
 
     // a damaged entry: verify names it; a run trains the teacher again, to the same weights
     let key = log(tmp.path())[0].1.clone();
@@ -156,5 +183,6 @@ fn a_changed_data_file_misses_and_a_damaged_entry_is_trained_again() {
 
     let o = distill(tmp.path(), &["cache", "clear", "--cache-dir", "cache"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("removed 2 entries"), "{}", stdout(&o));
+    // two teachers and two scratch students (the changed data file made new keys for both)
+    assert!(stdout(&o).contains("removed 4 entries"), "{}", stdout(&o));
 }

@@ -164,6 +164,42 @@ fn trained_teacher_is_cached_and_reused() {
         ra["runs"][0]["scratch"]["metric"],
         rb["runs"][0]["scratch"]["metric"]
     );
+    // the scratch student never sees the teacher: a run with another distillation loss reuses it, with its
+    // per-example scores (the paired interval needs them), and trains only its distilled student
+    let other = tiny_recipe(1).replace(
+        "{ name = \"kd\", temperature = 4.0, weight = 0.9 }",
+        "{ name = \"dist\", weight = 0.9 }",
+    );
+    assert!(other.contains("dist"));
+    std::fs::write(tmp.path().join("r2.toml"), other).unwrap();
+    let mut c = args("c");
+    c[1] = "r2.toml";
+    let c = distill(tmp.path(), &c);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let rc = read_report(&tmp.path().join("c"));
+    let sc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("c/seed-0/scratch/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sc["reused"], true);
+    assert_eq!(
+        rc["runs"][0]["scratch"]["metric"],
+        ra["runs"][0]["scratch"]["metric"]
+    );
+    assert!(tmp
+        .path()
+        .join("c/seed-0/scratch/test_examples.json")
+        .is_file());
+    assert!(
+        rc["runs"][0]["kd_gain_interval"].is_object(),
+        "{}",
+        rc["runs"][0]
+    );
+    let log = std::fs::read_to_string(tmp.path().join("cache/log.jsonl")).unwrap();
+    assert!(
+        log.contains("\"reused\"") && log.contains("scratch s0"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -243,13 +243,17 @@ fn the_template_plugin_runs_from_a_user_registry() {
             ],
         );
         assert!(o.status.success(), "{}", stderr(&o));
-        let log = std::fs::read_to_string(d.join("cache/log.jsonl")).unwrap();
-        let events: Vec<String> = log
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
-            .collect();
-        events
+        cache_events(d, "teacher s")
     };
+    // the events of the cache log's lines about one phase's entries (their detail is the phase's label)
+    fn cache_events(d: &Path, label: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(d.join("cache/log.jsonl")).unwrap();
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["detail"].as_str().unwrap_or("").starts_with(label))
+            .map(|v| v["event"].to_string())
+            .collect()
+    }
     assert_eq!(cached_run("c1"), ["\"trained\""]);
     assert_eq!(cached_run("c2"), ["\"trained\"", "\"reused\""]);
     let mut f = std::fs::OpenOptions::new()
@@ -262,6 +266,11 @@ fn the_template_plugin_runs_from_a_user_registry() {
         cached_run("c3"),
         ["\"trained\"", "\"reused\"", "\"trained\""],
         "a changed library misses the cache"
+    );
+    // the scratch student's entry follows the same rule
+    assert_eq!(
+        cache_events(d, "scratch s"),
+        ["\"trained\"", "\"reused\"", "\"trained\""]
     );
 }
 

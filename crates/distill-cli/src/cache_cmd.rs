@@ -10,7 +10,8 @@ use crate::dirs::dir_from;
 /// `distill cache ...`.
 #[derive(Subcommand)]
 pub enum CacheCmd {
-    /// One line per entry: key, plugin, data set, recipe, seed, teacher metric, size, date.
+    /// One line per entry: key, plugin, data set, recipe, phase (teacher or scratch student), seed, test metric,
+    /// size, date.
     List,
     /// Check every entry's weights against their checksum; exits 2 naming each damaged entry.
     Verify,
@@ -28,10 +29,11 @@ pub fn cmd_cache(what: CacheCmd, cache_dir: &Option<PathBuf>) -> Result<()> {
             for (key, info, size) in &entries {
                 match info {
                     Some(i) => println!(
-                        "{key}  {}  {}  {}  seed {}  {:.4}  {:.1} MB  {}",
+                        "{key}  {}  {}  {}  {}  seed {}  {:.4}  {:.1} MB  {}",
                         i.plugin,
                         i.dataset,
                         i.recipe,
+                        i.phase.as_deref().unwrap_or("teacher"),
                         i.seed,
                         i.metric,
                         *size as f64 / 1e6,

@@ -12,7 +12,9 @@ use crate::{
     recipe::{PhaseConfig, Recipe},
     report::{PhaseResult, PhaseSummary, RunReport},
     task::{Split, Task},
-    teacher_cache::{data_fingerprint, teacher_cache_key, EntryInfo, Lookup, TeacherCache},
+    teacher_cache::{
+        data_fingerprint, scratch_cache_key, teacher_cache_key, EntryInfo, Lookup, TeacherCache,
+    },
     train::{files, finish_phase, train_phase, Objective, PhaseSpec, Term},
     Error, Mode, Network, Phase, Result, Rng, Teacher,
 };
@@ -287,55 +289,87 @@ fn teacher_phase<P: Domain + ?Sized>(
         return Ok((net, r));
     };
     let key = teacher_cache_key(recipe, seed, &ctx.plugin_identity, fingerprint);
-    // held from the lookup until the trained teacher is stored: a second process needing it waits, then reuses it
-    let _lock = cache.lock(&key, &spec.label)?;
+    let r = cached_phase(
+        cache,
+        &key,
+        "teacher",
+        fingerprint,
+        recipe,
+        seed,
+        ctx,
+        net.as_ref(),
+        || train_phase(task, net.as_ref(), Objective::Task, &spec),
+        &spec,
+    )?;
+    Ok((net, r))
+}
+
+/// A phase through the cache: a fresh phase whose entry `key` exists is read from it (weights into `net`,
+/// result and per-example scores into the phase dir); otherwise `train` runs and a newly trained network is
+/// stored. The entry's lock is held from the lookup to the store, so a second process needing the same
+/// entry waits, then reuses it.
+#[allow(clippy::too_many_arguments)]
+fn cached_phase(
+    cache: &TeacherCache,
+    key: &str,
+    phase: &str,
+    fingerprint: &str,
+    recipe: &Recipe,
+    seed: u64,
+    ctx: &RunContext,
+    net: &dyn Network,
+    train: impl FnOnce() -> Result<PhaseResult>,
+    spec: &crate::train::PhaseSpec,
+) -> Result<PhaseResult> {
+    let _lock = cache.lock(key, &spec.label)?;
     let fresh = !spec.dir.join(files::STATE).exists() && !spec.dir.join(files::RESULT).exists();
     if fresh {
-        match cache.load(&key, net.as_ref(), &ctx.device) {
+        match cache.load(key, net, &ctx.device, &spec.dir) {
             Lookup::Hit(r) => {
                 let mut r = *r;
                 r.reused = true;
-                cache.log(&key, "reused", &spec.label);
+                cache.log(key, "reused", &spec.label);
                 if !ctx.quiet {
                     eprintln!(
-                        "[{}] reusing the cached teacher {} ({:.4})",
+                        "[{}] reusing the cached {phase} {} ({:.4})",
                         spec.label,
-                        cache.entry_dir(&key).display(),
+                        cache.entry_dir(key).display(),
                         r.metric
                     );
                 }
-                save_network(net.as_ref(), &spec.dir.join(files::FINAL))?;
+                save_network(net, &spec.dir.join(files::FINAL))?;
                 write_json_atomic(&r, &spec.dir.join(files::RESULT))?;
-                return Ok((net, r));
+                return Ok(r);
             }
-            // a damaged entry is never used: the teacher is trained again and the entry replaced
+            // a damaged entry is never used: the network is trained again and the entry replaced
             Lookup::Damaged(why) => {
-                cache.log(&key, "damaged", &why);
+                cache.log(key, "damaged", &why);
                 eprintln!(
-                    "warning: [{}] the cached teacher is not usable ({why}); training it again",
+                    "warning: [{}] the cached {phase} is not usable ({why}); training it again",
                     spec.label
                 );
             }
             Lookup::Miss => {}
         }
     }
-    let r = train_phase(task, net.as_ref(), Objective::Task, &spec)?;
-    if !r.reused && cache.verify(&key).is_err() {
+    let r = train()?;
+    if !r.reused && cache.verify(key).is_err() {
         let info = EntryInfo {
-            key: key.clone(),
+            key: key.to_string(),
             plugin: recipe.plugin.clone(),
             plugin_identity: ctx.plugin_identity.clone(),
             dataset: recipe.dataset.clone(),
             recipe: recipe.name.clone(),
+            phase: Some(phase.to_string()),
             seed,
-            data_fingerprint: fingerprint.clone(),
+            data_fingerprint: fingerprint.to_string(),
             created_unix: crate::report::unix_now(),
             metric: r.metric,
         };
-        cache.store(&key, net.as_ref(), &r, &info)?;
-        cache.log(&key, "trained", &spec.label);
+        cache.store(key, net, &r, &info, &spec.dir)?;
+        cache.log(key, "trained", &spec.label);
     }
-    Ok((net, r))
+    Ok(r)
 }
 
 /// Refuses an accepted recipe change that would alter a phase that has already finished: only its own epochs
@@ -436,12 +470,32 @@ pub fn run_recipe<P: Domain + ?Sized>(
             .for_model(recipe, "student.model");
         let scratch = plugin.build_network(&recipe.student.model, &student_ctx)?;
         load_pretrained(scratch.as_ref(), &recipe.student, "student", ctx, false)?;
-        let s_res = train_phase(
-            task.as_ref(),
-            scratch.as_ref(),
-            Objective::Task,
-            &phase_spec(recipe, ctx, seed, Phase::Scratch, &seed_dir, hash),
-        )?;
+        let s_spec = phase_spec(recipe, ctx, seed, Phase::Scratch, &seed_dir, hash);
+        let train_scratch =
+            || train_phase(task.as_ref(), scratch.as_ref(), Objective::Task, &s_spec);
+        // a student loaded from a file is not cached (the key does not cover the file)
+        let s_res = match cache
+            .as_ref()
+            .filter(|_| recipe.student.pretrained.is_none())
+        {
+            Some((c, fingerprint)) => {
+                let key =
+                    scratch_cache_key(recipe, seed, ctx.quick, &ctx.plugin_identity, fingerprint);
+                cached_phase(
+                    c,
+                    &key,
+                    "scratch student",
+                    fingerprint,
+                    recipe,
+                    seed,
+                    ctx,
+                    scratch.as_ref(),
+                    train_scratch,
+                    &s_spec,
+                )?
+            }
+            None => train_scratch()?,
+        };
         drop(scratch);
 
         let student = plugin.build_network(&recipe.student.model, &student_ctx)?;

@@ -9,6 +9,10 @@
 //! it trained is stored, so two processes that need one teacher train it once: the second waits, then reuses it.
 //! An entry is written into a temp directory and renamed into place; a damaged entry fails its checksum and is
 //! trained again, never used. Every lookup appends a line to `<cache>/log.jsonl`.
+//!
+//! The scratch student is cached the same way ([`scratch_cache_key`]: the student section instead of the
+//! teacher's; the entry also keeps its per-example test scores): it never sees the teacher, so every run of a
+//! seed with the same data and student (the variants of a loss, the rows of the methods table) trains it once.
 
 use std::{
     fs,
@@ -49,6 +53,9 @@ pub struct EntryInfo {
     pub dataset: String,
     /// The recipe that first trained it.
     pub recipe: String,
+    /// The phase: `teacher` (entries written before scratch students were cached have none) or `scratch student`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// Seed.
     pub seed: u64,
     /// [`data_fingerprint`] of the data it was trained on.
@@ -75,6 +82,31 @@ pub fn teacher_cache_key(
         "data": recipe.data,
         "data_fingerprint": data_fingerprint,
         "teacher": recipe.teacher,
+        "seed": seed,
+    });
+    sha256_hex(key.to_string().as_bytes())[..24].to_string()
+}
+
+/// Hash of everything that determines a trained scratch student: as [`teacher_cache_key`], with the student
+/// section in place of the teacher's (the scratch student never sees the teacher or the distill section), and
+/// whether the run is `--quick` (its latency protocol is the quick one).
+pub fn scratch_cache_key(
+    recipe: &Recipe,
+    seed: u64,
+    quick: bool,
+    plugin_identity: &str,
+    data_fingerprint: &str,
+) -> String {
+    let key = serde_json::json!({
+        "v": TEACHER_CACHE_VERSION,
+        "phase": "scratch",
+        "quick": quick,
+        "plugin": recipe.plugin,
+        "plugin_identity": plugin_identity,
+        "dataset": recipe.dataset,
+        "data": recipe.data,
+        "data_fingerprint": data_fingerprint,
+        "student": recipe.student,
         "seed": seed,
     });
     sha256_hex(key.to_string().as_bytes())[..24].to_string()
@@ -210,28 +242,46 @@ impl TeacherCache {
         })
     }
 
-    /// Looks up `key` and, on a hit, loads the teacher's weights into `net`.
-    pub fn load(&self, key: &str, net: &dyn Network, device: &candle_core::Device) -> Lookup {
+    /// Looks up `key` and, on a hit, loads the network's weights into `net` and copies the entry's per-example
+    /// test scores (if it has them) into `phase_dir`.
+    pub fn load(
+        &self,
+        key: &str,
+        net: &dyn Network,
+        device: &candle_core::Device,
+        phase_dir: &Path,
+    ) -> Lookup {
         let dir = self.entry_dir(key);
         if !dir.exists() {
             return Lookup::Miss;
         }
+        let examples = dir.join(crate::stats::EXAMPLES_FILE);
         let loaded = load_network(net, &dir.join(MODEL), device)
-            .and_then(|()| read_json::<PhaseResult>(&dir.join(RESULT)));
+            .and_then(|()| read_json::<PhaseResult>(&dir.join(RESULT)))
+            .and_then(|r| {
+                if examples.exists() {
+                    let scores: crate::stats::ExampleScores = read_json(&examples)?;
+                    fs::create_dir_all(phase_dir).map_err(|e| Error::io(phase_dir, e))?;
+                    write_json_atomic(&scores, &phase_dir.join(crate::stats::EXAMPLES_FILE))?;
+                }
+                Ok(r)
+            });
         match loaded {
             Ok(r) => Lookup::Hit(Box::new(r)),
             Err(e) => Lookup::Damaged(e.to_string()),
         }
     }
 
-    /// Stores a trained teacher under `key`: written into a temp directory, then renamed into place (a damaged
-    /// entry there is removed first). Call with the entry's lock held.
+    /// Stores a trained network under `key`, with the per-example test scores in `phase_dir` when there are
+    /// any: written into a temp directory, then renamed into place (a damaged entry there is removed first).
+    /// Call with the entry's lock held.
     pub fn store(
         &self,
         key: &str,
         net: &dyn Network,
         result: &PhaseResult,
         info: &EntryInfo,
+        phase_dir: &Path,
     ) -> Result<()> {
         let tmp = self.root.join(format!(".tmp-{key}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
@@ -239,6 +289,11 @@ impl TeacherCache {
             fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
             save_network(net, &tmp.join(MODEL))?;
             write_json_atomic(result, &tmp.join(RESULT))?;
+            let examples = phase_dir.join(crate::stats::EXAMPLES_FILE);
+            if examples.exists() {
+                let scores: crate::stats::ExampleScores = read_json(&examples)?;
+                write_json_atomic(&scores, &tmp.join(crate::stats::EXAMPLES_FILE))?;
+            }
             write_json_atomic(info, &tmp.join(ENTRY))
         })();
         if let Err(e) = written {
