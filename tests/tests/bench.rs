@@ -783,6 +783,7 @@ fn every_shipped_suite_checks() {
         }
     }
     suites.sort();
+    suites.push(root().join("bench/methods/all.toml"));
     let methods = suites
         .iter()
         .filter(|p| p.ends_with("methods.toml"))
@@ -791,8 +792,23 @@ fn every_shipped_suite_checks() {
         methods, 4,
         "a methods suite per classification domain: {suites:?}"
     );
+    // all.toml is the four together
+    let runs_of = |p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .filter(|l| *l == "[[run]]")
+            .count()
+    };
+    let per_domain: usize = suites
+        .iter()
+        .filter(|p| p.ends_with("methods.toml"))
+        .map(runs_of)
+        .sum();
+    assert_eq!(runs_of(suites.last().unwrap()), per_domain);
     for suite in &suites {
-        if models.is_none() && suite.to_string_lossy().contains("plugins/text/") {
+        let text = suite.to_string_lossy().contains("plugins/text/") || suite.ends_with("all.toml");
+        if models.is_none() && text {
             continue;
         }
         let mut cmd = distill_command(&root());
@@ -824,4 +840,74 @@ fn every_shipped_suite_checks() {
     .unwrap();
     let o = distill(tmp.path(), &["bench", "--check", "--suite", "bad.toml"]);
     expect_error(&o, &["bad-nst", "bad.toml", "`nst`"]);
+}
+
+/// A bench whose runs are named as the methods suites name them gets the methods table in its report:
+/// methods as rows, the domain as a column, each cell the run's KD gain with its paired interval, and
+/// its scratch twin trained once (the cache) for both methods of a seed.
+#[test]
+fn a_methods_bench_reports_the_methods_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    write_synthetic_mnist(&cwd.join("data"), 600, 100);
+    std::fs::write(cwd.join("r.toml"), tiny_recipe(1)).unwrap();
+    std::fs::write(
+        cwd.join("methods.toml"),
+        "seeds = [0, 1]\n\
+         [[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nname = \"methods-image-kd\"\n\n\
+         [[run]]\nrecipe = \"r.toml\"\n[run.overrides]\nname = \"methods-image-dist\"\n\
+         distill = { losses = [{ name = \"ce\", weight = 1.0 }, { name = \"dist\", weight = 1.0 }] }\n",
+    )
+    .unwrap();
+    let o = distill(
+        cwd,
+        &[
+            "bench",
+            "--data-dir",
+            "data",
+            "--cache-dir",
+            "cache",
+            "--quiet",
+            "--suite",
+            "methods.toml",
+            "--out",
+            "out",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(cwd.join("out/report.md")).unwrap();
+    let table = md
+        .split("## Methods table")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no methods table:\n{md}"));
+    assert!(table.contains("| method | image |"), "{table}");
+    let report = json(&cwd.join("out/report.json"));
+    for (row, run) in [("kd", 0), ("dist", 1)] {
+        let r = &report["runs"][run];
+        let i = &r["kd_gain_interval"];
+        let cell = format!(
+            "[{:+.4}, {:+.4}]",
+            i["lo"].as_f64().unwrap(),
+            i["hi"].as_f64().unwrap()
+        );
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row} |")))
+            .unwrap_or_else(|| panic!("no {row} row:\n{table}"));
+        assert!(line.contains(&cell), "{line} lacks {cell}");
+        // the second method's scratch twins came from the cache: the same figures as the first's
+        assert_eq!(
+            r["scratch"]["metric"],
+            report["runs"][0]["scratch"]["metric"]
+        );
+    }
+    let reused = (0..2)
+        .map(|s| {
+            json(&cwd.join(format!(
+                "out/methods-image-dist/seed-{s}/scratch/result.json"
+            )))["reused"]
+                == true
+        })
+        .all(|r| r);
+    assert!(reused, "the dist run reused both seeds' scratch students");
 }

@@ -11,6 +11,7 @@ mod data;
 mod dirs;
 mod export;
 mod latency_text;
+mod methods_table;
 mod ort;
 mod plots;
 mod plugins;

@@ -492,6 +492,13 @@ pub fn bench_markdown(report: &Report, plots: &Result<Vec<plots::Plot>, String>)
     let _ = writeln!(s, "## Cross-domain summary (headline figures)\n");
     s.push_str(&summary_table(report));
     let _ = writeln!(s);
+    if let Some(table) = crate::methods_table::methods_markdown(report) {
+        let _ = writeln!(
+            s,
+            "## Methods table: KD gain over the scratch twin, by method and domain\n"
+        );
+        s.push_str(&table);
+    }
     for domain in domains(report) {
         let _ = writeln!(s, "## {domain}\n");
         let _ = writeln!(
