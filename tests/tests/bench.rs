@@ -901,13 +901,11 @@ fn a_methods_bench_reports_the_methods_table() {
             report["runs"][0]["scratch"]["metric"]
         );
     }
-    let reused = (0..2)
-        .map(|s| {
-            json(&cwd.join(format!(
-                "out/methods-image-dist/seed-{s}/scratch/result.json"
-            )))["reused"]
-                == true
-        })
-        .all(|r| r);
+    let reused = (0..2).all(|s| {
+        json(&cwd.join(format!(
+            "out/methods-image-dist/seed-{s}/scratch/result.json"
+        )))["reused"]
+            == true
+    });
     assert!(reused, "the dist run reused both seeds' scratch students");
 }
