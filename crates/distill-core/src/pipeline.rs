@@ -496,7 +496,6 @@ pub fn run_recipe<P: Domain + ?Sized>(
             }
             None => train_scratch()?,
         };
-        drop(scratch);
 
         let student = plugin.build_network(&recipe.student.model, &student_ctx)?;
         load_pretrained(student.as_ref(), &recipe.student, "student", ctx, false)?;
@@ -516,6 +515,29 @@ pub fn run_recipe<P: Domain + ?Sized>(
             },
             &phase_spec(recipe, ctx, seed, Phase::Distilled, &seed_dir, hash),
         )?;
+        // the three phases timed again, together, in alternating rounds: the twins' latencies come from the
+        // same minutes of the machine, not each from the end of its own training
+        let (mut t_res, mut s_res, mut d_res) = (t_res, s_res, d_res);
+        let protocol = if ctx.quick {
+            crate::train::LatencyProtocol::QUICK
+        } else {
+            crate::train::LatencyProtocol::FULL
+        };
+        let nets = [teacher.network(), scratch.as_ref(), student.as_ref()];
+        let timed =
+            crate::train::measure_latency_together(&nets, task.as_ref(), &ctx.device, protocol)?;
+        for ((r, phase), latency) in [
+            (&mut t_res, Phase::Teacher),
+            (&mut s_res, Phase::Scratch),
+            (&mut d_res, Phase::Distilled),
+        ]
+        .into_iter()
+        .zip(timed)
+        {
+            r.latency_ms = latency;
+            write_json_atomic(&*r, &seed_dir.join(phase.name()).join(files::RESULT))?;
+        }
+        drop(scratch);
         if !ctx.quiet {
             eprintln!(
                 "[seed {seed}] {}: teacher {:.4} · scratch {:.4} · distilled {:.4}",

@@ -24,9 +24,9 @@ mod spec;
 
 use epoch::Epochs;
 pub use measure::{
-    measure_latency, measure_latency_with, median_p90, peak_rss_mb, release_free_memory,
-    reset_peak_rss, rss_mb, time_inputs, LatencyProtocol, PhaseMemory, BATCHES, LATENCY_PROTOCOL,
-    MEMORY_METHOD, REPS, WARMUP,
+    measure_latency, measure_latency_together, measure_latency_with, median_p90, peak_rss_mb,
+    release_free_memory, reset_peak_rss, rss_mb, time_inputs, LatencyProtocol, PhaseMemory,
+    BATCHES, LATENCY_PROTOCOL, MEMORY_METHOD, REPS, TOGETHER_ROUNDS, WARMUP,
 };
 pub use phase_files::{checkpoint_name, files};
 use phase_files::{

@@ -10,7 +10,9 @@
 //! `distill_nn::ops::parallelism` asks gemm for one thread there. The process's CPU time over the wall time of
 //! the timed passes is kept too ([`crate::report::Timing::cores_busy`]), so a report shows whether the
 //! one-thread figure really used one core (candle's own element-wise kernels over 64 Ki elements use a pool of
-//! candle's that no caller can narrow, and would show up there).
+//! candle's that no caller can narrow, and would show up there). A run times a seed's three phases again after
+//! the last has trained, together ([`measure_latency_together`]: rounds in which they take turns), and keeps
+//! those figures, so twins of one architecture are measured in the same minutes of the machine.
 //!
 //! **Memory** ([`PhaseMemory`], [`MEMORY_METHOD`]): glibc's `malloc` keeps freed memory (the allocator is tuned
 //! never to trim, see [`crate::runtime`]), so the process's resident size only grows and every phase would
@@ -63,8 +65,9 @@ impl Default for LatencyProtocol {
 
 /// The latency protocol in words, for reports.
 pub const LATENCY_PROTOCOL: &str = "per setting (batch 1 and batch 256; 1 thread and all cores): 3 untimed \
-     warm-up passes, then 30 timed passes back to back; median and 90th percentile of the 30, measured once per \
-     phase and seed after training, averaged over seeds; speed-up = ratio of medians";
+     warm-up passes, then 30 timed passes back to back; median and 90th percentile of the 30; after a seed's \
+     three phases have trained they are timed together, 3 rounds each taking turns (teacher, scratch, \
+     distilled), each figure the median of the rounds' medians; averaged over seeds; speed-up = ratio of medians";
 
 /// The memory method in words, for reports.
 pub const MEMORY_METHOD: &str = "peak RSS = the kernel's high-water mark (VmHWM), reset at the phase's start \
@@ -197,6 +200,73 @@ pub fn measure_latency_with(
     l.batch1 = l.batch(1, None).map_or(f64::NAN, |t| t.median_ms);
     l.batch256 = l.batch(256, None).map_or(f64::NAN, |t| t.median_ms);
     Ok(l)
+}
+
+/// Rounds of [`measure_latency_together`].
+pub const TOGETHER_ROUNDS: usize = 3;
+
+/// The latency of several networks on one task, measured together: [`TOGETHER_ROUNDS`] rounds, each timing
+/// every network in turn by `protocol`; each setting's figure is the median over rounds of the round's median
+/// (and of its 90th percentile), `reps` the timed passes of all rounds. A run times its three phases this way
+/// after its distilled student, so a scratch and a distilled twin of one architecture are timed in the same
+/// minutes of the machine (a load that comes and goes touches both) instead of each after its own training.
+pub fn measure_latency_together(
+    nets: &[&dyn Network],
+    task: &dyn Task,
+    device: &Device,
+    protocol: LatencyProtocol,
+) -> Result<Vec<Latency>> {
+    let load = load_avg();
+    let mut inputs: Vec<(usize, Option<String>, Tensor)> = Vec::new();
+    for b in BATCHES {
+        inputs.push((b, None, task.latency_input(b, device)?));
+    }
+    if let Some((name, x)) = task.latency_whole_input(device)? {
+        inputs.push((x.dim(0)?, Some(name), x));
+    }
+    let mut rounds: Vec<Vec<Vec<Timing>>> = vec![Vec::new(); nets.len()];
+    for _ in 0..TOGETHER_ROUNDS {
+        for (i, net) in nets.iter().enumerate() {
+            rounds[i].push(time_inputs(*net, &inputs, device, protocol)?);
+        }
+    }
+    let median = |mut v: Vec<f64>| median_p90_sorted(&mut v);
+    Ok(rounds
+        .into_iter()
+        .map(|per_round| {
+            let timings: Vec<Timing> = (0..per_round[0].len())
+                .map(|k| {
+                    let first = &per_round[0][k];
+                    let pick = |f: fn(&Timing) -> f64| {
+                        median(per_round.iter().map(|r| f(&r[k])).collect())
+                    };
+                    Timing {
+                        median_ms: pick(|t| t.median_ms),
+                        p90_ms: pick(|t| t.p90_ms),
+                        reps: per_round.iter().map(|r| r[k].reps).sum(),
+                        cores_busy: first
+                            .cores_busy
+                            .map(|_| pick(|t| t.cores_busy.unwrap_or(f64::NAN))),
+                        ..first.clone()
+                    }
+                })
+                .collect();
+            let mut l = Latency {
+                timings,
+                unit: Some(task.latency_unit().to_string()),
+                load_avg: load,
+                ..Latency::default()
+            };
+            l.batch1 = l.batch(1, None).map_or(f64::NAN, |t| t.median_ms);
+            l.batch256 = l.batch(256, None).map_or(f64::NAN, |t| t.median_ms);
+            l
+        })
+        .collect())
+}
+
+/// The median of `v` (sorted in place; NaN when empty).
+fn median_p90_sorted(v: &mut [f64]) -> f64 {
+    median_p90(v).0
 }
 
 /// Times `net` on each of `inputs` (items per pass, the input's name for a whole input, the tensor) by
@@ -451,6 +521,51 @@ mod tests {
         assert_eq!(l.batch1, l.batch(1, Some(all)).unwrap().median_ms);
         assert_eq!(l.batch256, l.batch(256, None).unwrap().median_ms);
         assert_eq!(l.batch(256, Some(1)).unwrap().threads, 1);
+        Ok(())
+    }
+
+    /// Networks timed together take turns, a whole round of settings each, and every setting of every
+    /// network gets the protocol's passes in every round.
+    #[test]
+    fn networks_timed_together_take_turns_round_by_round() -> Result<()> {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Logged(VarMap, usize, std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+        impl Network for Logged {
+            fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Outputs> {
+                self.2.lock().unwrap().push(self.1);
+                Ok(Outputs::logits(input.sum_keepdim(1)?))
+            }
+            fn varmap(&self) -> &VarMap {
+                &self.0
+            }
+            fn describe(&self) -> String {
+                format!("net {}", self.1)
+            }
+        }
+        let (a, b) = (
+            Logged(VarMap::new(), 0, log.clone()),
+            Logged(VarMap::new(), 1, log.clone()),
+        );
+        let ls =
+            measure_latency_together(&[&a, &b], &tiny(None), &Device::Cpu, LatencyProtocol::FULL)?;
+        assert_eq!(ls.len(), 2);
+        let per_round = 2 * 2 * (WARMUP + REPS); // batch 1 and 256, 1 thread and all cores
+        let calls = log.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2 * TOGETHER_ROUNDS * per_round);
+        for (i, block) in calls.chunks(per_round).enumerate() {
+            assert!(
+                block.iter().all(|&n| n == i % 2),
+                "block {i} is one network's round"
+            );
+        }
+        for l in &ls {
+            assert_eq!(l.timings.len(), 4);
+            assert!(l
+                .timings
+                .iter()
+                .all(|t| t.reps == TOGETHER_ROUNDS * REPS && t.median_ms > 0.0));
+            assert_eq!(l.batch256, l.batch(256, None).unwrap().median_ms);
+        }
         Ok(())
     }
 
