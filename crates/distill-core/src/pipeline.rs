@@ -246,11 +246,8 @@ fn phase_spec(
         label: format!("{phase} s{seed}"),
         recipe_hash: recipe_hash.to_string(),
         no_training: ctx.no_training,
-        latency: if ctx.quick {
-            crate::train::LatencyProtocol::QUICK
-        } else {
-            crate::train::LatencyProtocol::FULL
-        },
+        // timed after the seed's last phase, together with the others (run_recipe)
+        latency: crate::train::LatencyProtocol::LATER,
     }
 }
 

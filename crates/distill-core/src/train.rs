@@ -259,7 +259,12 @@ pub fn finish_phase(
         }
     }
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
-    let latency = measure_latency_with(net, task, &device, spec.latency)?;
+    // a run's phases are timed afterwards, together (LatencyProtocol::LATER)
+    let latency = if spec.latency.reps == 0 {
+        crate::report::Latency::default()
+    } else {
+        measure_latency_with(net, task, &device, spec.latency)?
+    };
     let result = PhaseResult {
         metric: eval.metric,
         best_val_epoch_metric: best_metric,

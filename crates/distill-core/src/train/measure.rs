@@ -55,6 +55,9 @@ impl LatencyProtocol {
     /// `--quick` runs (CI smoke runs, where a BERT teacher's 30 one-thread passes at batch 256 alone would
     /// take minutes): 1 untimed and 3 timed passes. Their reports say so; their latencies are smoke figures.
     pub const QUICK: Self = Self { warmup: 1, reps: 3 };
+    /// Not timed at the end of the phase: a run times its phases afterwards, together
+    /// ([`measure_latency_together`]).
+    pub const LATER: Self = Self { warmup: 0, reps: 0 };
 }
 
 impl Default for LatencyProtocol {
@@ -65,9 +68,9 @@ impl Default for LatencyProtocol {
 
 /// The latency protocol in words, for reports.
 pub const LATENCY_PROTOCOL: &str = "per setting (batch 1 and batch 256; 1 thread and all cores): 3 untimed \
-     warm-up passes, then 30 timed passes back to back; median and 90th percentile of the 30; after a seed's \
-     three phases have trained they are timed together, 3 rounds each taking turns (teacher, scratch, \
-     distilled), each figure the median of the rounds' medians; averaged over seeds; speed-up = ratio of medians";
+     warm-up passes, then 30 timed passes back to back; median and 90th percentile of the 30. After a seed's \
+     three phases have trained they are timed together: 3 rounds in which teacher, scratch and distilled take \
+     turns, each round 3 warm-up and 10 timed passes per setting; averaged over seeds; speed-up = ratio of medians";
 
 /// The memory method in words, for reports.
 pub const MEMORY_METHOD: &str = "peak RSS = the kernel's high-water mark (VmHWM), reset at the phase's start \
@@ -205,11 +208,12 @@ pub fn measure_latency_with(
 /// Rounds of [`measure_latency_together`].
 pub const TOGETHER_ROUNDS: usize = 3;
 
-/// The latency of several networks on one task, measured together: [`TOGETHER_ROUNDS`] rounds, each timing
-/// every network in turn by `protocol`; each setting's figure is the median over rounds of the round's median
-/// (and of its 90th percentile), `reps` the timed passes of all rounds. A run times its three phases this way
-/// after its distilled student, so a scratch and a distilled twin of one architecture are timed in the same
-/// minutes of the machine (a load that comes and goes touches both) instead of each after its own training.
+/// The latency of several networks on one task, measured together: [`TOGETHER_ROUNDS`] rounds in which the
+/// networks take turns, each round giving every setting of a network `protocol.warmup` untimed passes and its
+/// share of `protocol.reps` timed ones (10 of the 30); a setting's median and 90th percentile are those of all
+/// its timed passes. A run times its three phases this way after its distilled student, so a scratch and a
+/// distilled twin of one architecture are timed in the same minutes of the machine (a load that comes and goes
+/// touches both) instead of each after its own training.
 pub fn measure_latency_together(
     nets: &[&dyn Network],
     task: &dyn Task,
@@ -224,30 +228,47 @@ pub fn measure_latency_together(
     if let Some((name, x)) = task.latency_whole_input(device)? {
         inputs.push((x.dim(0)?, Some(name), x));
     }
-    let mut rounds: Vec<Vec<Vec<Timing>>> = vec![Vec::new(); nets.len()];
+    let round = LatencyProtocol {
+        warmup: protocol.warmup,
+        reps: protocol.reps.div_ceil(TOGETHER_ROUNDS),
+    };
+    // per network, per setting: every timed pass of every round, and each round's cores-busy figure
+    let mut samples: Vec<Vec<(Vec<f64>, Vec<f64>)>> = vec![Vec::new(); nets.len()];
     for _ in 0..TOGETHER_ROUNDS {
         for (i, net) in nets.iter().enumerate() {
-            rounds[i].push(time_inputs(*net, &inputs, device, protocol)?);
+            let timed = time_samples(*net, &inputs, device, round)?;
+            if samples[i].is_empty() {
+                samples[i] = vec![(Vec::new(), Vec::new()); timed.len()];
+            }
+            for (k, (ms, busy)) in timed.into_iter().enumerate() {
+                samples[i][k].0.extend(ms);
+                samples[i][k].1.extend(busy);
+            }
         }
     }
-    let median = |mut v: Vec<f64>| median_p90_sorted(&mut v);
-    Ok(rounds
+    let all = rayon::current_num_threads();
+    let settings: Vec<(usize, Option<String>, usize)> = inputs
+        .iter()
+        .flat_map(|(b, name, _)| [1, all].map(|t| (*b, name.clone(), t)))
+        .collect();
+    Ok(samples
         .into_iter()
-        .map(|per_round| {
-            let timings: Vec<Timing> = (0..per_round[0].len())
-                .map(|k| {
-                    let first = &per_round[0][k];
-                    let pick = |f: fn(&Timing) -> f64| {
-                        median(per_round.iter().map(|r| f(&r[k])).collect())
-                    };
+        .map(|per_setting| {
+            let timings = per_setting
+                .into_iter()
+                .zip(&settings)
+                .map(|((ms, busy), (batch, input, threads))| {
+                    let (median_ms, p90_ms) = median_p90(&ms);
                     Timing {
-                        median_ms: pick(|t| t.median_ms),
-                        p90_ms: pick(|t| t.p90_ms),
-                        reps: per_round.iter().map(|r| r[k].reps).sum(),
-                        cores_busy: first
-                            .cores_busy
-                            .map(|_| pick(|t| t.cores_busy.unwrap_or(f64::NAN))),
-                        ..first.clone()
+                        batch: *batch,
+                        input: input.clone(),
+                        threads: *threads,
+                        median_ms,
+                        p90_ms,
+                        reps: ms.len(),
+                        warmup: round.warmup,
+                        cores_busy: (!busy.is_empty())
+                            .then(|| busy.iter().sum::<f64>() / busy.len() as f64),
                     }
                 })
                 .collect();
@@ -264,9 +285,26 @@ pub fn measure_latency_together(
         .collect())
 }
 
-/// The median of `v` (sorted in place; NaN when empty).
-fn median_p90_sorted(v: &mut [f64]) -> f64 {
-    median_p90(v).0
+/// The timed passes (ms) and the cores-busy figure of each setting of [`time_inputs`], in its order.
+fn time_samples(
+    net: &dyn Network,
+    inputs: &[(usize, Option<String>, Tensor)],
+    device: &Device,
+    protocol: LatencyProtocol,
+) -> Result<Vec<(Vec<f64>, Option<f64>)>> {
+    let pool = one_thread_pool()?;
+    let all = rayon::current_num_threads();
+    let mut out = Vec::new();
+    for (_, _, x) in inputs {
+        for threads in [1, all] {
+            out.push(if threads == 1 {
+                pool.install(|| time_setting(net, x, device, protocol))?
+            } else {
+                time_setting(net, x, device, protocol)?
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Times `net` on each of `inputs` (items per pass, the input's name for a whole input, the tensor) by
@@ -278,30 +316,27 @@ pub fn time_inputs(
     device: &Device,
     protocol: LatencyProtocol,
 ) -> Result<Vec<Timing>> {
-    let pool = one_thread_pool()?;
     let all = rayon::current_num_threads();
-    let mut timings = Vec::new();
-    for (batch, input, x) in inputs {
-        for threads in [1, all] {
-            let (ms, cores_busy) = if threads == 1 {
-                pool.install(|| time_setting(net, x, device, protocol))?
-            } else {
-                time_setting(net, x, device, protocol)?
-            };
+    let settings = inputs
+        .iter()
+        .flat_map(|(batch, input, _)| [1, all].map(|threads| (*batch, input.clone(), threads)));
+    Ok(time_samples(net, inputs, device, protocol)?
+        .into_iter()
+        .zip(settings)
+        .map(|((ms, cores_busy), (batch, input, threads))| {
             let (median_ms, p90_ms) = median_p90(&ms);
-            timings.push(Timing {
-                batch: *batch,
-                input: input.clone(),
+            Timing {
+                batch,
+                input,
                 threads,
                 median_ms,
                 p90_ms,
                 reps: ms.len(),
                 warmup: protocol.warmup,
                 cores_busy,
-            });
-        }
-    }
-    Ok(timings)
+            }
+        })
+        .collect())
 }
 
 /// Resident memory figure `key` of this process from /proc/self/status, in MiB (0 where the OS has none).
@@ -549,7 +584,8 @@ mod tests {
         let ls =
             measure_latency_together(&[&a, &b], &tiny(None), &Device::Cpu, LatencyProtocol::FULL)?;
         assert_eq!(ls.len(), 2);
-        let per_round = 2 * 2 * (WARMUP + REPS); // batch 1 and 256, 1 thread and all cores
+        // batch 1 and 256, 1 thread and all cores; each round a third of the timed passes
+        let per_round = 2 * 2 * (WARMUP + REPS / TOGETHER_ROUNDS);
         let calls = log.lock().unwrap().clone();
         assert_eq!(calls.len(), 2 * TOGETHER_ROUNDS * per_round);
         for (i, block) in calls.chunks(per_round).enumerate() {
@@ -563,7 +599,7 @@ mod tests {
             assert!(l
                 .timings
                 .iter()
-                .all(|t| t.reps == TOGETHER_ROUNDS * REPS && t.median_ms > 0.0));
+                .all(|t| t.reps == REPS && t.median_ms > 0.0));
             assert_eq!(l.batch256, l.batch(256, None).unwrap().median_ms);
         }
         Ok(())
