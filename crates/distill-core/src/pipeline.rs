@@ -246,8 +246,6 @@ fn phase_spec(
         label: format!("{phase} s{seed}"),
         recipe_hash: recipe_hash.to_string(),
         no_training: ctx.no_training,
-        // timed after the seed's last phase, together with the others (run_recipe)
-        latency: crate::train::LatencyProtocol::LATER,
     }
 }
 

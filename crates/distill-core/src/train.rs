@@ -259,12 +259,6 @@ pub fn finish_phase(
         }
     }
     let bytes = crate::network::save_network(net, &dir.join(files::FINAL))?;
-    // a run's phases are timed afterwards, together (LatencyProtocol::LATER)
-    let latency = if spec.latency.reps == 0 {
-        crate::report::Latency::default()
-    } else {
-        measure_latency_with(net, task, &device, spec.latency)?
-    };
     let result = PhaseResult {
         metric: eval.metric,
         best_val_epoch_metric: best_metric,
@@ -274,7 +268,8 @@ pub fn finish_phase(
         params: crate::network::num_params(net),
         bytes,
         flops: net.flops(),
-        latency_ms: latency,
+        // a run times its phases afterwards, together (pipeline::run_recipe)
+        latency_ms: crate::report::Latency::default(),
         peak_rss_mb: peak_rss_mb(),
         rss_start_mb: PhaseMemory::latest().map(|m| m.start_mb),
         wall_s,

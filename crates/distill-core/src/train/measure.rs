@@ -55,9 +55,6 @@ impl LatencyProtocol {
     /// `--quick` runs (CI smoke runs, where a BERT teacher's 30 one-thread passes at batch 256 alone would
     /// take minutes): 1 untimed and 3 timed passes. Their reports say so; their latencies are smoke figures.
     pub const QUICK: Self = Self { warmup: 1, reps: 3 };
-    /// Not timed at the end of the phase: a run times its phases afterwards, together
-    /// ([`measure_latency_together`]).
-    pub const LATER: Self = Self { warmup: 0, reps: 0 };
 }
 
 impl Default for LatencyProtocol {
@@ -186,6 +183,19 @@ pub fn measure_latency_with(
     protocol: LatencyProtocol,
 ) -> Result<Latency> {
     let load = load_avg();
+    let inputs = latency_inputs(task, device)?;
+    Ok(latency_of(
+        time_inputs(net, &inputs, device, protocol)?,
+        task,
+        load,
+    ))
+}
+
+/// The inputs a task is timed on: batch 1 and batch 256 of [`Task::latency_input`], then its whole input if any.
+fn latency_inputs(
+    task: &dyn Task,
+    device: &Device,
+) -> Result<Vec<(usize, Option<String>, Tensor)>> {
     let mut inputs: Vec<(usize, Option<String>, Tensor)> = Vec::new();
     for b in BATCHES {
         inputs.push((b, None, task.latency_input(b, device)?));
@@ -193,16 +203,50 @@ pub fn measure_latency_with(
     if let Some((name, x)) = task.latency_whole_input(device)? {
         inputs.push((x.dim(0)?, Some(name), x));
     }
-    let timings = time_inputs(net, &inputs, device, protocol)?;
+    Ok(inputs)
+}
+
+/// The settings of `inputs` in timing order: (items per pass, whole input's name, threads), one thread then all
+/// cores for each input.
+fn settings(inputs: &[(usize, Option<String>, Tensor)]) -> Vec<(usize, Option<String>, usize)> {
+    let all = rayon::current_num_threads();
+    inputs
+        .iter()
+        .flat_map(|(b, name, _)| [1, all].map(|t| (*b, name.clone(), t)))
+        .collect()
+}
+
+/// One setting's [`Timing`] from its timed passes (ms) and cores-busy figure.
+fn timing(
+    setting: &(usize, Option<String>, usize),
+    ms: &[f64],
+    warmup: usize,
+    cores_busy: Option<f64>,
+) -> Timing {
+    let (median_ms, p90_ms) = median_p90(ms);
+    Timing {
+        batch: setting.0,
+        input: setting.1.clone(),
+        threads: setting.2,
+        median_ms,
+        p90_ms,
+        reps: ms.len(),
+        warmup,
+        cores_busy,
+    }
+}
+
+/// A [`Latency`] from its timings, with the batch-1 and batch-256 medians (all cores) pulled out.
+fn latency_of(timings: Vec<Timing>, task: &dyn Task, load_avg: Option<f64>) -> Latency {
     let mut l = Latency {
         timings,
         unit: Some(task.latency_unit().to_string()),
-        load_avg: load,
+        load_avg,
         ..Latency::default()
     };
     l.batch1 = l.batch(1, None).map_or(f64::NAN, |t| t.median_ms);
     l.batch256 = l.batch(256, None).map_or(f64::NAN, |t| t.median_ms);
-    Ok(l)
+    l
 }
 
 /// Rounds of [`measure_latency_together`].
@@ -221,13 +265,7 @@ pub fn measure_latency_together(
     protocol: LatencyProtocol,
 ) -> Result<Vec<Latency>> {
     let load = load_avg();
-    let mut inputs: Vec<(usize, Option<String>, Tensor)> = Vec::new();
-    for b in BATCHES {
-        inputs.push((b, None, task.latency_input(b, device)?));
-    }
-    if let Some((name, x)) = task.latency_whole_input(device)? {
-        inputs.push((x.dim(0)?, Some(name), x));
-    }
+    let inputs = latency_inputs(task, device)?;
     let round = LatencyProtocol {
         warmup: protocol.warmup,
         reps: protocol.reps.div_ceil(TOGETHER_ROUNDS),
@@ -246,41 +284,20 @@ pub fn measure_latency_together(
             }
         }
     }
-    let all = rayon::current_num_threads();
-    let settings: Vec<(usize, Option<String>, usize)> = inputs
-        .iter()
-        .flat_map(|(b, name, _)| [1, all].map(|t| (*b, name.clone(), t)))
-        .collect();
+    let settings = settings(&inputs);
     Ok(samples
         .into_iter()
         .map(|per_setting| {
             let timings = per_setting
-                .into_iter()
+                .iter()
                 .zip(&settings)
-                .map(|((ms, busy), (batch, input, threads))| {
-                    let (median_ms, p90_ms) = median_p90(&ms);
-                    Timing {
-                        batch: *batch,
-                        input: input.clone(),
-                        threads: *threads,
-                        median_ms,
-                        p90_ms,
-                        reps: ms.len(),
-                        warmup: round.warmup,
-                        cores_busy: (!busy.is_empty())
-                            .then(|| busy.iter().sum::<f64>() / busy.len() as f64),
-                    }
+                .map(|((ms, busy), setting)| {
+                    let busy =
+                        (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64);
+                    timing(setting, ms, round.warmup, busy)
                 })
                 .collect();
-            let mut l = Latency {
-                timings,
-                unit: Some(task.latency_unit().to_string()),
-                load_avg: load,
-                ..Latency::default()
-            };
-            l.batch1 = l.batch(1, None).map_or(f64::NAN, |t| t.median_ms);
-            l.batch256 = l.batch(256, None).map_or(f64::NAN, |t| t.median_ms);
-            l
+            latency_of(timings, task, load)
         })
         .collect())
 }
@@ -293,16 +310,17 @@ fn time_samples(
     protocol: LatencyProtocol,
 ) -> Result<Vec<(Vec<f64>, Option<f64>)>> {
     let pool = one_thread_pool()?;
-    let all = rayon::current_num_threads();
     let mut out = Vec::new();
-    for (_, _, x) in inputs {
-        for threads in [1, all] {
-            out.push(if threads == 1 {
-                pool.install(|| time_setting(net, x, device, protocol))?
-            } else {
-                time_setting(net, x, device, protocol)?
-            });
-        }
+    for (x, (_, _, threads)) in inputs
+        .iter()
+        .flat_map(|(_, _, x)| [x, x])
+        .zip(settings(inputs))
+    {
+        out.push(if threads == 1 {
+            pool.install(|| time_setting(net, x, device, protocol))?
+        } else {
+            time_setting(net, x, device, protocol)?
+        });
     }
     Ok(out)
 }
@@ -316,26 +334,10 @@ pub fn time_inputs(
     device: &Device,
     protocol: LatencyProtocol,
 ) -> Result<Vec<Timing>> {
-    let all = rayon::current_num_threads();
-    let settings = inputs
-        .iter()
-        .flat_map(|(batch, input, _)| [1, all].map(|threads| (*batch, input.clone(), threads)));
     Ok(time_samples(net, inputs, device, protocol)?
-        .into_iter()
-        .zip(settings)
-        .map(|((ms, cores_busy), (batch, input, threads))| {
-            let (median_ms, p90_ms) = median_p90(&ms);
-            Timing {
-                batch,
-                input,
-                threads,
-                median_ms,
-                p90_ms,
-                reps: ms.len(),
-                warmup: protocol.warmup,
-                cores_busy,
-            }
-        })
+        .iter()
+        .zip(settings(inputs))
+        .map(|((ms, busy), setting)| timing(&setting, ms, protocol.warmup, *busy))
         .collect())
 }
 

@@ -60,8 +60,6 @@ pub struct PhaseSpec {
     pub recipe_hash: String,
     /// Only read a finished phase back; an unfinished one is an error (`distill bench --collect`).
     pub no_training: bool,
-    /// How the phase's latency is measured after training ([`super::LatencyProtocol::QUICK`] for `--quick`).
-    pub latency: super::LatencyProtocol,
 }
 
 impl PhaseSpec {
