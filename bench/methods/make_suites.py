@@ -39,6 +39,7 @@ def methods(task, pairs):
         rows["pkt"] = [loss(task, 1.0), loss("pkt", 30000.0, student_feature=s, teacher_feature=t)]
         rows["sp"] = [loss(task, 1.0), loss("sp", 3000.0, student_feature=s, teacher_feature=t)]
         rows["rkd"] = [loss(task, 1.0), loss("rkd", 1.0, student_feature=s, teacher_feature=t)]
+        rows["crd"] = [loss(task, 1.0), loss("crd", 0.8, student_feature=s, teacher_feature=t)]
     hint = maps or pairs.get("hint")
     if hint:
         s, t = hint

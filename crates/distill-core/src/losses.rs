@@ -64,6 +64,12 @@ pub struct LossSpec {
     pub angle_weight: Option<f64>,
     /// VID's initial variance σ² (before training its log-scale).
     pub init_var: Option<f64>,
+    /// CRD's embedding width (both sides' projection heads map to it).
+    pub embed_dim: Option<usize>,
+    /// CRD's number of negatives drawn per batch from the memory bank.
+    pub negatives: Option<usize>,
+    /// CRD's memory momentum: a sample's row becomes `momentum · row + (1 − momentum) · embedding`.
+    pub momentum: Option<f64>,
     /// Free-form parameters for plugin losses.
     pub params: Option<toml::Table>,
 }
@@ -84,6 +90,9 @@ impl LossSpec {
             distance_weight: None,
             angle_weight: None,
             init_var: None,
+            embed_dim: None,
+            negatives: None,
+            momentum: None,
             params: None,
         }
     }
@@ -91,12 +100,13 @@ impl LossSpec {
 
 /// Names of the losses distill-core provides.
 pub const CORE_LOSSES: &[&str] = &[
-    "kd", "ce", "dkd", "hint", "at", "sp", "rkd", "pkt", "nst", "dist", "ls_kd", "vid",
+    "kd", "ce", "dkd", "hint", "at", "sp", "rkd", "pkt", "nst", "dist", "ls_kd", "vid", "crd",
 ];
 
 pub use distill_nn::loss::{
-    at_loss, ce_loss, dist_loss, dkd_loss, hint_loss, kd_loss, log_softmax, ls_kd_loss, nst_loss,
-    pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss, standardize_logits, vid_nll,
+    at_loss, ce_loss, crd_loss, crd_scores, dist_loss, dkd_loss, hint_loss, kd_loss, log_softmax,
+    ls_kd_loss, nst_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss, standardize_logits,
+    vid_nll, ContrastMemory, CrdConfig, VidRegressor, VID_EPS,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -480,78 +490,15 @@ impl DistillLoss for LsKd {
     }
 }
 
-/// Variational information distillation ([`vid_nll`]): a regressor (three bias-free 1×1 convolutions for
-/// maps, three linear maps otherwise, ReLU between, student width → teacher width → teacher width → teacher
-/// width, as RepDistiller's `VIDLoss(s, t, t)`) predicts the teacher feature's mean; a learned per-channel
-/// variance scores it. Parameters `regressor.{0,2,4}.weight` and `log_scale` live in the loss's [`VarMap`].
+/// Variational information distillation ([`vid_nll`]) through a [`VidRegressor`] (its three layers and
+/// learned variance in the loss's own [`VarMap`]).
 pub struct Vid {
     /// Student feature tap.
     pub student_feature: String,
     /// Teacher feature tap.
     pub teacher_feature: String,
-    layers: [Adapter; 3],
-    log_scale: Tensor,
-    width_dim: usize,
+    regressor: VidRegressor,
     varmap: VarMap,
-}
-
-/// VID's variance floor `eps` (RepDistiller's default).
-pub const VID_EPS: f64 = 1e-5;
-
-impl Vid {
-    /// The loss for features of layout `kind`, widths `student_width` → `teacher_width`; the regressor is
-    /// initialised from `seed` and the variance starts at `init_var`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        student_feature: &str,
-        teacher_feature: &str,
-        kind: FeatureKind,
-        student_width: usize,
-        teacher_width: usize,
-        init_var: f64,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
-        let varmap = VarMap::new();
-        let vb = distill_nn::init::seeded_var_builder(&varmap, seed, device);
-        let layer = |i: usize, from: usize| -> Result<Adapter> {
-            let vb = vb.pp(format!("regressor.{i}"));
-            Ok(match kind {
-                FeatureKind::Map | FeatureKind::Attention => Adapter::Conv(
-                    candle_nn::conv2d_no_bias(from, teacher_width, 1, Default::default(), vb)?,
-                ),
-                _ => Adapter::Linear(candle_nn::linear_no_bias(from, teacher_width, vb)?),
-            })
-        };
-        let layers = [
-            layer(0, student_width)?,
-            layer(2, teacher_width)?,
-            layer(4, teacher_width)?,
-        ];
-        let init = distill_nn::loss::vid_log_scale_init(init_var, VID_EPS);
-        let log_scale =
-            vb.get_with_hints(teacher_width, "log_scale", candle_nn::Init::Const(init))?;
-        Ok(Self {
-            student_feature: student_feature.to_string(),
-            teacher_feature: teacher_feature.to_string(),
-            layers,
-            log_scale,
-            width_dim: feature_width_dim(kind),
-            varmap,
-        })
-    }
-
-    /// The regressed mean of the teacher feature.
-    pub fn regress(&self, student_feat: &Tensor) -> Result<Tensor> {
-        let mut h = student_feat.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            if i > 0 {
-                h = h.relu()?;
-            }
-            h = layer.forward(&h)?;
-        }
-        Ok(h)
-    }
 }
 
 impl DistillLoss for Vid {
@@ -561,16 +508,43 @@ impl DistillLoss for Vid {
     fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
         let s = &student.feature(&self.student_feature)?.tensor;
         let t = &teacher.feature(&self.teacher_feature)?.tensor;
-        vid_nll(
-            &self.regress(s)?,
-            t,
-            &self.log_scale,
-            self.width_dim,
-            VID_EPS,
-        )
+        self.regressor.nll(s, t)
     }
     fn uses_features(&self) -> bool {
         true
+    }
+    fn varmap(&self) -> Option<&VarMap> {
+        Some(&self.varmap)
+    }
+}
+
+/// Contrastive representation distillation ([`crd_loss`]) on a feature pair (or the logits): the heads, memory
+/// banks and constants are a [`ContrastMemory`] in the loss's own [`VarMap`], so a checkpoint holds them.
+pub struct Crd {
+    /// Student feature tap (`None`: the logits).
+    pub student_feature: Option<String>,
+    /// Teacher feature tap (`None`: the logits).
+    pub teacher_feature: Option<String>,
+    memory: ContrastMemory,
+    varmap: VarMap,
+}
+
+impl DistillLoss for Crd {
+    fn name(&self) -> &str {
+        "crd"
+    }
+    fn compute(&self, student: &Outputs, teacher: &Outputs, batch: &Batch) -> Result<Tensor> {
+        let (s, t) = pair_inputs(
+            (&self.student_feature, &self.teacher_feature),
+            student,
+            teacher,
+        )?;
+        self.memory
+            .loss(s, t, &batch.indices)
+            .map_err(|e| Error::Shape(format!("loss `crd`: {e}")))
+    }
+    fn uses_features(&self) -> bool {
+        self.student_feature.is_some()
     }
     fn varmap(&self) -> Option<&VarMap> {
         Some(&self.varmap)
@@ -619,6 +593,14 @@ pub fn core_loss_options(name: &str) -> &'static [&'static str] {
         "dist" => &["temperature", "beta", "gamma"],
         "ls_kd" => &["temperature"],
         "vid" => &["student_feature", "teacher_feature", "init_var"],
+        "crd" => &[
+            "student_feature",
+            "teacher_feature",
+            "temperature",
+            "embed_dim",
+            "negatives",
+            "momentum",
+        ],
         _ => &[],
     }
 }
@@ -655,6 +637,9 @@ impl<'a> SpecCtx<'a> {
             ("distance_weight", s.distance_weight.is_some()),
             ("angle_weight", s.angle_weight.is_some()),
             ("init_var", s.init_var.is_some()),
+            ("embed_dim", s.embed_dim.is_some()),
+            ("negatives", s.negatives.is_some()),
+            ("momentum", s.momentum.is_some()),
             ("params", s.params.is_some()),
         ];
         let allowed = core_loss_options(self.name());
@@ -816,11 +801,14 @@ impl<'a> SpecCtx<'a> {
 /// initialised from `seed`. Defaults: `kd`/`dkd` temperature [`DEFAULT_TEMPERATURE`], DKD α/β
 /// [`DEFAULT_DKD_ALPHA`]/[`DEFAULT_DKD_BETA`], AT `p` [`DEFAULT_AT_P`], RKD weights
 /// [`DEFAULT_RKD_DISTANCE_WEIGHT`]/[`DEFAULT_RKD_ANGLE_WEIGHT`]. `spec.weight` is not applied here.
+/// `train_len` is the training split's size (CRD keeps a memory row per training sample; `None` where no
+/// data is loaded, e.g. `distill check`, builds a stand-in bank of one row).
 pub fn build_core_loss(
     spec: &LossSpec,
     student: &Outputs,
     teacher: &Outputs,
     seed: u64,
+    train_len: Option<usize>,
 ) -> Result<Option<Box<dyn DistillLoss>>> {
     if !CORE_LOSSES.contains(&spec.name.as_str()) {
         return Ok(None);
@@ -992,18 +980,76 @@ pub fn build_core_loss(
             cx.same_kind(sn, sf, tn, tf)?;
             let wd = feature_width_dim(sf.kind);
             let (sd, td) = (sf.tensor.dims(), tf.tensor.dims());
-            let loss = Vid::new(
-                sn,
-                tn,
-                sf.kind,
-                sd.get(wd).copied().unwrap_or(0),
-                td.get(wd).copied().unwrap_or(0),
+            let varmap = VarMap::new();
+            let regressor = VidRegressor::new(
+                &varmap,
+                matches!(sf.kind, FeatureKind::Map | FeatureKind::Attention),
+                (
+                    sd.get(wd).copied().unwrap_or(0),
+                    td.get(wd).copied().unwrap_or(0),
+                ),
+                wd,
                 init_var,
                 seed,
                 student.logits.device(),
             )?;
+            let loss = Vid {
+                student_feature: sn.to_string(),
+                teacher_feature: tn.to_string(),
+                regressor,
+                varmap,
+            };
             cx.try_once(&loss)?;
             Box::new(loss)
+        }
+        "crd" => {
+            let t = cx.positive(
+                "temperature",
+                spec.temperature,
+                CrdConfig::DEFAULT.temperature,
+            )?;
+            let momentum =
+                cx.non_negative("momentum", spec.momentum, CrdConfig::DEFAULT.momentum)?;
+            if momentum >= 1.0 {
+                return Err(cx.config(format!(
+                    "`momentum` must be < 1 (the memory would never move), got {momentum}"
+                )));
+            }
+            let config = CrdConfig {
+                embed_dim: spec.embed_dim.unwrap_or(CrdConfig::DEFAULT.embed_dim),
+                negatives: spec.negatives.unwrap_or(CrdConfig::DEFAULT.negatives),
+                temperature: t,
+                momentum,
+            };
+            for (field, v) in [
+                ("embed_dim", config.embed_dim),
+                ("negatives", config.negatives),
+            ] {
+                if v == 0 {
+                    return Err(cx.config(format!("`{field}` must be at least 1")));
+                }
+            }
+            if train_len == Some(0) {
+                return Err(cx.config("the training split is empty".to_string()));
+            }
+            let (student_feature, teacher_feature) = cx.features_or_logits()?;
+            let (s, t) = pair_inputs((&student_feature, &teacher_feature), student, teacher)?;
+            let width = |x: &Tensor| x.dims()[1..].iter().product::<usize>().max(1);
+            let varmap = VarMap::new();
+            let memory = ContrastMemory::new(
+                &varmap,
+                config,
+                (width(s), width(t)),
+                train_len.unwrap_or(1),
+                seed,
+                student.logits.device(),
+            )?;
+            Box::new(Crd {
+                student_feature,
+                teacher_feature,
+                memory,
+                varmap,
+            })
         }
         other => {
             return Err(Error::msg(format!(

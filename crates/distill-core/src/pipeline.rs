@@ -149,7 +149,8 @@ fn build_losses<P: Domain + ?Sized>(
             continue;
         }
         let loss_seed = Rng::derive(seed, &[&"loss", &i]).next_u64();
-        let loss = match build_core_loss(spec, &s_out, &t_out, loss_seed)
+        let train_len = ctx.task.map(|t| t.len(crate::Split::Train));
+        let loss = match build_core_loss(spec, &s_out, &t_out, loss_seed, train_len)
             .map_err(|e| Error::msg(format!("{where_}: {e}")))?
         {
             Some(l) => l,

@@ -4,15 +4,16 @@
 //!   re-implementation of each loss after its authors' code; every case is recomputed here in f32 and f64.
 //! * Every loss function's gradient with respect to the student input is checked against central finite
 //!   differences in f64, on every reference case; for the methods added with the methods table (PKT, NST,
-//!   DIST, logit standardisation, VID) the script also records its own central-difference gradient of its
+//!   DIST, logit standardisation, VID, CRD) the script also records its own central-difference gradient of its
 //!   numpy forward, which candle's autograd must match.
 
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use distill_core::losses::{
-    at_loss, build_core_loss, ce_loss, dist_loss, dkd_loss, hint_loss, kd_loss, log_softmax,
-    ls_kd_loss, nst_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss, vid_nll, LossSpec,
+    at_loss, build_core_loss, ce_loss, crd_loss, dist_loss, dkd_loss, hint_loss, kd_loss,
+    log_softmax, ls_kd_loss, nst_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss,
+    vid_nll, LossSpec,
 };
 use distill_core::{Batch, FeatureKind, Outputs, Result};
 use serde_json::Value;
@@ -38,6 +39,8 @@ const LOSS_FUNCTIONS: &[&str] = &[
     "ls_kd",
     "vid",
     "vid_log_scale",
+    "crd",
+    "crd_teacher",
 ];
 
 struct Case {
@@ -185,6 +188,26 @@ fn eval(
         "ls_kd" => ls_kd_loss(student, t(), case.param("t")),
         "vid" => vid_nll(student, t(), &input("log_scale"), 1, case.param("eps")),
         "vid_log_scale" => vid_nll(&input("mean"), t(), student, 1, case.param("eps")),
+        // the student's embedding varies; then the teacher's (its embedding head trains too)
+        "crd" | "crd_teacher" => {
+            let (e_s, e_t) = if case.loss == "crd" {
+                (student, t())
+            } else {
+                (t(), student)
+            };
+            crd_loss(
+                e_s,
+                e_t,
+                &input("pos_s"),
+                &input("pos_t"),
+                &input("neg_s"),
+                &input("neg_t"),
+                case.param("t"),
+                case.param("z_s"),
+                case.param("z_t"),
+                case.param("n_data") as usize,
+            )
+        }
         other => panic!("case {}: unknown loss `{other}`", case.name),
     }
 }
@@ -359,7 +382,16 @@ fn gradients_match_numpy_reference() {
         checked.insert(case.loss.as_str());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    for f in ["pkt", "nst", "dist", "ls_kd", "vid", "vid_log_scale"] {
+    for f in [
+        "pkt",
+        "nst",
+        "dist",
+        "ls_kd",
+        "vid",
+        "vid_log_scale",
+        "crd",
+        "crd_teacher",
+    ] {
         assert!(checked.contains(f), "no numpy gradient for `{f}`");
     }
 }
@@ -508,7 +540,7 @@ fn built_losses_match_the_reference() {
     let value = |name: &str| fx.cases.iter().find(|c| c.name == name).unwrap().value;
     let b = batch(&fx);
     let run = |spec: LossSpec| -> f64 {
-        let loss = build_core_loss(&spec, &student, &teacher, 7)
+        let loss = build_core_loss(&spec, &student, &teacher, 7, None)
             .unwrap()
             .unwrap_or_else(|| panic!("{} is a core loss", spec.name));
         assert_eq!(loss.name(), spec.name);
@@ -563,7 +595,7 @@ fn hint_adapter_receives_gradients() {
         .unwrap();
     let mut spec = LossSpec::named("hint");
     (spec.student_feature, spec.teacher_feature) = (Some("layer2".into()), Some("layer3".into()));
-    let loss = build_core_loss(&spec, &student, &teacher, 3)
+    let loss = build_core_loss(&spec, &student, &teacher, 3, None)
         .unwrap()
         .unwrap();
     assert!(loss.uses_features() && loss.uses_teacher());

@@ -6,10 +6,12 @@ use candle_core::{DType, Tensor};
 
 use crate::{Error, Result};
 
+mod crd;
 mod methods;
+pub use crd::{crd_loss, crd_scores, ContrastMemory, CrdConfig, CRD_EPS};
 pub use methods::{
     dist_loss, ls_kd_loss, nst_loss, pkt_loss, softplus, standardize_logits, vid_log_scale_init,
-    vid_nll, DIST_EPS, LS_EPS, PKT_EPS,
+    vid_nll, VidRegressor, DIST_EPS, LS_EPS, PKT_EPS, VID_EPS,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ fn kl_from_log_probs(log_p: &Tensor, log_q: &Tensor) -> Result<Tensor> {
 ///
 /// The squared norm is clamped (at eps²) *before* the square root, so an all-zero slice yields zeros with a
 /// finite (zero) gradient instead of `sqrt'(0) = ∞` times zero = NaN.
-fn l2_normalize(x: &Tensor, dim: usize) -> Result<Tensor> {
+pub fn l2_normalize(x: &Tensor, dim: usize) -> Result<Tensor> {
     let norm = x
         .sqr()?
         .sum_keepdim(dim)?

@@ -25,7 +25,7 @@ fn spec(name: &str, sf: Option<&str>, tf: Option<&str>) -> LossSpec {
 }
 
 fn build_err(spec: &LossSpec, s: &Outputs, t: &Outputs) -> String {
-    match build_core_loss(spec, s, t, 0) {
+    match build_core_loss(spec, s, t, 0, None) {
         Ok(_) => panic!("spec {spec:?} should be rejected"),
         Err(e) => {
             eprintln!("{}: {e}", spec.name);
@@ -37,7 +37,7 @@ fn build_err(spec: &LossSpec, s: &Outputs, t: &Outputs) -> String {
 #[test]
 fn non_core_names_are_left_to_plugins() {
     let o = outputs(&[]);
-    assert!(build_core_loss(&LossSpec::named("crf_kd"), &o, &o, 0)
+    assert!(build_core_loss(&LossSpec::named("crf_kd"), &o, &o, 0, None)
         .unwrap()
         .is_none());
 }
@@ -53,7 +53,7 @@ fn every_core_loss_builds_with_defaults() {
         } else {
             LossSpec::named(name)
         };
-        let loss = build_core_loss(&sp, &s, &t, 0).unwrap().unwrap();
+        let loss = build_core_loss(&sp, &s, &t, 0, None).unwrap().unwrap();
         assert_eq!(loss.name(), *name);
         assert_eq!(loss.uses_teacher(), *name != "ce");
         assert_eq!(loss.uses_features(), feature_loss);
@@ -99,53 +99,8 @@ fn new_methods_reject_wrong_options_and_shapes_naming_the_loss() {
     sp.init_var = Some(0.0);
     assert!(build_err(&sp, &s, &t).contains("`init_var`"));
     // PKT and VID take features of different widths
-    assert!(build_core_loss(&spec("pkt", Some("vec"), Some("map")), &s, &t, 0).is_ok());
-    assert!(build_core_loss(&spec("vid", Some("vec"), Some("vec")), &s, &t, 0).is_ok());
-}
-
-/// VID's regressor and log-scale are trainable (in the loss's own VarMap) and receive gradients; at the
-/// start the variance is `init_var`.
-#[test]
-fn vid_trains_its_regressor_and_variance() {
-    let dev = Device::Cpu;
-    let s = Outputs::logits(zeros(&[4, 10]))
-        .with_feature(
-            "f",
-            FeatureKind::Map,
-            Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &dev).unwrap(),
-        )
-        .unwrap();
-    let t = Outputs::logits(zeros(&[4, 10]))
-        .with_feature(
-            "f",
-            FeatureKind::Map,
-            Tensor::randn(0f32, 1.0, (4, 5, 2, 2), &dev).unwrap(),
-        )
-        .unwrap();
-    let mut sp = spec("vid", Some("f"), Some("f"));
-    sp.init_var = Some(3.0);
-    let loss = build_core_loss(&sp, &s, &t, 7).unwrap().unwrap();
-    let vars = loss.varmap().expect("vid owns parameters").all_vars();
-    assert_eq!(vars.len(), 4, "three regressor layers and the log-scale");
-    let data = loss.varmap().unwrap().data().lock().unwrap();
-    let scale = data["log_scale"].as_tensor().to_vec1::<f32>().unwrap();
-    assert_eq!(scale.len(), 5);
-    let var = (scale[0] as f64).exp().ln_1p() + VID_EPS;
-    assert!((var - 3.0).abs() < 1e-5, "initial variance {var}");
-    assert_eq!(data["regressor.0.weight"].as_tensor().dims(), &[5, 3, 1, 1]);
-    drop(data);
-    let batch = Batch {
-        inputs: zeros(&[4]),
-        targets: zeros(&[4]),
-        indices: vec![0, 1, 2, 3],
-    };
-    let grads = loss.compute(&s, &t, &batch).unwrap().backward().unwrap();
-    for v in &vars {
-        let g = grads
-            .get(v.as_tensor())
-            .expect("a gradient for every VID parameter");
-        assert!(val(&g.abs().unwrap().sum_all().unwrap()) > 0.0);
-    }
+    assert!(build_core_loss(&spec("pkt", Some("vec"), Some("map")), &s, &t, 0, None).is_ok());
+    assert!(build_core_loss(&spec("vid", Some("vec"), Some("vec")), &s, &t, 0, None).is_ok());
 }
 
 #[test]
@@ -240,7 +195,7 @@ fn at_rejects_mismatched_spatial_sizes_and_non_maps() {
     assert!(e.contains("emb") && e.contains("Vector"), "{e}");
     // channels may differ
     let t = outputs(&[("layer3", FeatureKind::Map, &[4, 32, 8, 8])]);
-    assert!(build_core_loss(&spec("at", Some("layer2"), Some("layer3")), &s, &t, 0).is_ok());
+    assert!(build_core_loss(&spec("at", Some("layer2"), Some("layer3")), &s, &t, 0, None).is_ok());
 }
 
 #[test]
@@ -286,7 +241,7 @@ fn hint_adapter_exists_only_when_widths_differ() -> Result<()> {
         ("seq", "seq", true, vec![12, 8]),
         ("map", "map3", false, vec![]),
     ] {
-        let loss = build_core_loss(&spec("hint", Some(sf), Some(tf)), &s, &t, 1)?.unwrap();
+        let loss = build_core_loss(&spec("hint", Some(sf), Some(tf)), &s, &t, 1, None)?.unwrap();
         assert_eq!(loss.varmap().is_some(), adapter, "{sf} -> {tf}");
         if let Some(vm) = loss.varmap() {
             let data = vm.data().lock().unwrap();
@@ -311,4 +266,53 @@ fn hint_adapter_exists_only_when_widths_differ() -> Result<()> {
     assert_eq!(w(5), w(5));
     assert_ne!(w(5), w(6));
     Ok(())
+}
+
+/// A recipe's CRD keys its memory by the batch's sample indices, and an index beyond the training split is
+/// refused naming the loss (the state itself is tested with `distill_nn::loss::ContrastMemory`).
+#[test]
+fn crd_reads_the_batch_indices() {
+    let s = outputs(&[("f", FeatureKind::Vector, &[4, 8])]);
+    let mut sp = spec("crd", Some("f"), Some("f"));
+    sp.negatives = Some(5);
+    let loss = build_core_loss(&sp, &s, &s, 3, Some(10)).unwrap().unwrap();
+    assert!(loss.uses_features() && loss.varmap().is_some());
+    let batch = |indices: Vec<usize>| Batch {
+        inputs: zeros(&[4]),
+        targets: zeros(&[4]),
+        indices,
+    };
+    assert!(val(&loss.compute(&s, &s, &batch(vec![0, 9, 4, 2])).unwrap()) > 0.0);
+    let e = loss
+        .compute(&s, &s, &batch(vec![0, 10, 4, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("crd") && e.contains("10 samples"), "{e}");
+}
+
+#[test]
+fn crd_options_are_checked_once() {
+    let s = outputs(&[("f", FeatureKind::Vector, &[4, 8])]);
+    for (field, apply) in [
+        (
+            "momentum",
+            (|sp: &mut LossSpec| sp.momentum = Some(1.0)) as fn(&mut LossSpec),
+        ),
+        ("negatives", |sp: &mut LossSpec| sp.negatives = Some(0)),
+        ("embed_dim", |sp: &mut LossSpec| sp.embed_dim = Some(0)),
+        ("temperature", |sp: &mut LossSpec| {
+            sp.temperature = Some(0.0)
+        }),
+    ] {
+        let mut sp = spec("crd", Some("f"), Some("f"));
+        apply(&mut sp);
+        let e = build_err(&sp, &s, &s);
+        assert!(e.contains("crd") && e.contains(field), "{e}");
+    }
+    let mut sp = LossSpec::named("crd");
+    sp.init_var = Some(1.0);
+    let e = build_err(&sp, &s, &s);
+    assert!(e.contains("init_var") && e.contains("negatives"), "{e}");
+    let e = build_err(&spec("crd", Some("f"), None), &s, &s);
+    assert!(e.contains("crd") && e.contains("neither"), "{e}");
 }

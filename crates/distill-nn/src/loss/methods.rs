@@ -1,5 +1,5 @@
 //! The methods KD papers compare against, beyond the classic ones in [`super`]: PKT, NST, DIST, logit
-//! standardisation and VID's likelihood. Each follows its authors' published PyTorch code (named in its doc);
+//! standardisation and VID's likelihood (CRD is in its own module). Each follows its authors' published PyTorch code (named in its doc);
 //! `crates/distill-core/tests/fixtures/losses/make_reference.py` re-implements them in float64 numpy for the
 //! reference tests.
 
@@ -210,4 +210,80 @@ pub fn vid_nll(
 /// the inverse of softplus).
 pub fn vid_log_scale_init(init_var: f64, eps: f64) -> f64 {
     ((init_var - eps).exp() - 1.0).ln()
+}
+
+/// VID's variance floor `eps` (RepDistiller's default).
+pub const VID_EPS: f64 = 1e-5;
+
+/// VID's trainable part (RepDistiller's `VIDLoss(s, t, t)`): a regressor of three bias-free layers (1×1
+/// convolutions for maps, linear maps otherwise, ReLU between; student width → teacher width → teacher width
+/// → teacher width) predicts the teacher feature's mean, and a learned per-channel variance scores it
+/// ([`vid_nll`]). Parameters `regressor.{0,2,4}.weight` and `log_scale`, in the [`candle_nn::VarMap`] given to
+/// [`VidRegressor::new`].
+pub struct VidRegressor {
+    layers: Vec<Box<dyn candle_core::Module + Send + Sync>>,
+    log_scale: Tensor,
+    width_dim: usize,
+}
+
+impl VidRegressor {
+    /// The regressor for widths `(student, teacher)` in dimension `width_dim` of the features (`maps`: 1×1
+    /// convolutions), its layers initialised from `seed` and its variance starting at `init_var`.
+    pub fn new(
+        varmap: &candle_nn::VarMap,
+        maps: bool,
+        widths: (usize, usize),
+        width_dim: usize,
+        init_var: f64,
+        seed: u64,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let vb = crate::init::seeded_var_builder(varmap, seed, device);
+        let tw = widths.1;
+        let mut layers: Vec<Box<dyn candle_core::Module + Send + Sync>> = Vec::new();
+        for (i, from) in [(0, widths.0), (2, tw), (4, tw)] {
+            let vb = vb.pp(format!("regressor.{i}"));
+            layers.push(if maps {
+                Box::new(candle_nn::conv2d_no_bias(
+                    from,
+                    tw,
+                    1,
+                    Default::default(),
+                    vb,
+                )?)
+            } else {
+                Box::new(candle_nn::linear_no_bias(from, tw, vb)?)
+            });
+        }
+        let init = candle_nn::Init::Const(vid_log_scale_init(init_var, VID_EPS));
+        let log_scale = vb.get_with_hints(tw, "log_scale", init)?;
+        Ok(Self {
+            layers,
+            log_scale,
+            width_dim,
+        })
+    }
+
+    /// The regressed mean of the teacher feature.
+    pub fn regress(&self, student_feat: &Tensor) -> Result<Tensor> {
+        let mut h = student_feat.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                h = h.relu()?;
+            }
+            h = layer.forward(&h)?;
+        }
+        Ok(h)
+    }
+
+    /// VID's loss of a feature pair: [`vid_nll`] of the regressed mean.
+    pub fn nll(&self, student_feat: &Tensor, teacher_feat: &Tensor) -> Result<Tensor> {
+        vid_nll(
+            &self.regress(student_feat)?,
+            teacher_feat,
+            &self.log_scale,
+            self.width_dim,
+            VID_EPS,
+        )
+    }
 }

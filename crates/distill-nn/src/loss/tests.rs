@@ -104,3 +104,37 @@ fn shape_mismatches_are_errors_naming_both_shapes() {
     assert!(kd_loss(&a, &a, 0.0).is_err());
     assert!(at_loss(&zeros(&[2, 3, 4, 4]), &zeros(&[2, 3, 4, 4]), -1.0).is_err());
 }
+
+/// VID's regressor and log-scale are trainable (in the given VarMap) and receive gradients; at the start the
+/// variance is `init_var`; maps get 1×1 convolutions of the right shapes.
+#[test]
+fn vid_trains_its_regressor_and_variance() {
+    let dev = Device::Cpu;
+    let s = Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &dev).unwrap();
+    let t = Tensor::randn(0f32, 1.0, (4, 5, 2, 2), &dev).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vid = VidRegressor::new(&varmap, true, (3, 5), 1, 3.0, 7, &dev).unwrap();
+    let vars = varmap.all_vars();
+    assert_eq!(vars.len(), 4, "three regressor layers and the log-scale");
+    let data = varmap.data().lock().unwrap();
+    let scale = data["log_scale"].as_tensor().to_vec1::<f32>().unwrap();
+    assert_eq!(scale.len(), 5);
+    let var = (scale[0] as f64).exp().ln_1p() + VID_EPS;
+    assert!((var - 3.0).abs() < 1e-5, "initial variance {var}");
+    assert_eq!(data["regressor.0.weight"].as_tensor().dims(), &[5, 3, 1, 1]);
+    assert_eq!(data["regressor.4.weight"].as_tensor().dims(), &[5, 5, 1, 1]);
+    drop(data);
+    let grads = vid.nll(&s, &t).unwrap().backward().unwrap();
+    for v in &vars {
+        let g = grads
+            .get(v.as_tensor())
+            .expect("a gradient for every VID parameter");
+        assert!(val(&g.abs().unwrap().sum_all().unwrap()) > 0.0);
+    }
+    let vecs = candle_nn::VarMap::new();
+    let vid = VidRegressor::new(&vecs, false, (3, 5), 1, 5.0, 7, &dev).unwrap();
+    let out = vid
+        .regress(&Tensor::zeros((2, 3), DType::F32, &dev).unwrap())
+        .unwrap();
+    assert_eq!(out.dims(), &[2, 5]);
+}

@@ -149,6 +149,7 @@ mod depthwise;
 mod linear;
 mod norm;
 mod pool;
+mod rows;
 mod softmax;
 #[cfg(test)]
 mod tests;
@@ -159,4 +160,5 @@ pub use depthwise::*;
 pub use linear::*;
 pub use norm::*;
 pub use pool::*;
+pub use rows::*;
 pub use softmax::*;

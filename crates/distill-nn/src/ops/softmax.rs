@@ -273,3 +273,73 @@ impl CustomOp2 for SoftmaxGrad {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// softplus sum
+// ---------------------------------------------------------------------------------------------------------
+
+/// `Σ softplus(a·x + b)` over every element of `x`, as one node (CRD's noise-contrastive terms over a
+/// `[B, K]` score matrix, which composed ops would walk a dozen times): `None` unless `x` is `f32` on the
+/// CPU (the caller then composes it). The gradient is `a · sigmoid(a·x + b)` times the incoming one.
+pub fn softplus_sum(x: &Tensor, a: f64, b: f64) -> Result<Option<Tensor>> {
+    if !fast(&[x]) {
+        return Ok(None);
+    }
+    Ok(Some(
+        x.contiguous()?.apply_op1(SoftplusSum(a as f32, b as f32))?,
+    ))
+}
+
+/// `softplus(z) = max(z, 0) + ln(1 + e^−|z|)`, without overflow.
+fn softplus_f32(z: f32) -> f32 {
+    z.max(0.0) + (-z.abs()).exp().ln_1p()
+}
+
+struct SoftplusSum(f32, f32);
+
+impl candle_core::CustomOp1 for SoftplusSum {
+    fn name(&self) -> &'static str {
+        "distill-softplus-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "softplus_sum")?;
+        let (a, b) = (self.0, self.1);
+        let total: f64 = x
+            .par_chunks(16 * 1024)
+            .map(|c| {
+                c.iter()
+                    .map(|&v| softplus_f32(a * v + b) as f64)
+                    .sum::<f64>()
+            })
+            .sum();
+        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = grad.to_scalar::<f32>()?;
+        Ok(Some(
+            x.apply_op1_no_bwd(&SoftplusSumGrad(self.0, self.1, g))?,
+        ))
+    }
+}
+
+/// `g · a · sigmoid(a·x + b)`, elementwise.
+struct SoftplusSumGrad(f32, f32, f32);
+
+impl candle_core::CustomOp1 for SoftplusSumGrad {
+    fn name(&self) -> &'static str {
+        "distill-softplus-sum-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "softplus_sum gradient")?;
+        let (a, b, g) = (self.0, self.1, self.2);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16 * 1024)
+            .zip(x.par_chunks(16 * 1024))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = g * a / (1.0 + (-(a * v + b)).exp());
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}

@@ -735,3 +735,26 @@ fn gemm_runs_on_one_thread_inside_a_one_thread_pool() {
         gemm::Parallelism::None => assert_eq!(n, 1),
     }
 }
+
+/// The fused softplus sum equals the composed `max(z, 0) + ln(1 + e^−|z|)` summed, value and gradient,
+/// including scores far out on both sides (no overflow).
+#[test]
+fn fused_softplus_sum_matches_the_composed_ops() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (37, 300), &dev)? * 20.0)?)?;
+    for (a, b) in [(1.0, 0.0), (1.0 / 0.07, -3.5), (-14.0, 2.0)] {
+        let fused = softplus_sum(x.as_tensor(), a, b)?.expect("f32 on the CPU takes the fused op");
+        let z = x.as_tensor().affine(a, b)?;
+        let composed = (z.relu()? + z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?.sum_all()?;
+        let (fv, cv) = (fused.to_scalar::<f32>()?, composed.to_scalar::<f32>()?);
+        assert!(
+            (fv - cv).abs() <= 1e-5 * cv.abs().max(1.0),
+            "a {a}: {fv} vs {cv}"
+        );
+        let gf = fused.backward()?.get(x.as_tensor()).unwrap().clone();
+        let gc = composed.backward()?.get(x.as_tensor()).unwrap().clone();
+        close(&gf, &gc, 1e-5);
+    }
+    assert!(softplus_sum(&Tensor::zeros(3, candle_core::DType::F64, &dev)?, 1.0, 0.0)?.is_none());
+    Ok(())
+}
