@@ -256,6 +256,10 @@ fn check_lists_every_loss_with_its_options() {
         ("vid", "student_feature, teacher_feature, init_var"),
         ("pkt", "student_feature, teacher_feature"),
         ("nst", "student_feature, teacher_feature"),
+        (
+            "crd",
+            "student_feature, teacher_feature, temperature, embed_dim, negatives, momentum",
+        ),
     ] {
         assert!(
             s.lines()
