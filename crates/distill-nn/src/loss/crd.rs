@@ -70,7 +70,8 @@ fn crd_side(
     let c = k_pn + CRD_EPS;
     let shift = -(z * c).ln();
     let s_pos = (v * pos)?.sum_keepdim(1)?;
-    let s_neg = v.matmul(&neg.t()?)?;
+    // the fused linear: no gradient is formed for the (untracked) memory rows
+    let s_neg = crate::ops::linear(v, &neg.contiguous()?, None, false)?;
     let total = (softplus_sum(&s_pos, -1.0 / t, -shift)? + softplus_sum(&s_neg, 1.0 / t, shift)?)?;
     Ok(total.affine(1.0 / b as f64, -(k as f64) * (k_pn / c).ln())?)
 }
