@@ -371,17 +371,43 @@ pub fn rkd_distance_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     smooth_l1(&normalized_pdist(&s)?, &normalized_pdist(&t)?)
 }
 
-/// `[N, N, N]` cosines `⟨e_ij, e_ik⟩` of the unit difference vectors `e_ij = normalize(x_j − x_i)`.
+/// `[N, N, N]` cosines `⟨e_ij, e_ik⟩` of the unit difference vectors `e_ij = normalize(x_j − x_i)`, from the
+/// `N × N` Gram matrix `G` of the batch-centred rows (angles of differences do not move with the centre):
+/// `⟨x_j − x_i, x_k − x_i⟩ = G_jk − G_ij − G_ik + G_ii` and `|x_j − x_i|² = G_ii + G_jj − 2 G_ij`. That is
+/// `O(N³ + N²·D)` instead of forming `[N, N, D]` differences and an `N³·D` product. A pair whose squared
+/// distance is below `100 ε` (the dtype's epsilon) of `G_ii + G_jj` counts as a zero difference, whose unit
+/// vector `F.normalize` makes zero: its cosines are 0, as in the authors' code.
 fn rkd_angles(x: &Tensor) -> Result<Tensor> {
-    let diff = x.unsqueeze(0)?.broadcast_sub(&x.unsqueeze(1)?)?;
-    let e = l2_normalize(&diff, 2)?;
-    Ok(e.matmul(&e.transpose(1, 2)?.contiguous()?)?)
+    let n = x.dim(0)?;
+    let x = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    let g = x.matmul(&x.t()?)?;
+    let r = x.sqr()?.sum_keepdim(1)?; // G_ii, [N, 1]
+    let sum_r = r.broadcast_add(&r.t()?)?;
+    let sq = (&sum_r - g.affine(2.0, 0.0)?)?.relu()?;
+    let eps = match x.dtype() {
+        DType::F64 => f64::EPSILON,
+        _ => f32::EPSILON as f64,
+    };
+    let valid = sq
+        .gt(&sum_r.affine(100.0 * eps, 0.0)?)?
+        .to_dtype(x.dtype())?;
+    // 1 where the pair is a zero difference, so the division stays finite; its cosines are masked to 0
+    let m = (sq.maximum(NORM_EPS * NORM_EPS)?.sqrt()? * &valid)?
+        .broadcast_add(&valid.affine(-1.0, 1.0)?)?;
+    let num = g
+        .unsqueeze(0)?
+        .broadcast_sub(&g.unsqueeze(2)?)?
+        .broadcast_sub(&g.unsqueeze(1)?)?
+        .broadcast_add(&r.reshape((n, 1, 1))?)?;
+    let den = m.unsqueeze(2)?.broadcast_mul(&m.unsqueeze(1)?)?;
+    let mask = valid.unsqueeze(2)?.broadcast_mul(&valid.unsqueeze(1)?)?;
+    Ok((num / den)?.mul(&mask)?)
 }
 
 /// RKD angle loss (Park et al., CVPR 2019): smooth-L1 (mean over all `N³` triplets) between the student's
 /// and teacher's angle tensors `cos ∠(x_j − x_i, x_k − x_i)` (zero where a difference vector is zero).
 ///
-/// Inputs are `[N, *]` (flattened to `[N, D]`; widths may differ). Memory is `O(N² · D)`.
+/// Inputs are `[N, *]` (flattened to `[N, D]`; widths may differ). Memory is `O(N³)`.
 pub fn rkd_angle_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     const F: &str = "rkd_angle_loss";
     check_batch(F, student, teacher)?;

@@ -138,3 +138,50 @@ fn vid_trains_its_regressor_and_variance() {
         .unwrap();
     assert_eq!(out.dims(), &[2, 5]);
 }
+
+/// The RKD angles from the Gram matrix equal the direct `[N, N, D]` unit differences (the authors' form), on
+/// rows far from the origin (centring keeps f32 accurate) and with a duplicated row (its cosines are 0).
+#[test]
+fn rkd_angles_from_the_gram_matrix_equal_the_direct_form() {
+    let dev = Device::Cpu;
+    let mut x = (Tensor::randn(0f64, 1.0, (16, 50), &dev).unwrap() + 30.0).unwrap();
+    let rows: Vec<Tensor> = (0..16)
+        .map(|i| x.get(if i == 5 { 2 } else { i }).unwrap())
+        .collect();
+    x = Tensor::stack(&rows, 0).unwrap();
+    let direct = {
+        let diff = x
+            .unsqueeze(0)
+            .unwrap()
+            .broadcast_sub(&x.unsqueeze(1).unwrap())
+            .unwrap();
+        let e = l2_normalize(&diff, 2).unwrap();
+        e.matmul(&e.transpose(1, 2).unwrap().contiguous().unwrap())
+            .unwrap()
+    };
+    for dtype in [DType::F64, DType::F32] {
+        let got = rkd_angles(&x.to_dtype(dtype).unwrap()).unwrap();
+        let err = (got.to_dtype(DType::F64).unwrap() - &direct)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
+        assert!(val(&err) < tol, "{dtype:?}: max error {}", val(&err));
+    }
+    // the duplicate pair (2, 5): zero difference, zero cosines, as F.normalize gives
+    let a = rkd_angles(&x).unwrap();
+    assert_eq!(
+        val(&a
+            .get(2)
+            .unwrap()
+            .get(5)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()),
+        0.0
+    );
+}
