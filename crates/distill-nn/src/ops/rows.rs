@@ -6,8 +6,9 @@ use crate::{Error, Result};
 
 /// Overwrites rows `rows` of the `[N, D]` variable `var` with the rows of `src` (`[rows.len(), D]`), leaving
 /// the others as they are. On the CPU (f32, contiguous) the rows are written in place; elsewhere the variable
-/// is rebuilt with `index_add` and set. Nothing is recorded for autograd. A row listed twice gets its last
-/// value.
+/// is rebuilt with `index_add` and set. Nothing is recorded for autograd. `rows` are meant to be
+/// distinct (a batch's samples): a row listed twice gets its last value on the CPU path, the sum of both
+/// changes on the other.
 pub fn set_rows(var: &Var, rows: &[usize], src: &Tensor) -> Result<()> {
     let (n, d) = var.dims2().map_err(|_| {
         Error::Shape(format!(
@@ -60,16 +61,11 @@ impl InplaceOp2 for SetRows<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(dst), CpuStorage::F32(src)) = (s1, s2) else {
-            candle_core::bail!("set_rows: f32 storage expected")
-        };
-        let (Some((d0, _)), Some((s0, _))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("set_rows: contiguous tensors expected")
-        };
+        let dst = crate::optim::param_slice(s1, l1, "set_rows")?;
+        let src = super::f32_slice(s2, l2, "set_rows")?;
         let d = self.d;
-        for (i, &r) in self.rows.iter().enumerate() {
-            dst[d0 + r * d..d0 + (r + 1) * d].copy_from_slice(&src[s0 + i * d..s0 + (i + 1) * d]);
+        for (&r, row) in self.rows.iter().zip(src.chunks(d)) {
+            dst[r * d..(r + 1) * d].copy_from_slice(row);
         }
         Ok(())
     }
