@@ -766,15 +766,26 @@ mod tests {
     }
 
     /// The reports committed under docs/results/, written before runs carried their revision, time, command
-    /// and copy mark, still load and render.
+    /// and copy mark, still load and render. The run records (`run.json`) beside them and
+    /// the seeds' working folders are skipped.
     #[test]
     fn committed_reports_still_load() {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             for e in std::fs::read_dir(dir).unwrap().flatten() {
                 let p = e.path();
                 if p.is_dir() {
-                    walk(&p, out);
-                } else if p.extension().is_some_and(|x| x == "json") {
+                    // seed-*/ under a bench's output are its runs' working files (git ignores them).
+                    if !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+                    {
+                        walk(&p, out);
+                    }
+                } else if p.extension().is_some_and(|x| x == "json")
+                    && p.file_name()
+                        .is_some_and(|n| n != distill_core::run_record::RUN_FILE)
+                {
+                    // run.json beside a report is the run's record (its recipe and hash), not a report.
                     out.push(p);
                 }
             }
