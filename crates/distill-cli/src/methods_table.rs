@@ -39,58 +39,98 @@ fn rank(method: &str) -> (usize, String) {
     )
 }
 
-/// The table (one per setting present: all training data, low data) as markdown; `None` when the report has no
-/// methods-table runs.
-pub fn methods_markdown(report: &Report) -> Option<String> {
+/// One setting's table (all training data, or the low-data runs): its domains (columns), its methods (rows,
+/// in the fixed order) and the runs that fill its cells.
+pub struct MethodsGrid<'a> {
+    /// Students on a fraction of the training split (the `-low` runs).
+    pub low: bool,
+    pub domains: Vec<String>,
+    pub methods: Vec<String>,
+    /// `(method, domain)` to its run.
+    pub cells: BTreeMap<(String, String), &'a RunReport>,
+}
+
+impl MethodsGrid<'_> {
+    /// The heading of this setting's table and plot.
+    pub fn title(&self) -> &'static str {
+        if self.low {
+            "Students on a fraction of the training split (runs ending in -low)"
+        } else {
+            "All training data"
+        }
+    }
+
+    /// Each domain's method with the largest mean gain (ties: the first in row order).
+    pub fn best(&self) -> BTreeMap<&String, &String> {
+        let mut best: BTreeMap<&String, (&String, f64)> = BTreeMap::new();
+        for m in &self.methods {
+            for d in &self.domains {
+                let Some(r) = self.cells.get(&(m.clone(), d.clone())) else {
+                    continue;
+                };
+                let g = kd_gain_stat(r).mean;
+                if g.is_finite() && best.get(d).is_none_or(|(_, b)| g > *b) {
+                    best.insert(d, (m, g));
+                }
+            }
+        }
+        best.into_iter().map(|(d, (m, _))| (d, m)).collect()
+    }
+}
+
+/// The report's methods-table runs, one grid per setting present (all data first); empty when it has none.
+pub fn grids(report: &Report) -> Vec<MethodsGrid<'_>> {
     let mut runs: BTreeMap<bool, BTreeMap<(String, String), &RunReport>> = BTreeMap::new();
     for r in &report.runs {
         if let Some((domain, method, low)) = parse_name(&r.recipe) {
             runs.entry(low).or_default().insert((method, domain), r);
         }
     }
-    if runs.is_empty() {
+    runs.into_iter()
+        .map(|(low, cells)| {
+            let domains: BTreeSet<String> = cells.keys().map(|(_, d)| d.clone()).collect();
+            let mut methods: Vec<String> = cells
+                .keys()
+                .map(|(m, _)| m.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            methods.sort_by_key(|m| rank(m));
+            MethodsGrid {
+                low,
+                domains: domains.into_iter().collect(),
+                methods,
+                cells,
+            }
+        })
+        .collect()
+}
+
+/// The table (one per setting present: all training data, low data) as markdown; `None` when the report has no
+/// methods-table runs.
+pub fn methods_markdown(report: &Report) -> Option<String> {
+    let grids = grids(report);
+    if grids.is_empty() {
         return None;
     }
     let mut s = String::new();
-    for (low, cells) in &runs {
-        let domains: BTreeSet<&String> = cells.keys().map(|(_, d)| d).collect();
-        let mut methods: Vec<&String> = cells
-            .keys()
-            .map(|(m, _)| m)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        methods.sort_by_key(|m| rank(m));
+    for g in &grids {
         // the largest mean gain of each column, starred when its interval excludes 0
-        let mut best: BTreeMap<&String, (&String, f64)> = BTreeMap::new();
-        for ((m, d), r) in cells {
-            let g = kd_gain_stat(r).mean;
-            if g.is_finite() && best.get(d).is_none_or(|(_, b)| g > *b) {
-                best.insert(d, (m, g));
-            }
-        }
-        let _ = writeln!(
-            s,
-            "### {}\n",
-            if *low {
-                "Students on a fraction of the training split (runs ending in -low)"
-            } else {
-                "All training data"
-            }
-        );
+        let best = g.best();
+        let _ = writeln!(s, "### {}\n", g.title());
         let _ = write!(s, "| method |");
-        for d in &domains {
+        for d in &g.domains {
             let _ = write!(s, " {d} |");
         }
         let _ = write!(s, "\n|---|");
-        for _ in &domains {
+        for _ in &g.domains {
             let _ = write!(s, "---|");
         }
         let _ = writeln!(s);
         for (label, pick) in [("teacher", 0), ("scratch twin", 1)] {
             let _ = write!(s, "| *{label}* |");
-            for d in &domains {
-                let any = cells.iter().find(|((_, dd), _)| dd == *d).map(|(_, r)| *r);
+            for d in &g.domains {
+                let any = g.cells.iter().find(|((_, dd), _)| dd == d).map(|(_, r)| *r);
                 let cell = any.map(|r| {
                     let p = if pick == 0 { &r.teacher } else { &r.scratch };
                     format!("{} {:.4}", r.metric.name, p.metric.mean)
@@ -99,12 +139,12 @@ pub fn methods_markdown(report: &Report) -> Option<String> {
             }
             let _ = writeln!(s);
         }
-        for m in &methods {
+        for m in &g.methods {
             let _ = write!(s, "| {m} |");
-            for d in &domains {
-                let cell = match cells.get(&((*m).clone(), (*d).clone())) {
+            for d in &g.domains {
+                let cell = match g.cells.get(&(m.clone(), d.clone())) {
                     None => "n/a".to_string(),
-                    Some(r) => cell(r, best.get(d).is_some_and(|(bm, _)| bm == m)),
+                    Some(r) => cell(r, best.get(d).is_some_and(|bm| *bm == m)),
                 };
                 let _ = write!(s, " {cell} |");
             }
@@ -138,11 +178,11 @@ fn cell(r: &RunReport, best: bool) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use distill_core::report::Stat;
 
-    fn run(name: &str, gains: &[f64], interval: Option<(f64, f64)>) -> RunReport {
+    pub(crate) fn run(name: &str, gains: &[f64], interval: Option<(f64, f64)>) -> RunReport {
         let phase = |v: &[f64]| {
             serde_json::json!({
                 "metric": Stat::of(v), "extra": {}, "params": 10, "bytes": 40, "flops": 0,

@@ -1,7 +1,7 @@
 //! The plots of a bench report, each written as SVG and PNG (plotters; the PNG is drawn into an RGB buffer
 //! and encoded with the `image` crate the workspace already uses): metric vs parameters per domain (a
 //! Pareto view of teacher, scratch and distilled students), training curves per run, and KD gain per run
-//! with error bars.
+//! with error bars, and the methods table as a forest plot (gain and interval per method, a panel per domain).
 //!
 //! Text needs a TrueType font: `$DISTILL_FONT`, else the first of a few usual system fonts (DejaVu Sans,
 //! Liberation Sans, ...), else any `.ttf` under /usr/share/fonts. Without one no plot is drawn and the report
@@ -22,6 +22,7 @@ use plotters::{
     style::{register_font, FontStyle},
 };
 
+use crate::methods_table::{grids, MethodsGrid};
 use crate::stats::{kd_gain_stat, noise_floor, standard_error};
 
 /// A plot written as `<stem>.svg` and `<stem>.png` under the plots dir.
@@ -576,6 +577,128 @@ fn kd_gain<DB: DrawingBackend>(
     Ok(())
 }
 
+/// A method's row in a forest panel: y slot, mean gain, 95 % interval, whether the interval excludes 0.
+type ForestRow = (i32, f64, Option<(f64, f64)>, bool);
+
+/// The methods table as a forest plot: one panel per domain, a row per method, its mean KD gain with the 95 %
+/// paired interval as a whisker; filled when the interval excludes 0 (green above, red below), hollow grey
+/// within noise, and a vertical line at 0. Each panel has its own scale: gains are in each domain's metric.
+fn methods_forest<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    grid: &MethodsGrid,
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(e)?;
+    let root = root
+        .titled(
+            &format!(
+                "KD gain by method, 95 % paired interval ({})",
+                if grid.low { "low data" } else { "all data" }
+            ),
+            ("sans-serif", 18),
+        )
+        .map_err(e)?;
+    let n = grid.methods.len() as i32;
+    let panels = root.split_evenly((1, grid.domains.len().max(1)));
+    for (panel, domain) in panels.iter().zip(&grid.domains) {
+        // rows top to bottom in table order: method i sits at n - 1 - i
+        let rows: Vec<ForestRow> = grid
+            .methods
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let r = grid.cells.get(&(m.clone(), domain.clone()))?;
+                let g = kd_gain_stat(r).mean;
+                let iv = r.kd_gain_interval.as_ref();
+                Some((
+                    n - 1 - i as i32,
+                    g,
+                    iv.map(|i| (i.lo, i.hi)),
+                    iv.is_some_and(|i| i.beyond_noise()),
+                ))
+            })
+            .filter(|(_, g, _, _)| g.is_finite())
+            .collect();
+        let lo = rows
+            .iter()
+            .map(|(_, g, iv, _)| iv.map_or(*g, |(l, _)| l))
+            .fold(0.0f64, f64::min);
+        let hi = rows
+            .iter()
+            .map(|(_, g, iv, _)| iv.map_or(*g, |(_, h)| h))
+            .fold(0.0f64, f64::max);
+        let (lo, hi) = pad(lo, hi, 0.002);
+        let scratch = grid
+            .cells
+            .iter()
+            .find(|((_, d), _)| d == domain)
+            .map(|(_, r)| format!(" (scratch {:.4})", r.scratch.metric.mean))
+            .unwrap_or_default();
+        let names = grid.methods.clone();
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{domain}{scratch}"), ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lo..hi, (0..(n - 1).max(1)).into_segmented())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(names.len().max(1))
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => names
+                    .get((n - 1 - *i) as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => String::new(),
+            })
+            .x_labels(4)
+            .x_label_formatter(&|v| format!("{:+.3}", if v.abs() < 1e-12 { 0.0 } else { *v }))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Last)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(e)?;
+        let color = |g: f64, beyond: bool| match (beyond, g > 0.0) {
+            (true, true) => RGBColor(0x1a, 0x98, 0x50),
+            (true, false) => RGBColor(0xd7, 0x30, 0x27),
+            _ => RGBColor(0x80, 0x80, 0x80),
+        };
+        chart
+            .draw_series(rows.iter().filter_map(|&(y, g, iv, beyond)| {
+                let (l, h) = iv?;
+                Some(ErrorBar::new_horizontal(
+                    SegmentValue::CenterOf(y),
+                    l,
+                    g,
+                    h,
+                    color(g, beyond).stroke_width(2),
+                    10,
+                ))
+            }))
+            .map_err(e)?;
+        chart
+            .draw_series(rows.iter().map(|&(y, g, _, beyond)| {
+                let c = color(g, beyond);
+                Circle::new(
+                    (g, SegmentValue::CenterOf(y)),
+                    5,
+                    if beyond {
+                        c.filled()
+                    } else {
+                        c.stroke_width(2)
+                    },
+                )
+            }))
+            .map_err(e)?;
+    }
+    Ok(())
+}
+
 macro_rules! draw_both {
     ($dir:expr, $stem:expr, $size:expr, $f:ident ( $($arg:expr),* )) => {{
         let svg = $dir.join(format!("{}.svg", $stem));
@@ -628,6 +751,18 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<Plot>, String> {
         title: "KD gain per run".into(),
         stem,
     });
+    for grid in grids(report) {
+        let stem = format!("methods{}", if grid.low { "-low" } else { "" });
+        let size = (
+            (60 + 300 * grid.domains.len() as u32).max(720),
+            110 + 30 * grid.methods.len() as u32,
+        );
+        draw_both!(dir, stem, size, methods_forest(&grid));
+        plots.push(Plot {
+            title: format!("Methods table: {}", grid.title().to_lowercase()),
+            stem,
+        });
+    }
     for run in &report.runs {
         let stem = format!("curves-{}", slug(&run.recipe));
         draw_both!(dir, stem, (1100, 440), curves(run));
@@ -651,6 +786,56 @@ mod tests {
             (human(1_276_810.0), human(2_000_000.0), human(12_730.0)),
             ("1.28M".into(), "2M".into(), "12.73k".into())
         );
+    }
+
+    /// The methods plot has a panel per domain, a point per method there, filled only beyond noise, and
+    /// one file per setting.
+    #[test]
+    fn the_methods_plot_marks_gains_beyond_noise() {
+        use crate::methods_table::tests::run;
+        if let Err(why) = font() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "no font under CI=true: {why}"
+            );
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let report = Report::new(
+            vec![
+                run("methods-audio-kd", &[0.02, 0.03], Some((0.01, 0.04))),
+                run("methods-audio-dist", &[0.01, 0.0], Some((-0.01, 0.03))),
+                run("methods-graph-kd", &[-0.02, -0.03], Some((-0.04, -0.01))),
+                run("methods-audio-kd-low", &[0.1, 0.12], Some((0.05, 0.15))),
+            ],
+            None,
+        );
+        let dir = std::env::temp_dir().join(format!("distill-methods-plot-{}", std::process::id()));
+        let plots = draw_all(&report, &dir).unwrap();
+        let stems: Vec<&str> = plots.iter().map(|p| p.stem.as_str()).collect();
+        assert!(
+            stems.contains(&"methods") && stems.contains(&"methods-low"),
+            "{stems:?}"
+        );
+        let svg = std::fs::read_to_string(dir.join("methods.svg")).unwrap();
+        assert!(svg.contains("audio (scratch 0.5000)") && svg.contains("graph (scratch 0.5000)"));
+        // filled points only for the two gains beyond noise: audio kd (green) and graph kd (red); audio dist
+        // is within noise, drawn hollow and grey
+        let filled: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<circle") && !l.contains(r#"fill="none""#))
+            .collect();
+        assert_eq!(filled.len(), 2, "{filled:?}");
+        assert!(
+            filled.iter().any(|l| l.contains(r##"fill="#1A9850""##)),
+            "{filled:?}"
+        );
+        assert!(
+            filled.iter().any(|l| l.contains(r##"fill="#D73027""##)),
+            "{filled:?}"
+        );
+        assert!(svg.contains(r##"fill="none" stroke="#808080""##), "{svg}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
