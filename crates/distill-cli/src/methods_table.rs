@@ -177,35 +177,38 @@ fn cell(r: &RunReport, best: bool) -> String {
     }
 }
 
+/// A run with the given per-seed KD gains over a scratch accuracy of 0.5 and an optional interval (tests of the
+/// table and its plot).
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use distill_core::report::Stat;
-
-    pub(crate) fn run(name: &str, gains: &[f64], interval: Option<(f64, f64)>) -> RunReport {
-        let phase = |v: &[f64]| {
-            serde_json::json!({
-                "metric": Stat::of(v), "extra": {}, "params": 10, "bytes": 40, "flops": 0,
-                "latency_ms": { "batch1": 1.0, "batch256": 2.0 }, "peak_rss_mb": 1.0, "wall_s": 3.0, "curves": []
-            })
-        };
-        let scratch = vec![0.5; gains.len()];
-        let distilled: Vec<f64> = gains.iter().map(|g| 0.5 + g).collect();
-        let mut v = serde_json::json!({
-            "plugin": "p", "recipe": name, "dataset": "d", "quick": false,
-            "seeds": (0..gains.len()).collect::<Vec<_>>(),
-            "metric": { "name": "accuracy", "higher_is_better": true },
-            "teacher": phase(&[0.9]), "scratch": phase(&scratch), "distilled": phase(&distilled),
-            "derived": { "compression": 0.9, "speedup": 2.0, "speedup_batch1": 1.0, "retention": 0.9, "kd_gain": 0.0 },
-            "recipe_toml": ""
+pub(crate) fn sample_run(name: &str, gains: &[f64], interval: Option<(f64, f64)>) -> RunReport {
+    let phase = |v: &[f64]| {
+        serde_json::json!({
+            "metric": distill_core::report::Stat::of(v), "extra": {}, "params": 10, "bytes": 40, "flops": 0,
+            "latency_ms": { "batch1": 1.0, "batch256": 2.0 }, "peak_rss_mb": 1.0, "wall_s": 3.0, "curves": []
+        })
+    };
+    let scratch = vec![0.5; gains.len()];
+    let distilled: Vec<f64> = gains.iter().map(|g| 0.5 + g).collect();
+    let mut v = serde_json::json!({
+        "plugin": "p", "recipe": name, "dataset": "d", "quick": false,
+        "seeds": (0..gains.len()).collect::<Vec<_>>(),
+        "metric": { "name": "accuracy", "higher_is_better": true },
+        "teacher": phase(&[0.9]), "scratch": phase(&scratch), "distilled": phase(&distilled),
+        "derived": { "compression": 0.9, "speedup": 2.0, "speedup_batch1": 1.0, "retention": 0.9, "kd_gain": 0.0 },
+        "recipe_toml": ""
+    });
+    if let Some((lo, hi)) = interval {
+        v["kd_gain_interval"] = serde_json::json!({
+            "lo": lo, "hi": hi, "seeds": gains.len(), "examples": 100, "resamples": 2000
         });
-        if let Some((lo, hi)) = interval {
-            v["kd_gain_interval"] = serde_json::json!({
-                "lo": lo, "hi": hi, "seeds": gains.len(), "examples": 100, "resamples": 2000
-            });
-        }
-        serde_json::from_value(v).unwrap()
     }
+    serde_json::from_value(v).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_run as run;
+    use super::*;
 
     #[test]
     fn names_parse_into_domain_method_and_setting() {

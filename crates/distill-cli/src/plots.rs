@@ -792,7 +792,7 @@ mod tests {
     /// one file per setting.
     #[test]
     fn the_methods_plot_marks_gains_beyond_noise() {
-        use crate::methods_table::tests::run;
+        use crate::methods_table::sample_run as run;
         if let Err(why) = font() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
