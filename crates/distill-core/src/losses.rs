@@ -101,12 +101,14 @@ impl LossSpec {
 /// Names of the losses distill-core provides.
 pub const CORE_LOSSES: &[&str] = &[
     "kd", "ce", "dkd", "hint", "at", "sp", "rkd", "pkt", "nst", "dist", "ls_kd", "vid", "crd",
+    "ofd",
 ];
 
 pub use distill_nn::loss::{
     at_loss, ce_loss, crd_loss, crd_scores, dist_loss, dkd_loss, hint_loss, kd_loss, log_softmax,
-    ls_kd_loss, nst_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss, standardize_logits,
-    vid_nll, ContrastMemory, CrdConfig, VidRegressor, VID_EPS,
+    ls_kd_loss, nst_loss, ofd_loss, ofd_margin, pkt_loss, rkd_angle_loss, rkd_distance_loss,
+    sp_loss, standardize_logits, vid_nll, ContrastMemory, CrdConfig, OfdConnector, VidRegressor,
+    VID_EPS,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -551,6 +553,34 @@ impl DistillLoss for Crd {
     }
 }
 
+/// OFD ([`ofd_loss`]) on pre-ReLU features through an [`OfdConnector`] (its weights and the margins in the
+/// loss's own [`VarMap`]).
+pub struct Ofd {
+    /// Student feature tap.
+    pub student_feature: String,
+    /// Teacher feature tap.
+    pub teacher_feature: String,
+    connector: OfdConnector,
+    varmap: VarMap,
+}
+
+impl DistillLoss for Ofd {
+    fn name(&self) -> &str {
+        "ofd"
+    }
+    fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
+        let s = &student.feature(&self.student_feature)?.tensor;
+        let t = &teacher.feature(&self.teacher_feature)?.tensor;
+        self.connector.loss(s, t)
+    }
+    fn uses_features(&self) -> bool {
+        true
+    }
+    fn varmap(&self) -> Option<&VarMap> {
+        Some(&self.varmap)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Building losses from specs
 // ---------------------------------------------------------------------------------------------------------
@@ -593,6 +623,7 @@ pub fn core_loss_options(name: &str) -> &'static [&'static str] {
         "dist" => &["temperature", "beta", "gamma"],
         "ls_kd" => &["temperature"],
         "vid" => &["student_feature", "teacher_feature", "init_var"],
+        "ofd" => &["student_feature", "teacher_feature"],
         "crd" => &[
             "student_feature",
             "teacher_feature",
@@ -1051,6 +1082,26 @@ pub fn build_core_loss(
                 varmap,
             })
         }
+        "ofd" => {
+            let (sn, sf, tn, tf) = cx.features()?;
+            cx.same_kind(sn, sf, tn, tf)?;
+            let (sd, td) = (sf.tensor.dims(), tf.tensor.dims());
+            if !matches!(sd.len(), 2 | 4) || sd.len() != td.len() || sd[2..] != td[2..] {
+                return Err(cx.shape(format!(
+                    "needs vectors [B, C] or maps [B, C, H, W] of the same H and W on both sides, got \
+                     `{sn}` {sd:?} and `{tn}` {td:?}"
+                )));
+            }
+            let varmap = VarMap::new();
+            let connector =
+                OfdConnector::new(&varmap, (sd[1], td[1]), seed, student.logits.device())?;
+            Box::new(Ofd {
+                student_feature: sn.to_string(),
+                teacher_feature: tn.to_string(),
+                connector,
+                varmap,
+            })
+        }
         other => {
             return Err(Error::msg(format!(
                 "loss `{other}` is listed in CORE_LOSSES but has no builder"
@@ -1059,6 +1110,3 @@ pub fn build_core_loss(
     };
     Ok(Some(loss))
 }
-
-#[cfg(test)]
-mod tests;

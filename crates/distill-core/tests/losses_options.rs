@@ -1,5 +1,9 @@
-use super::*;
-use candle_core::DType;
+//! The core losses as a recipe builds them: option checks, the one-line errors naming the loss, feature
+//! lookups and shapes (moved out of `src/` to keep distill-core's source small; it uses the public API only).
+
+use candle_core::{DType, Device, Tensor};
+use distill_core::losses::*;
+use distill_core::{Batch, FeatureKind, Outputs, Result};
 
 fn val(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
@@ -47,7 +51,7 @@ fn every_core_loss_builds_with_defaults() {
     let s = outputs(&[("feat", FeatureKind::Map, &[4, 3, 4, 4])]);
     let t = outputs(&[("feat", FeatureKind::Map, &[4, 6, 4, 4])]);
     for name in CORE_LOSSES {
-        let feature_loss = matches!(*name, "hint" | "at" | "sp" | "nst" | "vid");
+        let feature_loss = matches!(*name, "hint" | "at" | "sp" | "nst" | "vid" | "ofd");
         let sp = if feature_loss {
             spec(name, Some("feat"), Some("feat"))
         } else {
@@ -315,4 +319,56 @@ fn crd_options_are_checked_once() {
     assert!(e.contains("init_var") && e.contains("negatives"), "{e}");
     let e = build_err(&spec("crd", Some("f"), None), &s, &s);
     assert!(e.contains("crd") && e.contains("neither"), "{e}");
+}
+
+/// OFD needs both taps, the same kind on both sides (vectors, or maps of one spatial size) and takes no
+/// option; each mistake is one line naming the loss. A built OFD trains its connector on the taps.
+#[test]
+fn ofd_checks_its_taps_and_takes_no_options() {
+    let s = outputs(&[
+        ("v", FeatureKind::Vector, &[4, 8]),
+        ("m", FeatureKind::Map, &[4, 3, 5, 5]),
+    ]);
+    let t = outputs(&[
+        ("v", FeatureKind::Vector, &[4, 6]),
+        ("m", FeatureKind::Map, &[4, 2, 4, 4]),
+    ]);
+    let one_line = |e: String| {
+        assert!(!e.contains('\n') && e.contains("ofd"), "{e}");
+        e
+    };
+    let e = one_line(build_err(&spec("ofd", Some("v"), None), &s, &t));
+    assert!(e.contains("teacher_feature"), "{e}");
+    let e = one_line(build_err(&spec("ofd", Some("v"), Some("m")), &s, &t));
+    assert!(e.contains("Vector") && e.contains("Map"), "{e}");
+    let e = one_line(build_err(&spec("ofd", Some("m"), Some("m")), &s, &t));
+    assert!(
+        e.contains("[4, 3, 5, 5]") && e.contains("[4, 2, 4, 4]"),
+        "{e}"
+    );
+    let mut sp = spec("ofd", Some("v"), Some("v"));
+    sp.temperature = Some(2.0);
+    let e = one_line(build_err(&sp, &s, &t));
+    assert!(e.contains("temperature"), "{e}");
+    let loss = build_core_loss(&spec("ofd", Some("v"), Some("v")), &s, &t, 0, None)
+        .unwrap()
+        .unwrap();
+    let vm = loss.varmap().expect("ofd keeps its connector in a VarMap");
+    let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+    for n in [
+        "connector.0.weight",
+        "connector.1.weight",
+        "margin",
+        "state",
+    ] {
+        assert!(names.iter().any(|k| k == n), "{names:?}");
+    }
+    let batch = Batch {
+        inputs: zeros(&[4, 1]),
+        targets: Tensor::zeros(4, DType::U32, &Device::Cpu).unwrap(),
+        indices: vec![0, 1, 2, 3],
+    };
+    let v = loss.compute(&s, &t, &batch).unwrap();
+    assert_eq!(v.rank(), 0);
+    assert!(v.to_scalar::<f32>().unwrap().is_finite());
 }

@@ -4,7 +4,7 @@
 //!   re-implementation of each loss after its authors' code; every case is recomputed here in f32 and f64.
 //! * Every loss function's gradient with respect to the student input is checked against central finite
 //!   differences in f64, on every reference case; for the methods added with the methods table (PKT, NST,
-//!   DIST, logit standardisation, VID, CRD) the script also records its own central-difference gradient of its
+//!   DIST, logit standardisation, VID, CRD, OFD) the script also records its own central-difference gradient of its
 //!   numpy forward, which candle's autograd must match.
 
 use std::collections::BTreeMap;
@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, Var};
 use distill_core::losses::{
     at_loss, build_core_loss, ce_loss, crd_loss, dist_loss, dkd_loss, hint_loss, kd_loss,
-    log_softmax, ls_kd_loss, nst_loss, pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss,
-    vid_nll, LossSpec,
+    log_softmax, ls_kd_loss, nst_loss, ofd_loss, ofd_margin, pkt_loss, rkd_angle_loss,
+    rkd_distance_loss, sp_loss, vid_nll, LossSpec,
 };
 use distill_core::{Batch, FeatureKind, Outputs, Result};
 use serde_json::Value;
@@ -41,6 +41,7 @@ const LOSS_FUNCTIONS: &[&str] = &[
     "vid_log_scale",
     "crd",
     "crd_teacher",
+    "ofd",
 ];
 
 struct Case {
@@ -208,6 +209,7 @@ fn eval(
                 case.param("n_data") as usize,
             )
         }
+        "ofd" => ofd_loss(student, t(), &input("margin")),
         other => panic!("case {}: unknown loss `{other}`", case.name),
     }
 }
@@ -391,8 +393,34 @@ fn gradients_match_numpy_reference() {
         "vid_log_scale",
         "crd",
         "crd_teacher",
+        "ofd",
     ] {
         assert!(checked.contains(f), "no numpy gradient for `{f}`");
+    }
+}
+
+/// OFD's margins against the script's transcription of the authors' `get_margin_from_BN` (both branches: the
+/// truncated-normal mean and `-3 std` where almost nothing is negative).
+#[test]
+fn ofd_margins_match_the_authors_formula() {
+    let fx = Fixture::load();
+    for (mean, std, margin) in [
+        ("ofd_bn_mean", "ofd_bn_std", "ofd_margin"),
+        ("ofd_bn_mean5", "ofd_bn_std5", "ofd_margin5"),
+    ] {
+        let (m, s, want) = (&fx.inputs[mean].1, &fx.inputs[std].1, &fx.inputs[margin].1);
+        assert!(
+            want.contains(&-3.0),
+            "{margin}: the -3 std branch is not exercised"
+        );
+        for i in 0..m.len() {
+            let got = ofd_margin(m[i], s[i]);
+            assert!(
+                (got - want[i]).abs() <= 1e-13 * want[i].abs().max(1.0),
+                "{margin}[{i}]: {got} vs {}",
+                want[i]
+            );
+        }
     }
 }
 
