@@ -7,7 +7,7 @@ standardisation as their authors' CIFAR-100 settings, the feature methods as Rep
 CE weight 1 plus beta * the feature loss), 3 seeds, and the same runs with the student trained on 10 % of the
 training split (`student.train_fraction = 0.1`; the teacher still learns from all of it), where soft targets
 matter most. Nothing here is tuned; a method that needs a feature the domain's networks do not have (maps for
-AT and NST) is left out of that domain and shows as "n/a" in the table.
+AT and NST, pre-ReLU taps for OFD) is left out of that domain and shows as "n/a" in the table.
 
 Run names are `methods-<domain>-<method>` and `methods-<domain>-<method>-low`; the methods table in the bench
 report reads them. Regenerate after changing this file:
@@ -45,6 +45,11 @@ def methods(task, pairs):
         s, t = hint
         rows["hint"] = [loss(task, 1.0), loss("hint", 100.0, student_feature=s, teacher_feature=t)]
         rows["vid"] = [loss(task, 1.0), loss("vid", 1.0, student_feature=s, teacher_feature=t)]
+    pre = pairs.get("pre")
+    if pre:
+        # OFD on pre-ReLU taps, weight 1e-3: the authors' CIFAR training loop divides the per-sample sum by 1000
+        s, t = pre
+        rows["ofd"] = [loss(task, 1.0), loss("ofd", 0.001, student_feature=s, teacher_feature=t)]
     if maps:
         s, t = maps
         rows["at"] = [loss(task, 1.0), loss("at", 1000.0, student_feature=s, teacher_feature=t)]
@@ -62,7 +67,12 @@ DOMAINS = [
         "overrides": {"teacher": "{ epochs = 20 }", "student": "{ epochs = 10 }"},
         "task": "ce",
         # MLPs have vectors only: no AT or NST
-        "pairs": {"vector": ("penultimate", "penultimate"), "hint": ("penultimate", "penultimate")},
+        "pairs": {
+            "vector": ("penultimate", "penultimate"),
+            "hint": ("penultimate", "penultimate"),
+            # the MLPs' pre-ReLU taps, for OFD
+            "pre": ("penultimate.pre", "penultimate.pre"),
+        },
         "low": True,
         "drop": [],
     },

@@ -46,6 +46,9 @@ pub struct MlpOutput {
     pub output: Tensor,
     /// `[B, hidden_i]` for each hidden layer.
     pub hidden: Vec<Tensor>,
+    /// `[B, hidden_i]` before the ReLU, for each hidden layer; empty unless asked for
+    /// ([`Mlp::forward_taps`]).
+    pub pre: Vec<Tensor>,
 }
 
 /// A multi-layer perceptron over `[B, input]` rows; each layer is one fused [`Linear`] (+ ReLU) node.
@@ -103,11 +106,26 @@ impl Mlp {
     /// The output and hidden activations; dropout masks are drawn from `mode`'s seed and `salt`
     /// (`{salt}.input`, `{salt}.hidden{i}`).
     pub fn forward_all(&self, x: &Tensor, mode: Mode, salt: &str) -> Result<MlpOutput> {
+        self.forward_taps(x, mode, salt, false)
+    }
+
+    /// [`Mlp::forward_all`], with the hidden layers' pre-ReLU values as well when `pre` is set (each layer is
+    /// then a linear node and a ReLU node instead of one fused node: the same numbers, one more pass over
+    /// the activations).
+    pub fn forward_taps(&self, x: &Tensor, mode: Mode, salt: &str, pre: bool) -> Result<MlpOutput> {
         let mut x = dropout(x, self.cfg.input_dropout, mode, &format!("{salt}.input"))?;
         let (out, hidden_layers) = self.layers.split_last().expect("at least two layers");
         let mut hidden = Vec::with_capacity(hidden_layers.len());
+        let mut pres = Vec::new();
         for (i, layer) in hidden_layers.iter().enumerate() {
-            let h = layer.forward_relu(&x)?;
+            let h = if pre {
+                let p = layer.forward(&x)?;
+                let h = p.relu()?;
+                pres.push(p);
+                h
+            } else {
+                layer.forward_relu(&x)?
+            };
             x = dropout(
                 &h,
                 self.cfg.dropout,
@@ -119,6 +137,7 @@ impl Mlp {
         Ok(MlpOutput {
             output: out.forward(&x)?,
             hidden,
+            pre: pres,
         })
     }
 

@@ -90,13 +90,19 @@ impl Network for Mlp {
                 input.dims()
             )));
         }
-        let out = self.mlp.forward_all(&x, mode, "mlp")?;
+        // the pre-ReLU taps (`hidden{i}.pre`, `penultimate.pre`) are what OFD distils
+        let out = self.mlp.forward_taps(&x, mode, "mlp", true)?;
         let penultimate = out.hidden.last().expect("a hidden layer").clone();
+        let penultimate_pre = out.pre.last().expect("a hidden layer").clone();
         let mut outputs = Outputs::logits(out.output);
-        for (i, h) in out.hidden.into_iter().enumerate() {
-            outputs = outputs.with_feature(&format!("hidden{}", i + 1), FeatureKind::Vector, h)?;
+        for (i, (h, p)) in out.hidden.into_iter().zip(out.pre).enumerate() {
+            outputs = outputs
+                .with_feature(&format!("hidden{}", i + 1), FeatureKind::Vector, h)?
+                .with_feature(&format!("hidden{}.pre", i + 1), FeatureKind::Vector, p)?;
         }
-        outputs.with_feature("penultimate", FeatureKind::Vector, penultimate)
+        outputs
+            .with_feature("penultimate", FeatureKind::Vector, penultimate)?
+            .with_feature("penultimate.pre", FeatureKind::Vector, penultimate_pre)
     }
 
     fn varmap(&self) -> &VarMap {
@@ -178,7 +184,17 @@ mod tests {
         let out = net.forward(&x, Mode::Eval)?;
         assert_eq!(out.logits.dims(), [3, 10]);
         let keys: Vec<&String> = out.features.keys().collect();
-        assert_eq!(keys, ["hidden1", "hidden2", "penultimate"]);
+        assert_eq!(
+            keys,
+            [
+                "hidden1",
+                "hidden1.pre",
+                "hidden2",
+                "hidden2.pre",
+                "penultimate",
+                "penultimate.pre"
+            ]
+        );
         assert_eq!(out.feature("hidden1")?.tensor.dims(), [3, 1200]);
         assert_eq!(out.feature("penultimate")?.kind, FeatureKind::Vector);
         let h2: Vec<f32> = out.feature("hidden2")?.tensor.flatten_all()?.to_vec1()?;
@@ -189,6 +205,20 @@ mod tests {
             .to_vec1()?;
         assert_eq!(h2, pen);
         assert!(h2.iter().all(|&v| v >= 0.0), "post-ReLU");
+        // the pre-ReLU tap is the hidden layer before its ReLU: negative values where the tap is 0
+        let pre: Vec<f32> = out
+            .feature("penultimate.pre")?
+            .tensor
+            .flatten_all()?
+            .to_vec1()?;
+        assert!(pre.iter().any(|&v| v < 0.0));
+        assert!(pre.iter().zip(&h2).all(|(p, h)| *h == p.max(0.0)));
+        // the logits are those of the fused path
+        let fused = net
+            .mlp
+            .forward_all(&x.flatten_from(1)?, Mode::Eval, "mlp")?;
+        let lf: Vec<f32> = fused.output.flatten_all()?.to_vec1()?;
+        assert_eq!(lf, out.logits.flatten_all()?.to_vec1::<f32>()?);
         // [B, D] input works too, and a wrong size is a shape error.
         let out2 = net.forward(&x.flatten_from(1)?, Mode::Eval)?;
         let a: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
