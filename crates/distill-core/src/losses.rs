@@ -70,6 +70,12 @@ pub struct LossSpec {
     pub negatives: Option<usize>,
     /// CRD's memory momentum: a sample's row becomes `momentum · row + (1 − momentum) · embedding`.
     pub momentum: Option<f64>,
+    /// ReviewKD's student stages (map taps, shallowest first).
+    pub student_features: Option<Vec<String>>,
+    /// ReviewKD's teacher stages (map taps, shallowest first; as many as the student's).
+    pub teacher_features: Option<Vec<String>>,
+    /// ReviewKD's channels inside each fusion module.
+    pub mid_channels: Option<usize>,
     /// Free-form parameters for plugin losses.
     pub params: Option<toml::Table>,
 }
@@ -93,6 +99,9 @@ impl LossSpec {
             embed_dim: None,
             negatives: None,
             momentum: None,
+            student_features: None,
+            teacher_features: None,
+            mid_channels: None,
             params: None,
         }
     }
@@ -101,7 +110,7 @@ impl LossSpec {
 /// Names of the losses distill-core provides.
 pub const CORE_LOSSES: &[&str] = &[
     "kd", "ce", "dkd", "hint", "at", "sp", "rkd", "pkt", "nst", "dist", "ls_kd", "vid", "crd",
-    "ofd",
+    "ofd", "reviewkd",
 ];
 
 pub use distill_nn::loss::{
@@ -110,6 +119,7 @@ pub use distill_nn::loss::{
     sp_loss, standardize_logits, vid_nll, ContrastMemory, CrdConfig, OfdConnector, VidRegressor,
     VID_EPS,
 };
+pub use distill_nn::loss::{hcl_loss, ReviewFusion};
 
 // ---------------------------------------------------------------------------------------------------------
 // Loss structs
@@ -581,6 +591,40 @@ impl DistillLoss for Ofd {
     }
 }
 
+/// ReviewKD ([`hcl_loss`] after a [`ReviewFusion`] of the student's stages; the fusion modules in the loss's
+/// own [`VarMap`]).
+pub struct ReviewKd {
+    /// Student stage taps, shallowest first.
+    pub student_features: Vec<String>,
+    /// Teacher stage taps, shallowest first.
+    pub teacher_features: Vec<String>,
+    fusion: ReviewFusion,
+    varmap: VarMap,
+}
+
+impl DistillLoss for ReviewKd {
+    fn name(&self) -> &str {
+        "reviewkd"
+    }
+    fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
+        let maps = |o: &Outputs, names: &[String]| -> Result<Vec<Tensor>> {
+            names
+                .iter()
+                .map(|n| Ok(o.feature(n)?.tensor.clone()))
+                .collect()
+        };
+        let s = maps(student, &self.student_features)?;
+        let t = maps(teacher, &self.teacher_features)?;
+        self.fusion.loss(&s, &t)
+    }
+    fn uses_features(&self) -> bool {
+        true
+    }
+    fn varmap(&self) -> Option<&VarMap> {
+        Some(&self.varmap)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Building losses from specs
 // ---------------------------------------------------------------------------------------------------------
@@ -624,6 +668,7 @@ pub fn core_loss_options(name: &str) -> &'static [&'static str] {
         "ls_kd" => &["temperature"],
         "vid" => &["student_feature", "teacher_feature", "init_var"],
         "ofd" => &["student_feature", "teacher_feature"],
+        "reviewkd" => &["student_features", "teacher_features", "mid_channels"],
         "crd" => &[
             "student_feature",
             "teacher_feature",
@@ -671,6 +716,9 @@ impl<'a> SpecCtx<'a> {
             ("embed_dim", s.embed_dim.is_some()),
             ("negatives", s.negatives.is_some()),
             ("momentum", s.momentum.is_some()),
+            ("student_features", s.student_features.is_some()),
+            ("teacher_features", s.teacher_features.is_some()),
+            ("mid_channels", s.mid_channels.is_some()),
             ("params", s.params.is_some()),
         ];
         let allowed = core_loss_options(self.name());
@@ -709,6 +757,17 @@ impl<'a> SpecCtx<'a> {
     }
 
     fn lookup(&self, side: &str, outputs: &'a Outputs, feature: &str) -> Result<&'a Feature> {
+        self.lookup_field(&format!("{side}_feature"), side, outputs, feature)
+    }
+
+    /// [`SpecCtx::lookup`] for a tap named in the recipe field `field`.
+    fn lookup_field(
+        &self,
+        field: &str,
+        side: &str,
+        outputs: &'a Outputs,
+        feature: &str,
+    ) -> Result<&'a Feature> {
         outputs.features.get(feature).ok_or_else(|| {
             let available = if outputs.features.is_empty() {
                 "it exposes no features".to_string()
@@ -717,7 +776,7 @@ impl<'a> SpecCtx<'a> {
                 format!("available: {}", names.join(", "))
             };
             self.config(format!(
-                "{side}_feature = \"{feature}\": the {side} has no feature `{feature}` ({available})"
+                "{field} = \"{feature}\": the {side} has no feature `{feature}` ({available})"
             ))
         })
     }
@@ -1099,6 +1158,60 @@ pub fn build_core_loss(
                 student_feature: sn.to_string(),
                 teacher_feature: tn.to_string(),
                 connector,
+                varmap,
+            })
+        }
+        "reviewkd" => {
+            let (Some(sn), Some(tn)) = (&spec.student_features, &spec.teacher_features) else {
+                return Err(cx.config(
+                    "needs `student_features` and `teacher_features`: lists of map taps, shallowest stage \
+                     first, as many on each side"
+                        .to_string(),
+                ));
+            };
+            if sn.is_empty() || sn.len() != tn.len() {
+                return Err(cx.config(format!(
+                    "`student_features` has {} taps and `teacher_features` {}: one per stage on each side, \
+                     at least one",
+                    sn.len(),
+                    tn.len()
+                )));
+            }
+            let mut widths = (Vec::new(), Vec::new());
+            for (side, outputs, names, w) in [
+                ("student", student, sn, &mut widths.0),
+                ("teacher", teacher, tn, &mut widths.1),
+            ] {
+                for n in names {
+                    let f = cx.lookup_field(&format!("{side}_features"), side, outputs, n)?;
+                    if f.kind != FeatureKind::Map || f.tensor.rank() != 4 {
+                        return Err(cx.shape(format!(
+                            "{side} feature `{n}` is a {:?} {:?}; ReviewKD fuses maps [B, C, H, W]",
+                            f.kind,
+                            f.tensor.dims()
+                        )));
+                    }
+                    w.push(f.tensor.dim(1)?);
+                }
+            }
+            let last = *widths.0.last().expect("at least one stage");
+            let mid = spec.mid_channels.unwrap_or(last.min(512));
+            if mid == 0 {
+                return Err(cx.config("`mid_channels` must be at least 1".to_string()));
+            }
+            let varmap = VarMap::new();
+            let fusion = ReviewFusion::new(
+                &varmap,
+                &widths.0,
+                &widths.1,
+                mid,
+                seed,
+                student.logits.device(),
+            )?;
+            Box::new(ReviewKd {
+                student_features: sn.clone(),
+                teacher_features: tn.clone(),
+                fusion,
                 varmap,
             })
         }

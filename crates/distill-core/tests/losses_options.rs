@@ -54,13 +54,18 @@ fn every_core_loss_builds_with_defaults() {
         let feature_loss = matches!(*name, "hint" | "at" | "sp" | "nst" | "vid" | "ofd");
         let sp = if feature_loss {
             spec(name, Some("feat"), Some("feat"))
+        } else if *name == "reviewkd" {
+            let mut sp = LossSpec::named(name);
+            sp.student_features = Some(vec!["feat".into()]);
+            sp.teacher_features = Some(vec!["feat".into()]);
+            sp
         } else {
             LossSpec::named(name)
         };
         let loss = build_core_loss(&sp, &s, &t, 0, None).unwrap().unwrap();
         assert_eq!(loss.name(), *name);
         assert_eq!(loss.uses_teacher(), *name != "ce");
-        assert_eq!(loss.uses_features(), feature_loss);
+        assert_eq!(loss.uses_features(), feature_loss || *name == "reviewkd");
     }
 }
 
@@ -370,5 +375,72 @@ fn ofd_checks_its_taps_and_takes_no_options() {
     };
     let v = loss.compute(&s, &t, &batch).unwrap();
     assert_eq!(v.rank(), 0);
+    assert!(v.to_scalar::<f32>().unwrap().is_finite());
+}
+
+/// ReviewKD takes lists of map taps, as many on each side; each mistake is one line naming the loss and the
+/// field. Built, it fuses maps of different sizes and widths into the teacher's, with `mid_channels`
+/// defaulting to the deepest student width (at most 512).
+#[test]
+fn reviewkd_checks_its_stage_lists() {
+    let s = outputs(&[
+        ("b1", FeatureKind::Map, &[4, 3, 6, 6]),
+        ("b2", FeatureKind::Map, &[4, 5, 3, 3]),
+        ("v", FeatureKind::Vector, &[4, 8]),
+    ]);
+    let t = outputs(&[
+        ("l1", FeatureKind::Map, &[4, 4, 4, 4]),
+        ("l2", FeatureKind::Map, &[4, 6, 2, 2]),
+    ]);
+    let rk = |sf: &[&str], tf: &[&str]| {
+        let mut sp = LossSpec::named("reviewkd");
+        sp.student_features = Some(sf.iter().map(|x| x.to_string()).collect());
+        sp.teacher_features = Some(tf.iter().map(|x| x.to_string()).collect());
+        sp
+    };
+    let one_line = |e: String| {
+        assert!(!e.contains('\n') && e.contains("reviewkd"), "{e}");
+        e
+    };
+    let e = one_line(build_err(&LossSpec::named("reviewkd"), &s, &t));
+    assert!(
+        e.contains("student_features") && e.contains("teacher_features"),
+        "{e}"
+    );
+    let e = one_line(build_err(&rk(&["b1", "b2"], &["l1"]), &s, &t));
+    assert!(e.contains("2 taps") && e.contains("1"), "{e}");
+    let e = one_line(build_err(&rk(&["b1", "b3"], &["l1", "l2"]), &s, &t));
+    assert!(
+        e.contains("student_features = \"b3\"") && e.contains("b1, b2, v"),
+        "{e}"
+    );
+    let e = one_line(build_err(&rk(&["b1", "v"], &["l1", "l2"]), &s, &t));
+    assert!(e.contains("`v`") && e.contains("maps"), "{e}");
+    let mut kd = LossSpec::named("kd");
+    kd.mid_channels = Some(4);
+    let e = build_err(&kd, &s, &t);
+    assert!(e.contains("mid_channels") && e.contains("kd"), "{e}");
+    let loss = build_core_loss(&rk(&["b1", "b2"], &["l1", "l2"]), &s, &t, 0, None)
+        .unwrap()
+        .unwrap();
+    let vm = loss
+        .varmap()
+        .expect("reviewkd keeps its fusion in a VarMap");
+    let dims = |n: &str| vm.data().lock().unwrap()[n].as_tensor().dims().to_vec();
+    // the deepest student stage is 5 wide: 5 mid channels
+    assert_eq!(dims("abfs.1.conv1.0.weight"), [5, 5, 1, 1]);
+    assert_eq!(dims("abfs.0.conv2.0.weight"), [4, 5, 3, 3]);
+    assert_eq!(dims("abfs.0.att_conv.0.weight"), [2, 10, 1, 1]);
+    assert!(!vm
+        .data()
+        .lock()
+        .unwrap()
+        .contains_key("abfs.1.att_conv.0.weight"));
+    let batch = Batch {
+        inputs: zeros(&[4, 1]),
+        targets: Tensor::zeros(4, DType::U32, &Device::Cpu).unwrap(),
+        indices: vec![0, 1, 2, 3],
+    };
+    let v = loss.compute(&s, &t, &batch).unwrap();
     assert!(v.to_scalar::<f32>().unwrap().is_finite());
 }

@@ -4,16 +4,16 @@
 //!   re-implementation of each loss after its authors' code; every case is recomputed here in f32 and f64.
 //! * Every loss function's gradient with respect to the student input is checked against central finite
 //!   differences in f64, on every reference case; for the methods added with the methods table (PKT, NST,
-//!   DIST, logit standardisation, VID, CRD, OFD) the script also records its own central-difference gradient of its
-//!   numpy forward, which candle's autograd must match.
+//!   DIST, logit standardisation, VID, CRD, OFD, ReviewKD) the script also records its own central-difference
+//!   gradient of its numpy forward, which candle's autograd must match.
 
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use distill_core::losses::{
-    at_loss, build_core_loss, ce_loss, crd_loss, dist_loss, dkd_loss, hint_loss, kd_loss,
+    at_loss, build_core_loss, ce_loss, crd_loss, dist_loss, dkd_loss, hcl_loss, hint_loss, kd_loss,
     log_softmax, ls_kd_loss, nst_loss, ofd_loss, ofd_margin, pkt_loss, rkd_angle_loss,
-    rkd_distance_loss, sp_loss, vid_nll, LossSpec,
+    rkd_distance_loss, sp_loss, vid_nll, LossSpec, ReviewFusion,
 };
 use distill_core::{Batch, FeatureKind, Outputs, Result};
 use serde_json::Value;
@@ -42,6 +42,9 @@ const LOSS_FUNCTIONS: &[&str] = &[
     "crd",
     "crd_teacher",
     "ofd",
+    "hcl",
+    "reviewkd",
+    "reviewkd_deep",
 ];
 
 struct Case {
@@ -210,8 +213,36 @@ fn eval(
             )
         }
         "ofd" => ofd_loss(student, t(), &input("margin")),
+        "hcl" => hcl_loss(&[student.clone(), input("s2")], &[t().clone(), input("t2")]),
+        // the fusion with the script's weights; the shallow stage varies, then the deep one
+        "reviewkd" | "reviewkd_deep" => {
+            let fusion = review_fusion(fx);
+            if case.loss == "reviewkd" {
+                fusion.loss(&[student.clone(), input("s2")], &[t().clone(), input("t2")])
+            } else {
+                fusion.loss(&[input("s1"), student.clone()], &[input("t1"), t().clone()])
+            }
+        }
         other => panic!("case {}: unknown loss `{other}`", case.name),
     }
+}
+
+/// ReviewKD's fusion for the fixture's two stages (student widths 3 and 5, teacher widths 4 and 6, 3 mid
+/// channels), its parameters overwritten with the script's `review.*` inputs.
+fn review_fusion(fx: &Fixture) -> ReviewFusion {
+    let vm = candle_nn::VarMap::new();
+    let fusion = ReviewFusion::new(&vm, &[3, 5], &[4, 6], 3, 0, &Device::Cpu).unwrap();
+    let data = vm.data().lock().unwrap();
+    let mut set = 0;
+    for (name, var) in data.iter() {
+        let value = fx.tensor(&format!("review.{name}"), DType::F32);
+        var.set(&value)
+            .unwrap_or_else(|e| panic!("review.{name}: {e}"));
+        set += 1;
+    }
+    assert_eq!(set, 14, "every fusion parameter comes from the script");
+    drop(data);
+    fusion
 }
 
 fn scalar_f64(t: &Tensor) -> f64 {
@@ -394,6 +425,9 @@ fn gradients_match_numpy_reference() {
         "crd",
         "crd_teacher",
         "ofd",
+        "hcl",
+        "reviewkd",
+        "reviewkd_deep",
     ] {
         assert!(checked.contains(f), "no numpy gradient for `{f}`");
     }

@@ -9,12 +9,16 @@ use crate::{Error, Result};
 mod crd;
 mod methods;
 mod ofd;
+mod reviewkd;
 pub use crd::{crd_loss, crd_scores, ContrastMemory, CrdConfig, CRD_EPS};
 pub use methods::{
     dist_loss, ls_kd_loss, nst_loss, pkt_loss, softplus, standardize_logits, vid_log_scale_init,
     vid_nll, VidRegressor, DIST_EPS, LS_EPS, PKT_EPS, VID_EPS,
 };
 pub use ofd::{erfc, ofd_loss, ofd_margin, OfdConnector, OFD_BN_EPS};
+pub use reviewkd::{
+    adaptive_avg_pool2d, hcl_loss, resize_nearest, ReviewFusion, HCL_LEVELS, REVIEWKD_BN_EPS,
+};
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
