@@ -7,7 +7,7 @@ standardisation as their authors' CIFAR-100 settings, the feature methods as Rep
 CE weight 1 plus beta * the feature loss), 3 seeds, and the same runs with the student trained on 10 % of the
 training split (`student.train_fraction = 0.1`; the teacher still learns from all of it), where soft targets
 matter most. Nothing here is tuned; a method that needs a feature the domain's networks do not have (maps for
-AT and NST, pre-ReLU taps for OFD) is left out of that domain and shows as "n/a" in the table.
+AT, NST and ReviewKD, pre-ReLU taps for OFD) is left out of that domain and shows as "n/a" in the table.
 
 Run names are `methods-<domain>-<method>` and `methods-<domain>-<method>-low`; the methods table in the bench
 report reads them. Regenerate after changing this file:
@@ -50,6 +50,11 @@ def methods(task, pairs):
         # OFD on pre-ReLU taps, weight 1e-3: the authors' CIFAR training loop divides the per-sample sum by 1000
         s, t = pre
         rows["ofd"] = [loss(task, 1.0), loss("ofd", 0.001, student_feature=s, teacher_feature=t)]
+    review = pairs.get("review")
+    if review:
+        # ReviewKD on the student's last stages against the teacher's stages, weight 1 (mdistiller's default)
+        s, t = review
+        rows["reviewkd"] = [loss(task, 1.0), loss("reviewkd", 1.0, student_features=s, teacher_features=t)]
     if maps:
         s, t = maps
         rows["at"] = [loss(task, 1.0), loss("at", 1000.0, student_feature=s, teacher_feature=t)]
@@ -84,7 +89,12 @@ DOMAINS = [
         "overrides": {},
         "task": "ce",
         # block2 of the DS-CNN and layer1 of the res-cnn are both 20 x 16 time-frequency maps
-        "pairs": {"vector": ("penultimate", "penultimate"), "map": ("block2", "layer1")},
+        "pairs": {
+            "vector": ("penultimate", "penultimate"),
+            "map": ("block2", "layer1"),
+            # ReviewKD: the DS-CNN's last three blocks fused into the res-cnn's three stages
+            "review": (["block2", "block3", "block4"], ["layer1", "layer2", "layer3"]),
+        },
         "low": True,
         "drop": [],
     },
