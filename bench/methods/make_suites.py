@@ -62,6 +62,10 @@ def methods(task, pairs):
     return rows
 
 
+# student settings a method needs: OFD reads the student's pre-ReLU taps in training (the vision MLP gives
+# them in training only on request; the teacher's come with evaluation)
+STUDENT_EXTRA = {"ofd": ["model = { pre_activations = true }"]}
+
 DOMAINS = [
     {
         "plugin": "vision",
@@ -160,9 +164,10 @@ def main():
                 lines += ["[[run]]", f'recipe = "{d["recipe"]}"', "[run.overrides]",
                           f'name = "methods-{d["domain"]}-{method}{suffix}"']
                 over = dict(d["overrides"])
-                if fraction:
+                extra = ([f"train_fraction = {fraction}"] if fraction else []) + STUDENT_EXTRA.get(method, [])
+                if extra:
                     student = over.get("student", "{ }").strip("{} ")
-                    student = (student + ", " if student else "") + f"train_fraction = {fraction}"
+                    student = ", ".join(([student] if student else []) + extra)
                     over["student"] = "{ " + student + " }"
                 for k, v in over.items():
                     lines.append(f"{k} = {v}")

@@ -579,7 +579,15 @@ impl DistillLoss for Ofd {
         "ofd"
     }
     fn compute(&self, student: &Outputs, teacher: &Outputs, _batch: &Batch) -> Result<Tensor> {
-        let s = &student.feature(&self.student_feature)?.tensor;
+        let s = &student
+            .feature(&self.student_feature)
+            .map_err(|e| {
+                Error::msg(format!(
+                    "loss `ofd`: {e} in the student's training pass (a network may give pre-ReLU taps in \
+                     training only when its model asks for them: the vision MLP's `pre_activations = true`)"
+                ))
+            })?
+            .tensor;
         let t = &teacher.feature(&self.teacher_feature)?.tensor;
         self.connector.loss(s, t)
     }

@@ -20,6 +20,8 @@ pub struct Mlp {
     pub(crate) sizes: Vec<usize>,
     /// `[C, H, W]` of the images the input rows are flattened from, when known (the ONNX export's input).
     pub(crate) image: Option<[usize; 3]>,
+    /// Pre-ReLU taps in training as well as in evaluation.
+    pub(crate) pre_in_training: bool,
     varmap: VarMap,
 }
 
@@ -46,8 +48,16 @@ impl Mlp {
             sizes: cfg.sizes(),
             mlp,
             image: None,
+            pre_in_training: false,
             varmap,
         })
+    }
+
+    /// The same network, exposing its pre-ReLU taps in training too when `on` (evaluation always does; in
+    /// training each hidden layer is then a linear node and a ReLU node instead of one fused node).
+    pub fn with_pre_activations(mut self, on: bool) -> Self {
+        self.pre_in_training = on;
+        self
     }
 
     /// The same network, told that its input rows are flattened `[C, H, W]` images: its ONNX export then
@@ -90,19 +100,26 @@ impl Network for Mlp {
                 input.dims()
             )));
         }
-        // the pre-ReLU taps (`hidden{i}.pre`, `penultimate.pre`) are what OFD distils
-        let out = self.mlp.forward_taps(&x, mode, "mlp", true)?;
+        // the pre-ReLU taps (`hidden{i}.pre`, `penultimate.pre`) are what OFD distils: always in evaluation
+        // (the same numbers as the fused path), in training only when asked (the fused node's training
+        // trajectory stays what it was)
+        let pre = !mode.is_train() || self.pre_in_training;
+        let out = self.mlp.forward_taps(&x, mode, "mlp", pre)?;
         let penultimate = out.hidden.last().expect("a hidden layer").clone();
-        let penultimate_pre = out.pre.last().expect("a hidden layer").clone();
+        let penultimate_pre = out.pre.last().cloned();
         let mut outputs = Outputs::logits(out.output);
-        for (i, (h, p)) in out.hidden.into_iter().zip(out.pre).enumerate() {
-            outputs = outputs
-                .with_feature(&format!("hidden{}", i + 1), FeatureKind::Vector, h)?
-                .with_feature(&format!("hidden{}.pre", i + 1), FeatureKind::Vector, p)?;
+        for (i, h) in out.hidden.into_iter().enumerate() {
+            outputs = outputs.with_feature(&format!("hidden{}", i + 1), FeatureKind::Vector, h)?;
         }
-        outputs
-            .with_feature("penultimate", FeatureKind::Vector, penultimate)?
-            .with_feature("penultimate.pre", FeatureKind::Vector, penultimate_pre)
+        for (i, p) in out.pre.into_iter().enumerate() {
+            outputs =
+                outputs.with_feature(&format!("hidden{}.pre", i + 1), FeatureKind::Vector, p)?;
+        }
+        outputs = outputs.with_feature("penultimate", FeatureKind::Vector, penultimate)?;
+        match penultimate_pre {
+            Some(p) => outputs.with_feature("penultimate.pre", FeatureKind::Vector, p),
+            None => Ok(outputs),
+        }
     }
 
     fn varmap(&self) -> &VarMap {
@@ -213,6 +230,22 @@ mod tests {
             .to_vec1()?;
         assert!(pre.iter().any(|&v| v < 0.0));
         assert!(pre.iter().zip(&h2).all(|(p, h)| *h == p.max(0.0)));
+        // in training the taps come only when asked for (the fused node otherwise)
+        let train = Mode::Train { seed: 3 };
+        let keys = |o: &Outputs| o.features.keys().cloned().collect::<Vec<String>>();
+        assert_eq!(
+            keys(&net.forward(&x, train)?),
+            ["hidden1", "hidden2", "penultimate"]
+        );
+        let asked = Mlp::new(784, &[1200, 1200], 10, 0.5, 0.2, 1, &dev)?.with_pre_activations(true);
+        let with = asked.forward(&x, train)?;
+        assert!(keys(&with).contains(&"penultimate.pre".to_string()));
+        let plain = net.forward(&x, train)?;
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            with.logits.flatten_all()?.to_vec1()?,
+            plain.logits.flatten_all()?.to_vec1()?,
+        );
+        assert_eq!(a, b, "the same training outputs either way");
         // the logits are those of the fused path
         let fused = net
             .mlp

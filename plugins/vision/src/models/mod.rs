@@ -81,6 +81,10 @@ pub struct ModelSpec {
     pub dropout: Option<f64>,
     /// `mlp` only: dropout probability on the (flattened) input, in `[0, 1)` (default 0).
     pub input_dropout: Option<f64>,
+    /// `mlp` only: expose the hidden layers' pre-ReLU values (`hidden{i}.pre`, `penultimate.pre`) in training
+    /// too (default false). Evaluation always exposes them (a teacher's taps); in training they cost the fused
+    /// linear + ReLU node, so only a student distilled on them (OFD) asks for them.
+    pub pre_activations: Option<bool>,
     /// `resnet18` / `resnet34` / `resnet50` only: the base width (default torchvision's 64).
     pub width: Option<usize>,
 }
@@ -93,6 +97,7 @@ impl ModelSpec {
             hidden: None,
             dropout: None,
             input_dropout: None,
+            pre_activations: None,
             width: None,
         }
     }
@@ -111,6 +116,7 @@ impl ModelSpec {
             ("hidden", self.hidden.is_some()),
             ("dropout", self.dropout.is_some()),
             ("input_dropout", self.input_dropout.is_some()),
+            ("pre_activations", self.pre_activations.is_some()),
         ] {
             if given && !is_mlp {
                 return Err(Error::config(
@@ -203,7 +209,8 @@ pub fn build_model(
                     seed,
                     device,
                 )?
-                .with_image_shape(input)?,
+                .with_image_shape(input)?
+                .with_pre_activations(spec.pre_activations.unwrap_or(false)),
             )
         }
         "lenet5" => Box::new(lenet::LeNet5::new(input, num_classes, seed, device)?),
