@@ -35,6 +35,23 @@ fn shape_err(msg: String) -> Error {
     Error::Shape(msg)
 }
 
+/// A batch norm in training mode over `[B, C, ...]` (channels in dimension 1): per-channel batch statistics
+/// (the biased variance, as PyTorch normalises in training), then `γ · x̂ + β` with `γ`, `β` `[C]` cast to
+/// `x`'s dtype. OFD's connector and ReviewKD's fusion modules, which only run in training, normalise so.
+fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let reduce: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+    let mean = x.mean_keepdim(reduce.as_slice())?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let mut shape = vec![1; x.rank()];
+    shape[1] = x.dim(1)?;
+    let dt = x.dtype();
+    Ok(normed
+        .broadcast_mul(&gamma.to_dtype(dt)?.reshape(shape.as_slice())?)?
+        .broadcast_add(&beta.to_dtype(dt)?.reshape(shape.as_slice())?)?)
+}
+
 fn check_same_shape(func: &str, what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.dims() != b.dims() {
         return Err(shape_err(format!(

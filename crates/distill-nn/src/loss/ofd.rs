@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::{check_batch, check_same_shape, shape_err};
+use super::{batch_norm_train, check_batch, check_same_shape, shape_err};
 use crate::Result;
 
 /// The batch norm `eps` of OFD's connector (PyTorch's `BatchNorm` default).
@@ -169,13 +169,7 @@ impl OfdConnector {
         let (s, t) = (rows(student)?, rows(teacher)?.detach());
         let dt = s.dtype();
         let y = s.matmul(&self.weight.to_dtype(dt)?.t()?)?;
-        let mean = y.mean_keepdim(0)?;
-        let centred = y.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(0)?;
-        let normed = centred.broadcast_div(&(var + OFD_BN_EPS)?.sqrt()?)?;
-        let y = normed
-            .broadcast_mul(&self.gamma.to_dtype(dt)?.unsqueeze(0)?)?
-            .broadcast_add(&self.beta.to_dtype(dt)?.unsqueeze(0)?)?;
+        let y = batch_norm_train(&y, &self.gamma, &self.beta, OFD_BN_EPS)?;
         let seen = self
             .state
             .as_tensor()

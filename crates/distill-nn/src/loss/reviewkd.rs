@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
-use super::shape_err;
+use super::{batch_norm_train, shape_err};
 use crate::Result;
 
 /// Batch-norm `eps` of the fusion modules (PyTorch's default).
@@ -95,20 +95,6 @@ pub fn hcl_loss(student: &[Tensor], teacher: &[Tensor]) -> Result<Tensor> {
     Ok(total.expect("at least one stage"))
 }
 
-/// A batch norm in training mode over `[B, C, H, W]`: batch statistics per channel (biased variance), then
-/// `γ · x̂ + β`.
-fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
-    let c = x.dim(1)?;
-    let mean = x.mean_keepdim((0, 2, 3))?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-    let normed = centred.broadcast_div(&(var + REVIEWKD_BN_EPS)?.sqrt()?)?;
-    let dt = x.dtype();
-    Ok(normed
-        .broadcast_mul(&gamma.to_dtype(dt)?.reshape((1, c, 1, 1))?)?
-        .broadcast_add(&beta.to_dtype(dt)?.reshape((1, c, 1, 1))?)?)
-}
-
 /// One attention-based fusion module (the authors' `ABF`).
 struct Abf {
     conv1: Tensor,
@@ -129,10 +115,11 @@ impl Abf {
     ) -> Result<(Tensor, Tensor)> {
         let dt = x.dtype();
         let (_, _, h, w) = x.dims4()?;
-        let mut x = batch_norm(
+        let mut x = batch_norm_train(
             &x.conv2d(&self.conv1.to_dtype(dt)?, 0, 1, 1, 1)?,
             &self.bn1.0,
             &self.bn1.1,
+            REVIEWKD_BN_EPS,
         )?;
         if let (Some((aw, ab)), Some(res)) = (&self.att, res) {
             let y = resize_nearest(res, h, w)?;
@@ -143,10 +130,11 @@ impl Abf {
             x = (x.broadcast_mul(&z.narrow(1, 0, 1)?)? + y.broadcast_mul(&z.narrow(1, 1, 1)?)?)?;
         }
         let x = resize_nearest(&x, out.0, out.1)?;
-        let y = batch_norm(
+        let y = batch_norm_train(
             &x.conv2d(&self.conv2.to_dtype(dt)?, 1, 1, 1, 1)?,
             &self.bn2.0,
             &self.bn2.1,
+            REVIEWKD_BN_EPS,
         )?;
         Ok((y, x))
     }
