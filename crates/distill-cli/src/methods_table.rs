@@ -60,6 +60,14 @@ impl MethodsGrid<'_> {
         }
     }
 
+    /// Any run of domain `d` (they share the teacher and the scratch twin).
+    pub fn domain_run(&self, d: &str) -> Option<&RunReport> {
+        self.cells
+            .iter()
+            .find(|((_, dd), _)| dd == d)
+            .map(|(_, r)| *r)
+    }
+
     /// Each domain's method with the largest mean gain (ties: the first in row order).
     pub fn best(&self) -> BTreeMap<&String, &String> {
         let mut best: BTreeMap<&String, (&String, f64)> = BTreeMap::new();
@@ -130,8 +138,7 @@ pub fn methods_markdown(report: &Report) -> Option<String> {
         for (label, pick) in [("teacher", 0), ("scratch twin", 1)] {
             let _ = write!(s, "| *{label}* |");
             for d in &g.domains {
-                let any = g.cells.iter().find(|((_, dd), _)| dd == d).map(|(_, r)| *r);
-                let cell = any.map(|r| {
+                let cell = g.domain_run(d).map(|r| {
                     let p = if pick == 0 { &r.teacher } else { &r.scratch };
                     format!("{} {:.4}", r.metric.name, p.metric.mean)
                 });

@@ -628,10 +628,8 @@ fn methods_forest<DB: DrawingBackend>(
             .fold(0.0f64, f64::max);
         let (lo, hi) = pad(lo, hi, 0.002);
         let scratch = grid
-            .cells
-            .iter()
-            .find(|((_, d), _)| d == domain)
-            .map(|(_, r)| format!(" (scratch {:.4})", r.scratch.metric.mean))
+            .domain_run(domain)
+            .map(|r| format!(" (scratch {:.4})", r.scratch.metric.mean))
             .unwrap_or_default();
         let names = grid.methods.clone();
         let mut chart = ChartBuilder::on(panel)

@@ -21,6 +21,15 @@ fn outputs(features: &[(&str, FeatureKind, &[usize])]) -> Outputs {
     o
 }
 
+/// A batch of four samples (zero inputs, class 0), indices 0..4 of the training split.
+fn batch4() -> Batch {
+    Batch {
+        inputs: zeros(&[4, 1]),
+        targets: Tensor::zeros(4, DType::U32, &Device::Cpu).unwrap(),
+        indices: vec![0, 1, 2, 3],
+    }
+}
+
 fn spec(name: &str, sf: Option<&str>, tf: Option<&str>) -> LossSpec {
     let mut s = LossSpec::named(name);
     s.student_feature = sf.map(str::to_string);
@@ -239,11 +248,7 @@ fn hint_adapter_exists_only_when_widths_differ() -> Result<()> {
         ("emb", FeatureKind::Vector, &[4, 12]),
         ("seq", FeatureKind::Sequence, &[4, 7, 12]),
     ]);
-    let batch = Batch {
-        inputs: zeros(&[4, 1]),
-        targets: Tensor::zeros(4, DType::U32, &Device::Cpu)?,
-        indices: vec![0, 1, 2, 3],
-    };
+    let batch = batch4();
     for (sf, tf, adapter, weight_dims) in [
         ("map", "map", true, vec![6, 3, 1, 1]),
         ("emb", "emb", true, vec![12, 8]),
@@ -368,11 +373,7 @@ fn ofd_checks_its_taps_and_takes_no_options() {
     ] {
         assert!(names.iter().any(|k| k == n), "{names:?}");
     }
-    let batch = Batch {
-        inputs: zeros(&[4, 1]),
-        targets: Tensor::zeros(4, DType::U32, &Device::Cpu).unwrap(),
-        indices: vec![0, 1, 2, 3],
-    };
+    let batch = batch4();
     let v = loss.compute(&s, &t, &batch).unwrap();
     assert_eq!(v.rank(), 0);
     assert!(v.to_scalar::<f32>().unwrap().is_finite());
@@ -436,11 +437,7 @@ fn reviewkd_checks_its_stage_lists() {
         .lock()
         .unwrap()
         .contains_key("abfs.1.att_conv.0.weight"));
-    let batch = Batch {
-        inputs: zeros(&[4, 1]),
-        targets: Tensor::zeros(4, DType::U32, &Device::Cpu).unwrap(),
-        indices: vec![0, 1, 2, 3],
-    };
+    let batch = batch4();
     let v = loss.compute(&s, &t, &batch).unwrap();
     assert!(v.to_scalar::<f32>().unwrap().is_finite());
 }
